@@ -1,0 +1,56 @@
+"""The one exception tree of podbay.
+
+    PodbayError                 root: catch this to catch everything podbay raises
+    ├── NotFound                a pod, volume, image or file does not exist
+    │   └── ImageMissing        the kernel or rootfs is not built yet (says how to build it)
+    ├── Conflict                the name is taken, or the resource is in use (a volume attached elsewhere)
+    ├── InvalidSpec             bad input; the message names the field and the fix
+    ├── BackendUnavailable      the isolation backend cannot run on this host (the reason says why)
+    ├── GuestError              the sandbox or its agent failed (crash, protocol error, command refused)
+    ├── Timeout                 an operation did not finish in time
+    └── QuotaExceeded           a limit was hit
+"""
+
+from __future__ import annotations
+
+
+class PodbayError(Exception):
+    """Root of every error podbay raises."""
+
+
+class NotFound(PodbayError):
+    """A pod, volume, image or file does not exist."""
+
+
+class ImageMissing(NotFound):
+    """A kernel or root filesystem has not been built yet."""
+
+
+class Conflict(PodbayError):
+    """The name is taken or the resource is in use."""
+
+
+class InvalidSpec(PodbayError):
+    """Bad input. The message names the field and says how to fix it."""
+
+    def __init__(self, field: str, problem: str, fix: str) -> None:
+        self.field = field
+        self.problem = problem
+        self.fix = fix
+        super().__init__(f"{field}: {problem}; {fix}")
+
+
+class BackendUnavailable(PodbayError):
+    """The isolation backend cannot run here; the message gives the reason."""
+
+
+class GuestError(PodbayError):
+    """The sandbox or its guest agent failed."""
+
+
+class Timeout(PodbayError):
+    """An operation did not finish in time."""
+
+
+class QuotaExceeded(PodbayError):
+    """A limit was hit."""

@@ -1,0 +1,75 @@
+"""Framing shared by the host and the guest agent (stdlib only: this file is copied into every rootfs).
+
+A frame is an 8-byte prefix, a JSON header and an optional raw payload:
+
+    !I header length | !I payload length | header (UTF-8 JSON object) | payload (bytes)
+
+Requests carry ``op`` and a host-chosen ``id``; every frame the guest sends back carries the ``id`` of the
+request it belongs to and an ``event``. Many requests can be in flight at once (multiplexing by ``id``).
+See docs/guest-protocol.md for the operations.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any
+
+PROTOCOL_VERSION = 1
+PORT_NAME = "podbay.agent"  # virtio-serial port name the guest looks for under /sys/class/virtio-ports
+
+PREFIX = struct.Struct("!II")
+MAX_HEADER = 1 << 20
+MAX_PAYLOAD = 64 << 20
+CHUNK = 64 << 10  # largest stdout/stderr/stdin chunk one frame carries
+
+Header = dict[str, Any]
+
+
+class FrameError(ValueError):
+    """The byte stream is not valid podbay framing."""
+
+
+def encode(header: Header, payload: bytes = b"") -> bytes:
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    if len(raw) > MAX_HEADER or len(payload) > MAX_PAYLOAD:
+        raise FrameError(f"frame too large: header {len(raw)} B, payload {len(payload)} B")
+    return PREFIX.pack(len(raw), len(payload)) + raw + payload
+
+
+def parse_prefix(prefix: bytes) -> tuple[int, int]:
+    header_len, payload_len = PREFIX.unpack(prefix)
+    if header_len > MAX_HEADER or payload_len > MAX_PAYLOAD:
+        raise FrameError(f"frame too large: header {header_len} B, payload {payload_len} B")
+    return header_len, payload_len
+
+
+def parse_header(raw: bytes) -> Header:
+    try:
+        header = json.loads(raw)
+    except ValueError as exc:
+        raise FrameError(f"header is not JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise FrameError("header is not a JSON object")
+    return header
+
+
+class FrameDecoder:
+    """Turns an arbitrary sequence of byte chunks into whole frames."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[tuple[Header, bytes]]:
+        self._buffer += data
+        frames: list[tuple[Header, bytes]] = []
+        while len(self._buffer) >= PREFIX.size:
+            header_len, payload_len = parse_prefix(bytes(self._buffer[: PREFIX.size]))
+            end = PREFIX.size + header_len + payload_len
+            if len(self._buffer) < end:
+                break
+            header = parse_header(bytes(self._buffer[PREFIX.size : PREFIX.size + header_len]))
+            payload = bytes(self._buffer[PREFIX.size + header_len : end])
+            del self._buffer[:end]
+            frames.append((header, payload))
+        return frames

@@ -1,0 +1,62 @@
+"""The seam between the platform and an isolation technology (QEMU microVM, later gVisor, runc, Firecracker).
+
+A backend knows how to start a sandbox that runs the podbay guest agent and hands back a connected
+GuestChannel. It knows nothing of databases, tenants or pods: the platform composes those.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from podbay.channel import GuestChannel
+from podbay.models import SandboxInfo
+
+
+@dataclass(frozen=True)
+class Availability:
+    available: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class VolumeAttachment:
+    """A persistent volume (an ext4 image on the host) that the guest sees mounted at `target`."""
+
+    name: str
+    image: Path
+    target: str
+
+
+@dataclass(frozen=True)
+class SandboxConfig:
+    pod_id: str
+    run_dir: Path  # private to this sandbox; the backend may put sockets and logs here
+    vcpus: int
+    memory_mib: int
+    layer: Path | None  # the pod's writable copy-on-write layer (an ext4 image), None = in guest memory
+    volumes: tuple[VolumeAttachment, ...] = ()
+    network: bool = False
+    boot_timeout_s: float = 60.0
+
+
+class Sandbox(Protocol):
+    """A started sandbox: its channel to the agent, what the agent must mount, and how to stop it."""
+
+    info: SandboxInfo
+    channel: GuestChannel
+    guest_mounts: list[dict[str, Any]]  # passed to the agent's `init` request
+
+    async def pause(self) -> None: ...
+    async def resume(self) -> None: ...
+    async def destroy(self) -> None:
+        """Stop everything the sandbox started and remove its files; safe to call twice."""
+
+
+class Backend(Protocol):
+    name: str
+
+    def availability(self) -> Availability: ...
+
+    async def start(self, config: SandboxConfig) -> Sandbox: ...

@@ -1,0 +1,66 @@
+"""A test double for unit tests: the real guest agent as a plain host process on a socketpair.
+
+It is NOT isolation: commands run on the host as the calling user. It exists so the protocol, channel and
+platform logic can be tested in milliseconds without a VM; it is never registered by default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+from podbay.channel import GuestChannel
+from podbay.guest import agent
+from podbay.isolation.base import Availability, SandboxConfig
+from podbay.models import SandboxInfo
+
+
+class LocalProcessBackend:
+    name = "local"
+
+    def availability(self) -> Availability:
+        return Availability(True, "test double: the agent runs on the host, unisolated")
+
+    async def start(self, config: SandboxConfig) -> LocalSandbox:
+        host_end, agent_end = socket.socketpair()
+        workdir = config.run_dir / "work"
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-I", "-S", agent.__file__, f"--transport=fd:{agent_end.fileno()}",
+            f"--state-dir={config.run_dir / 'state'}", f"--workdir={workdir}",
+            pass_fds=[agent_end.fileno()], start_new_session=True,
+        )
+        agent_end.close()
+        reader, writer = await asyncio.open_unix_connection(sock=host_end)
+        info = SandboxInfo(backend=self.name, isolation="none (test double)", accelerator="none",
+                           security_boundary=False, pid=process.pid)
+        sandbox = LocalSandbox(info, GuestChannel(reader, writer), process, config.run_dir)
+        await sandbox.channel.request("health", timeout=10)
+        return sandbox
+
+
+class LocalSandbox:
+    def __init__(self, info: SandboxInfo, channel: GuestChannel, process: asyncio.subprocess.Process,
+                 run_dir: Path) -> None:
+        self.info = info
+        self.channel = channel
+        self.guest_mounts: list[dict[str, Any]] = []
+        self._process = process
+        self._run_dir = run_dir
+
+    async def pause(self) -> None:
+        self._process.send_signal(19)  # SIGSTOP
+
+    async def resume(self) -> None:
+        self._process.send_signal(18)  # SIGCONT
+
+    async def destroy(self) -> None:
+        await self.channel.close()
+        with contextlib.suppress(ProcessLookupError):
+            self._process.kill()
+        await self._process.wait()
+        shutil.rmtree(self._run_dir / "work", ignore_errors=True)

@@ -1,0 +1,207 @@
+"""QEMU microvm backend: one QEMU process per sandbox, KVM where the host has it, TCG otherwise.
+
+Under TCG the guest is isolated functionally, but QEMU does not treat TCG as a security boundary: the
+sandbox info and `podbay doctor` say so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import pwd
+import shutil
+import signal
+from pathlib import Path
+from typing import Any
+
+from qemu.qmp import QMPClient
+
+from podbay.channel import GuestChannel
+from podbay.errors import BackendUnavailable, GuestError, PodbayError, Timeout
+from podbay.images import ImageSet, find_images
+from podbay.isolation.base import Availability, SandboxConfig
+from podbay.isolation.host import hardware_kvm
+from podbay.isolation.qemu.command import QEMU_BINARY, RunFiles, build_command, disk_device
+from podbay.models import SandboxInfo
+from podbay.paths import PodbayPaths
+
+TCG_NOTE = (
+    "QEMU TCG (software emulation): no hardware virtualization on this host. The guest is isolated "
+    "functionally, but QEMU does not treat TCG as a security boundary."
+)
+KVM_NOTE = "QEMU with KVM hardware virtualization: a hardware-enforced security boundary."
+UNPRIVILEGED_USER = "nobody"
+LOG_TAIL = 2000
+
+
+class QemuBackend:
+    name = "qemu"
+
+    def __init__(self, paths: PodbayPaths, images: ImageSet | None = None) -> None:
+        self._paths = paths
+        self._images = images
+
+    def availability(self) -> Availability:
+        if shutil.which(QEMU_BINARY) is None:
+            return Availability(False, f"{QEMU_BINARY} is not installed (Debian package qemu-system-x86)")
+        kvm = hardware_kvm()
+        if kvm.available:
+            return Availability(True, "KVM: " + kvm.reason)
+        return Availability(True, f"TCG ({kvm.reason}); not a security boundary")
+
+    def accelerator(self) -> str:
+        return "kvm" if hardware_kvm().available else "tcg"
+
+    def images(self) -> ImageSet:
+        if self._images is None:
+            self._images = find_images(self._paths)
+        return self._images
+
+    async def start(self, config: SandboxConfig) -> QemuSandbox:
+        available = self.availability()
+        if not available.available:
+            raise BackendUnavailable(f"qemu: {available.reason}")
+        images = self.images()
+        accelerator = self.accelerator()
+        files = RunFiles(config.run_dir)
+        run_as = _unprivileged_user()
+        if run_as is not None:
+            files.jail.mkdir(mode=0o755, exist_ok=True)  # an empty root for QEMU's -chroot
+        command = build_command(config, images.kernel, images.rootfs_image, accelerator, run_as)
+        with open(files.stderr_log, "wb") as stderr:
+            process = await asyncio.create_subprocess_exec(
+                *command, stdin=asyncio.subprocess.DEVNULL, stdout=stderr, stderr=stderr,
+                start_new_session=True,
+            )
+        info = SandboxInfo(
+            backend=self.name, isolation="microvm", accelerator=accelerator,
+            security_boundary=accelerator == "kvm", note=KVM_NOTE if accelerator == "kvm" else TCG_NOTE,
+            pid=process.pid, console_log=str(files.console_log),
+        )
+        sandbox = QemuSandbox(info, files, process, config)
+        try:
+            await sandbox.connect(config.boot_timeout_s)
+        except BaseException:
+            await sandbox.destroy()
+            raise
+        return sandbox
+
+
+class QemuSandbox:
+    def __init__(self, info: SandboxInfo, files: RunFiles, process: asyncio.subprocess.Process,
+                 config: SandboxConfig) -> None:
+        self.info = info
+        self._files = files
+        self._process = process
+        self._qmp = QMPClient(f"podbay-{config.pod_id}")
+        self._channel: GuestChannel | None = None
+        self._destroyed = False
+        self.guest_mounts: list[dict[str, Any]] = [
+            {"source": disk_device(2 + index), "target": volume.target, "fstype": "ext4"}
+            for index, volume in enumerate(config.volumes)
+        ]
+
+    @property
+    def channel(self) -> GuestChannel:
+        if self._channel is None:
+            raise GuestError("the sandbox is not connected")
+        return self._channel
+
+    async def connect(self, timeout: float) -> None:
+        """Wait until the agent answers; fail early, with QEMU's own words, if QEMU dies first."""
+        exited = asyncio.ensure_future(self._process.wait())
+        ready = asyncio.ensure_future(self._handshake())
+        try:
+            done, _ = await asyncio.wait({exited, ready}, timeout=timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if ready in done:
+                ready.result()
+                return
+            if exited in done:
+                raise GuestError(f"QEMU exited with status {exited.result()} before the guest agent "
+                                 f"answered.\n{self.diagnostics()}")
+            raise Timeout(f"the guest agent did not answer within {timeout} s.\n{self.diagnostics()}")
+        finally:
+            for task in (exited, ready):
+                task.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.gather(exited, ready, return_exceptions=True)
+
+    async def _handshake(self) -> None:
+        await _wait_for_path(self._files.agent_socket)
+        reader, writer = await asyncio.open_unix_connection(str(self._files.agent_socket))
+        self._channel = GuestChannel(reader, writer)
+        # QMP comes up while the guest boots; the health request waits in the socket until the agent reads.
+        await _wait_for_path(self._files.qmp_socket)
+        await asyncio.gather(self._qmp.connect(str(self._files.qmp_socket)),
+                             self._channel.request("health", timeout=None))
+
+    def diagnostics(self) -> str:
+        return (f"QEMU stderr: {_tail(self._files.stderr_log) or '(empty)'}\n"
+                f"console log ({self._files.console_log}):\n{_tail(self._files.console_log) or '(empty)'}")
+
+    async def pause(self) -> None:
+        await self._qmp.execute("stop")
+
+    async def resume(self) -> None:
+        await self._qmp.execute("cont")
+
+    async def destroy(self) -> None:
+        if self._destroyed:
+            return
+        self._destroyed = True
+        await self._shutdown_guest()
+        await self._stop_process()
+        if self._channel is not None:
+            await self._channel.close()
+        with contextlib.suppress(Exception):
+            await self._qmp.disconnect()
+        shutil.rmtree(self._files.run_dir, ignore_errors=True)
+
+    async def _shutdown_guest(self) -> None:
+        """Let the agent sync and unmount volumes, so data written by the guest is on the host's disk."""
+        if self._channel is None or self._process.returncode is not None:
+            return
+        with contextlib.suppress(PodbayError, OSError):
+            if self._qmp.runstate is not None and not await self._is_running():
+                await self._qmp.execute("cont")
+            await self._channel.request("shutdown", timeout=10.0)
+
+    async def _is_running(self) -> bool:
+        status = await self._qmp.execute("query-status")
+        return isinstance(status, dict) and bool(status.get("running"))
+
+    async def _stop_process(self) -> None:
+        if self._process.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self._process.pid, signal.SIGKILL)  # its whole session: QEMU has no children, but be sure
+        await self._process.wait()
+
+
+def _unprivileged_user() -> str | None:
+    """Drop QEMU to `nobody` when we are root; as another user QEMU already runs unprivileged."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam(UNPRIVILEGED_USER)
+    except KeyError:
+        return None
+    return UNPRIVILEGED_USER
+
+
+async def _wait_for_path(path: Path, interval: float = 0.002) -> None:
+    while not path.exists():
+        await asyncio.sleep(interval)
+
+
+def _tail(path: Path) -> str:
+    try:
+        with open(path, "rb") as file:
+            file.seek(0, os.SEEK_END)
+            file.seek(max(0, file.tell() - LOG_TAIL))
+            return file.read().decode(errors="replace").strip()
+    except OSError:
+        return ""
+

@@ -1,0 +1,99 @@
+"""The QEMU microvm command line, built from a SandboxConfig (pure: unit-testable without QEMU)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from podbay.guest.protocol import PORT_NAME
+from podbay.isolation.base import SandboxConfig
+
+QEMU_BINARY = "qemu-system-x86_64"
+# Devices are probed in the order they are given, so the disks are vda (root), vdb (layer), vdc... (volumes).
+ROOT_DEVICE = "/dev/vda"
+KERNEL_CMDLINE = (
+    "console=ttyS0 reboot=t panic=-1 quiet loglevel=4 root=/dev/vda ro rootfstype=ext4 "
+    "init=/sbin/podbay-init tsc=reliable"
+)
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """Where one sandbox's sockets and logs live (all inside its private run directory)."""
+
+    run_dir: Path
+
+    @property
+    def agent_socket(self) -> Path:
+        return self.run_dir / "agent.sock"
+
+    @property
+    def qmp_socket(self) -> Path:
+        return self.run_dir / "qmp.sock"
+
+    @property
+    def console_log(self) -> Path:
+        return self.run_dir / "console.log"
+
+    @property
+    def stderr_log(self) -> Path:
+        return self.run_dir / "qemu.stderr"
+
+    @property
+    def jail(self) -> Path:
+        return self.run_dir / "jail"
+
+
+def disk_device(index: int) -> str:
+    return "/dev/vd" + chr(ord("a") + index)
+
+
+def build_command(config: SandboxConfig, kernel: Path, rootfs: Path, accelerator: str,
+                  run_as: str | None) -> list[str]:
+    files = RunFiles(config.run_dir)
+    cmdline = KERNEL_CMDLINE
+    if config.layer is not None:
+        cmdline += f" podbay.rw={disk_device(1)}"
+    command = [
+        QEMU_BINARY,
+        "-M", "microvm,x-option-roms=off,pit=off,pic=off,rtc=off,isa-serial=on",
+        "-accel", accelerator,
+        *(["-cpu", "host,-arch-capabilities"] if accelerator == "kvm" else []),
+        "-m", str(config.memory_mib),
+        "-smp", str(config.vcpus),
+        "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+        "-kernel", str(kernel),
+        "-append", cmdline,
+        *_disk("root", rootfs, read_only=True),
+        *(_disk("layer", config.layer, read_only=False) if config.layer else []),
+    ]
+    for index, volume in enumerate(config.volumes):
+        command += _disk(f"vol{index}", volume.image, read_only=False)
+    command += [
+        "-device", "virtio-serial-device,max_ports=2",
+        "-chardev", f"socket,id=agent,path={files.agent_socket},server=on,wait=off",
+        "-device", f"virtserialport,chardev=agent,name={PORT_NAME}",
+        "-device", "virtio-rng-device",
+        "-chardev", f"file,id=console,path={files.console_log}",
+        "-serial", "chardev:console",
+        "-qmp", f"unix:{files.qmp_socket},server=on,wait=off",
+        # Least privilege: no spawning, no privilege changes after start-up (seccomp).
+        "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+    ]
+    if config.network:
+        command += ["-netdev", "user,id=net0", "-device", "virtio-net-device,netdev=net0"]
+    if run_as is not None:
+        # Every file is opened before QEMU drops to this user and chroots into an empty directory.
+        command += ["-runas", run_as, "-chroot", str(files.jail)]
+    return command
+
+
+def _disk(drive_id: str, path: Path, read_only: bool) -> list[str]:
+    options = f"id={drive_id},file={_escape(path)},format=raw,if=none,cache=writeback,aio=threads"
+    if read_only:
+        options += ",readonly=on"
+    return ["-drive", options, "-device", f"virtio-blk-device,drive={drive_id}"]
+
+
+def _escape(path: Path) -> str:
+    return str(path).replace(",", ",,")  # QEMU option syntax: a comma inside a value is doubled

@@ -1,0 +1,147 @@
+"""The data podbay takes and gives: pod specs, pod info, exec results, traces."""
+
+from __future__ import annotations
+
+import enum
+import json
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from podbay.errors import InvalidSpec
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+RESERVED_ENV_PREFIX = "PODBAY_"
+MAX_CONTEXT_BYTES = 256 << 10
+
+
+class PodState(enum.StrEnum):
+    CREATING = "creating"
+    RUNNING = "running"
+    PAUSED = "paused"
+    DESTROYED = "destroyed"
+    FAILED = "failed"
+
+
+class PodSpec(BaseModel):
+    """What a pod should be. Every field is checked; a bad one raises InvalidSpec naming it and the fix."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    backend: str = "qemu"
+    vcpus: int = Field(1, ge=1, le=16)
+    memory_mib: int = Field(256, ge=64, le=16384)
+    disk_mib: int = Field(1024, ge=64, le=65536, description="size of the pod's writable layer")
+    memory_db: bool = False
+    volume: str | None = Field(None, pattern=NAME_PATTERN)
+    volume_mib: int = Field(256, ge=16, le=65536)
+    env: dict[str, str] = Field(default_factory=dict)
+    context: dict[str, Any] = Field(default_factory=dict)
+    network: bool = False
+    boot_timeout_s: float = Field(60.0, gt=0, le=600)
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, env: dict[str, str]) -> dict[str, str]:
+        for name, value in env.items():
+            if not ENV_NAME.match(name):
+                raise ValueError(f"{name!r} is not a valid environment variable name")
+            if name.startswith(RESERVED_ENV_PREFIX):
+                raise ValueError(f"{name!r}: names starting with {RESERVED_ENV_PREFIX} are set by podbay")
+            if "\0" in value:
+                raise ValueError(f"the value of {name!r} contains a NUL byte")
+        return env
+
+    @field_validator("context")
+    @classmethod
+    def _context_is_json(cls, context: dict[str, Any]) -> dict[str, Any]:
+        try:
+            size = len(json.dumps(context))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"must be JSON-serialisable ({exc})") from None
+        if size > MAX_CONTEXT_BYTES:
+            raise ValueError(f"is {size} bytes of JSON; the limit is {MAX_CONTEXT_BYTES}")
+        return context
+
+    @classmethod
+    def parse(cls, **fields: Any) -> PodSpec:
+        """Build a spec, turning pydantic's report into InvalidSpec for the first bad field."""
+        try:
+            return cls(**fields)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            field = ".".join(str(part) for part in error["loc"]) or "spec"
+            raise InvalidSpec(field, error["msg"], _fix_for(field)) from None
+
+
+_FIXES = {
+    "volume": "use 1-63 characters: lower-case letters, digits, '.', '_' or '-', starting with a letter or digit",
+    "env": "use names like TASK or MY_VAR (letters, digits, '_'; not starting with PODBAY_) and string values",
+    "context": "pass a dict of JSON values (str, int, float, bool, None, lists, dicts)",
+    "vcpus": "use 1 to 16",
+    "memory_mib": "use 64 to 16384",
+    "disk_mib": "use 64 to 65536",
+    "volume_mib": "use 16 to 65536",
+}
+
+
+def _fix_for(field: str) -> str:
+    root = field.split(".")[0]
+    return _FIXES.get(root, f"check {root!r} against the PodSpec fields (unknown fields are refused)")
+
+
+class Phase(BaseModel):
+    """One step of a pod's life, with monotonic-clock seconds relative to the pod's creation."""
+
+    name: str
+    start_s: float
+    end_s: float
+
+    @property
+    def duration_ms(self) -> float:
+        return (self.end_s - self.start_s) * 1000
+
+
+class SandboxInfo(BaseModel):
+    backend: str
+    isolation: str
+    accelerator: str
+    security_boundary: bool
+    note: str = ""
+    pid: int | None = None
+    console_log: str | None = None
+
+
+class PodInfo(BaseModel):
+    id: str
+    state: PodState
+    spec: PodSpec
+    sandbox: SandboxInfo | None = None
+    volume: str | None = None
+    db_url: str | None = None
+    created_at: float
+    trace: list[Phase] = Field(default_factory=list)
+    error: str | None = None
+
+
+class ExecResult(BaseModel):
+    exit_code: int
+    stdout: str = ""
+    stderr: str = ""
+    signal: int | None = None
+    timed_out: bool = False
+    duration_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+
+class FileEntry(BaseModel):
+    name: str
+    type: str
+    size: int
+    mode: int
+    mtime: float

@@ -1,0 +1,238 @@
+"""The control plane, embedded: create, find and destroy pods (sandbox + private database), asyncio core.
+
+`AsyncPlatform` is the one orchestrator; `podbay.sync.Platform` is its thin blocking wrapper.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import shutil
+import time
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from podbay.channel import GuestProcess, OutputCallback
+from podbay.errors import InvalidSpec, NotFound, PodbayError
+from podbay.images.ext4 import make_ext4
+from podbay.isolation.base import Availability, Backend, Sandbox, SandboxConfig
+from podbay.isolation.qemu.backend import QemuBackend
+from podbay.models import ExecResult, FileEntry, Phase, PodInfo, PodSpec, PodState
+from podbay.paths import PodbayPaths
+from podbay.state.base import StateLease, StateProvider
+from podbay.state.sqlite import SqliteProvider
+from podbay.state.volumes import VolumeStore
+
+T = TypeVar("T")
+
+
+class Trace:
+    """Timestamps of a pod's phases, relative to the moment creation began."""
+
+    def __init__(self) -> None:
+        self.origin = time.monotonic()
+        self.phases: list[Phase] = []
+
+    async def timed(self, name: str, work: Awaitable[T]) -> T:
+        start = time.monotonic() - self.origin
+        try:
+            return await work
+        finally:
+            self.phases.append(Phase(name=name, start_s=start, end_s=time.monotonic() - self.origin))
+
+    @contextlib.asynccontextmanager
+    async def phase(self, name: str) -> AsyncIterator[None]:
+        start = time.monotonic() - self.origin
+        try:
+            yield
+        finally:
+            self.phases.append(Phase(name=name, start_s=start, end_s=time.monotonic() - self.origin))
+
+
+class AsyncFiles:
+    """`pod.files`: read and write files inside the sandbox."""
+
+    def __init__(self, pod: AsyncPod) -> None:
+        self._pod = pod
+
+    async def write(self, path: str, data: bytes | str, mode: int = 0o644) -> int:
+        payload = data.encode() if isinstance(data, str) else data
+        header, _ = await self._pod.sandbox.channel.request("file_write", payload, path=path, mode=mode)
+        return int(header["size"])
+
+    async def read(self, path: str) -> bytes:
+        _, payload = await self._pod.sandbox.channel.request("file_read", path=path)
+        return payload
+
+    async def list(self, path: str) -> list[FileEntry]:
+        header, _ = await self._pod.sandbox.channel.request("file_list", path=path)
+        return [FileEntry(**entry) for entry in header["entries"]]
+
+    async def stat(self, path: str) -> FileEntry:
+        header, _ = await self._pod.sandbox.channel.request("file_stat", path=path)
+        return FileEntry(name=header["path"], **{k: header[k] for k in ("type", "size", "mode", "mtime")})
+
+
+class AsyncPod:
+    def __init__(self, platform: AsyncPlatform, pod_id: str, spec: PodSpec, sandbox: Sandbox,
+                 lease: StateLease | None, trace: Trace, run_dir: Path) -> None:
+        self.id = pod_id
+        self.spec = spec
+        self.sandbox = sandbox
+        self.files = AsyncFiles(self)
+        self._platform = platform
+        self._lease = lease
+        self._trace = trace
+        self._run_dir = run_dir
+        self._state = PodState.RUNNING
+
+    def info(self) -> PodInfo:
+        return PodInfo(
+            id=self.id, state=self._state, spec=self.spec, sandbox=self.sandbox.info,
+            volume=self._lease.volume_name if self._lease else None,
+            db_url=self._lease.db_url if self._lease else None,
+            created_at=self._platform.wall_clock(self._trace.origin), trace=list(self._trace.phases),
+        )
+
+    def _check_running(self) -> None:
+        if self._state is not PodState.RUNNING:
+            raise PodbayError(f"pod {self.id} is {self._state.value}; resume it or create a new one")
+
+    async def start_process(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
+                            cwd: str | None = None, stdin: bool = False, timeout: float | None = None,
+                            on_stdout: OutputCallback | None = None,
+                            on_stderr: OutputCallback | None = None) -> GuestProcess:
+        self._check_running()
+        _check_argv(argv)
+        return await self.sandbox.channel.start_process(
+            argv, env=env, cwd=cwd, stdin=stdin, timeout=timeout, on_stdout=on_stdout, on_stderr=on_stderr)
+
+    async def exec(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
+                   cwd: str | None = None, stdin: bytes | None = None, timeout: float | None = None,
+                   on_stdout: OutputCallback | None = None,
+                   on_stderr: OutputCallback | None = None) -> ExecResult:
+        """Run a command to completion; output streams to the callbacks as it comes and is returned too."""
+        process = await self.start_process(argv, env=env, cwd=cwd, stdin=stdin is not None, timeout=timeout,
+                                           on_stdout=on_stdout, on_stderr=on_stderr)
+        if stdin is not None:
+            await process.write_stdin(stdin, eof=True)
+        return await process.wait()
+
+    async def pause(self) -> None:
+        self._check_running()
+        await self.sandbox.pause()
+        self._state = PodState.PAUSED
+
+    async def resume(self) -> None:
+        if self._state is not PodState.PAUSED:
+            raise PodbayError(f"pod {self.id} is {self._state.value}, not paused")
+        await self.sandbox.resume()
+        self._state = PodState.RUNNING
+
+    async def destroy(self) -> None:
+        if self._state is PodState.DESTROYED:
+            return
+        self._state = PodState.DESTROYED
+        await self._trace.timed("destroy", self._platform.teardown(self.id, self.sandbox, self._lease,
+                                                                    self._run_dir))
+
+
+class AsyncPlatform:
+    def __init__(self, paths: PodbayPaths | None = None,
+                 backends: Mapping[str, Backend] | None = None) -> None:
+        self.paths = paths or PodbayPaths.from_env()
+        self.volumes = VolumeStore(self.paths.volumes)
+        self.backends: dict[str, Backend] = dict(backends or {"qemu": QemuBackend(self.paths)})
+        self._state: StateProvider = SqliteProvider(self.volumes)
+        self._pods: dict[str, AsyncPod] = {}
+        self._clock_offset = time.time() - time.monotonic()
+
+    def wall_clock(self, monotonic: float) -> float:
+        return monotonic + self._clock_offset
+
+    def doctor(self) -> dict[str, Availability]:
+        return {name: backend.availability() for name, backend in self.backends.items()}
+
+    async def create_agent(self, **fields: Any) -> AsyncPod:
+        """Create a pod from keyword fields of PodSpec (e.g. memory_db=True, volume="customer-42")."""
+        return await self.create(PodSpec.parse(**fields))
+
+    async def create(self, spec: PodSpec) -> AsyncPod:
+        backend = self._backend(spec.backend)
+        if spec.volume is not None and not spec.memory_db:
+            raise InvalidSpec("volume", "a volume holds the pod's database", "also pass memory_db=True")
+        pod_id = "pod-" + secrets.token_hex(6)
+        run_dir = self.paths.pods / pod_id
+        run_dir.mkdir(parents=True, mode=0o700)
+        trace = Trace()
+        sandbox: Sandbox | None = None
+        lease: StateLease | None = None
+        try:
+            layer_path = run_dir / "layer.ext4"
+            layer_task = trace.timed("layer", asyncio.to_thread(make_ext4, layer_path, spec.disk_mib, "podbay-layer",
+                                                                 journal=False))
+            state_task = trace.timed("db provision", self._provision(pod_id, spec))
+            results = await asyncio.gather(layer_task, state_task, return_exceptions=True)
+            lease = results[1] if isinstance(results[1], StateLease) else None
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
+            config = SandboxConfig(
+                pod_id=pod_id, run_dir=run_dir, vcpus=spec.vcpus, memory_mib=spec.memory_mib, layer=layer_path,
+                volumes=lease.volumes if lease else (), network=spec.network, boot_timeout_s=spec.boot_timeout_s,
+            )
+            sandbox = await trace.timed("boot", backend.start(config))
+            env = {**spec.env, **(lease.env if lease else {}), "PODBAY_POD_ID": pod_id}
+            await trace.timed("attach+inject", sandbox.channel.request(
+                "init", env=env, context=spec.context, mounts=sandbox.guest_mounts))
+        except BaseException:
+            await self.teardown(pod_id, sandbox, lease, run_dir)
+            raise
+        pod = AsyncPod(self, pod_id, spec, sandbox, lease, trace, run_dir)
+        self._pods[pod_id] = pod
+        return pod
+
+    async def _provision(self, pod_id: str, spec: PodSpec) -> StateLease | None:
+        if not spec.memory_db:
+            return None
+        return await self._state.provision(pod_id, spec.volume, spec.volume_mib)
+
+    async def teardown(self, pod_id: str, sandbox: Sandbox | None, lease: StateLease | None,
+                       run_dir: Path) -> None:
+        """Undo whatever part of a pod exists; every failure path and destroy() end here."""
+        self._pods.pop(pod_id, None)
+        try:
+            if sandbox is not None:
+                await sandbox.destroy()
+        finally:
+            if lease is not None:
+                await self._state.release(lease)
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+    def _backend(self, name: str) -> Backend:
+        backend = self.backends.get(name)
+        if backend is None:
+            raise InvalidSpec("backend", f"unknown backend {name!r}",
+                              f"choose one of: {', '.join(sorted(self.backends))}")
+        return backend
+
+    def get(self, pod_id: str) -> AsyncPod:
+        try:
+            return self._pods[pod_id]
+        except KeyError:
+            raise NotFound(f"no pod {pod_id!r} in this platform") from None
+
+    def list(self) -> list[PodInfo]:
+        return [pod.info() for pod in self._pods.values()]
+
+    async def close(self) -> None:
+        """Destroy every pod this platform still holds."""
+        await asyncio.gather(*(pod.destroy() for pod in list(self._pods.values())), return_exceptions=True)
+
+
+def _check_argv(argv: Sequence[str]) -> None:
+    if isinstance(argv, str) or not argv or not all(isinstance(arg, str) for arg in argv):
+        raise InvalidSpec("argv", "must be a non-empty list of strings",
+                          'pass e.g. ["python3", "-c", "print(1)"], or ["sh", "-c", "..."] for a shell line')

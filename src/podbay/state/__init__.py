@@ -1,0 +1,1 @@
+"""Per-pod databases: the StateProvider seam and its implementations."""

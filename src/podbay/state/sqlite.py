@@ -1,0 +1,40 @@
+"""SQLite on a persistent volume: the database file lives on the pod's volume, mounted at /data."""
+
+from __future__ import annotations
+
+import asyncio
+
+from podbay.isolation.base import VolumeAttachment
+from podbay.state.base import StateLease
+from podbay.state.volumes import DB_FILE, MOUNT_POINT, VolumeStore
+
+
+class SqliteProvider:
+    kind = "sqlite"
+
+    def __init__(self, volumes: VolumeStore) -> None:
+        self._volumes = volumes
+
+    async def provision(self, pod_id: str, volume: str | None, size_mib: int) -> StateLease:
+        name = volume or f"{pod_id}-db"  # no name asked: a volume that lives and dies with the pod
+        self._volumes.attach(name)
+        try:
+            image, _ = await asyncio.to_thread(self._volumes.ensure, name, size_mib)
+        except BaseException:
+            self._volumes.detach(name)
+            raise
+        db_path = f"{MOUNT_POINT}/{DB_FILE}"
+        return StateLease(
+            provider=self.kind,
+            db_url=f"sqlite:///{db_path}",
+            env={"PODBAY_DB_URL": f"sqlite:///{db_path}", "PODBAY_DB_PATH": db_path},
+            volumes=(VolumeAttachment(name=name, image=image, target=MOUNT_POINT),),
+            volume_name=name,
+            ephemeral=volume is None,
+        )
+
+    async def release(self, lease: StateLease) -> None:
+        if lease.volume_name is not None:
+            self._volumes.detach(lease.volume_name)
+            if lease.ephemeral:
+                self._volumes.delete(lease.volume_name)

@@ -1,0 +1,155 @@
+"""Blocking wrappers over the asyncio core: one event loop in a background thread, one line per method."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine, Mapping, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+from podbay.channel import GuestProcess, OutputCallback
+from podbay.isolation.base import Availability, Backend
+from podbay.models import ExecResult, FileEntry, PodInfo, PodSpec
+from podbay.paths import PodbayPaths
+from podbay.platform import AsyncPlatform, AsyncPod
+from podbay.state.volumes import VolumeStore
+
+T = TypeVar("T")
+
+
+class _Loop:
+    """An event loop running in a daemon thread; `run` blocks the caller until a coroutine finishes."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="podbay-loop", daemon=True)
+        self._thread.start()
+
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join()
+        self.loop.close()
+
+
+class Process:
+    def __init__(self, loop: _Loop, process: GuestProcess) -> None:
+        self._loop = loop
+        self._process = process
+        self.pid = process.pid
+
+    def write_stdin(self, data: bytes, eof: bool = False) -> None:
+        self._loop.run(self._process.write_stdin(data, eof=eof))
+
+    def close_stdin(self) -> None:
+        self._loop.run(self._process.close_stdin())
+
+    def signal(self, signum: int) -> None:
+        self._loop.run(self._process.signal(signum))
+
+    def wait(self) -> ExecResult:
+        return self._loop.run(self._process.wait())
+
+
+class Files:
+    def __init__(self, loop: _Loop, pod: AsyncPod) -> None:
+        self._loop = loop
+        self._files = pod.files
+
+    def write(self, path: str, data: bytes | str, mode: int = 0o644) -> int:
+        return self._loop.run(self._files.write(path, data, mode))
+
+    def read(self, path: str) -> bytes:
+        return self._loop.run(self._files.read(path))
+
+    def list(self, path: str) -> list[FileEntry]:
+        return self._loop.run(self._files.list(path))
+
+    def stat(self, path: str) -> FileEntry:
+        return self._loop.run(self._files.stat(path))
+
+
+class Pod:
+    def __init__(self, loop: _Loop, pod: AsyncPod) -> None:
+        self._loop = loop
+        self._pod = pod
+        self.id = pod.id
+        self.files = Files(loop, pod)
+
+    def info(self) -> PodInfo:
+        return self._pod.info()
+
+    def exec(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None, cwd: str | None = None,
+             stdin: bytes | None = None, timeout: float | None = None, on_stdout: OutputCallback | None = None,
+             on_stderr: OutputCallback | None = None) -> ExecResult:
+        return self._loop.run(self._pod.exec(argv, env=env, cwd=cwd, stdin=stdin, timeout=timeout,
+                                             on_stdout=on_stdout, on_stderr=on_stderr))
+
+    def start_process(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
+                      cwd: str | None = None, stdin: bool = False, timeout: float | None = None,
+                      on_stdout: OutputCallback | None = None,
+                      on_stderr: OutputCallback | None = None) -> Process:
+        process = self._loop.run(self._pod.start_process(argv, env=env, cwd=cwd, stdin=stdin, timeout=timeout,
+                                                         on_stdout=on_stdout, on_stderr=on_stderr))
+        return Process(self._loop, process)
+
+    def pause(self) -> None:
+        self._loop.run(self._pod.pause())
+
+    def resume(self) -> None:
+        self._loop.run(self._pod.resume())
+
+    def destroy(self) -> None:
+        self._loop.run(self._pod.destroy())
+
+    def __enter__(self) -> Pod:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.destroy()
+
+
+class Platform:
+    """The embedded platform, blocking API. Use it as a context manager: leaving it destroys its pods."""
+
+    def __init__(self, paths: PodbayPaths | None = None, backends: Mapping[str, Backend] | None = None) -> None:
+        self._loop = _Loop()
+        self._platform = self._loop.run(_construct(paths, backends))
+
+    @property
+    def paths(self) -> PodbayPaths:
+        return self._platform.paths
+
+    @property
+    def volumes(self) -> VolumeStore:
+        return self._platform.volumes
+
+    def doctor(self) -> dict[str, Availability]:
+        return self._platform.doctor()
+
+    def create_agent(self, **fields: Any) -> Pod:
+        return Pod(self._loop, self._loop.run(self._platform.create_agent(**fields)))
+
+    def create(self, spec: PodSpec) -> Pod:
+        return Pod(self._loop, self._loop.run(self._platform.create(spec)))
+
+    def list(self) -> list[PodInfo]:
+        return self._platform.list()
+
+    def close(self) -> None:
+        self._loop.run(self._platform.close())
+        self._loop.stop()
+
+    def __enter__(self) -> Platform:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.close()
+
+
+async def _construct(paths: PodbayPaths | None, backends: Mapping[str, Backend] | None) -> AsyncPlatform:
+    return AsyncPlatform(paths, backends)  # built inside the loop so its clock and tasks belong to it
