@@ -72,8 +72,7 @@ class GuestChannel:
             raise _error_from(header)
         return frame
 
-    async def request(self, op: str, payload: bytes = b"", timeout: float | None = 30.0,
-                      **fields: Any) -> Frame:
+    async def request(self, op: str, payload: bytes = b"", timeout: float | None = 30.0, **fields: Any) -> Frame:
         """Send one request and wait for its single `result` frame."""
         request_id, queue = self._open()
         try:
@@ -95,10 +94,17 @@ class GuestChannel:
 
     # ---- processes -------------------------------------------------------------------------------------
 
-    async def start_process(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
-                            cwd: str | None = None, stdin: bool = False, timeout: float | None = None,
-                            on_stdout: OutputCallback | None = None,
-                            on_stderr: OutputCallback | None = None) -> GuestProcess:
+    async def start_process(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        stdin: bool = False,
+        timeout: float | None = None,
+        on_stdout: OutputCallback | None = None,
+        on_stderr: OutputCallback | None = None,
+    ) -> GuestProcess:
         request_id, queue = self._open()
         fields = {"argv": list(argv), "env": dict(env or {}), "cwd": cwd, "stdin": stdin, "timeout": timeout}
         try:
@@ -113,8 +119,15 @@ class GuestChannel:
 class GuestProcess:
     """A command running in the guest: feed its stdin, signal it, wait for its result."""
 
-    def __init__(self, channel: GuestChannel, request_id: int, queue: asyncio.Queue[Frame | None], pid: int,
-                 on_stdout: OutputCallback | None, on_stderr: OutputCallback | None) -> None:
+    def __init__(
+        self,
+        channel: GuestChannel,
+        request_id: int,
+        queue: asyncio.Queue[Frame | None],
+        pid: int,
+        on_stdout: OutputCallback | None,
+        on_stderr: OutputCallback | None,
+    ) -> None:
         self._channel = channel
         self._id = request_id
         self._queue = queue

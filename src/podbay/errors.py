@@ -1,14 +1,14 @@
 """The one exception tree of podbay.
 
-    PodbayError                 root: catch this to catch everything podbay raises
-    ├── NotFound                a pod, volume, image or file does not exist
-    │   └── ImageMissing        the kernel or rootfs is not built yet (says how to build it)
-    ├── Conflict                the name is taken, or the resource is in use (a volume attached elsewhere)
-    ├── InvalidSpec             bad input; the message names the field and the fix
-    ├── BackendUnavailable      the isolation backend cannot run on this host (the reason says why)
-    ├── GuestError              the sandbox or its agent failed (crash, protocol error, command refused)
-    ├── Timeout                 an operation did not finish in time
-    └── QuotaExceeded           a limit was hit
+PodbayError                 root: catch this to catch everything podbay raises
+├── NotFound                a pod, volume, image or file does not exist
+│   └── ImageMissing        the kernel or rootfs is not built yet (says how to build it)
+├── Conflict                the name is taken, or the resource is in use (a volume attached elsewhere)
+├── InvalidSpec             bad input; the message names the field and the fix
+├── BackendUnavailable      the isolation backend cannot run on this host (the reason says why)
+├── GuestError              the sandbox or its agent failed (crash, protocol error, command refused)
+├── Timeout                 an operation did not finish in time
+└── QuotaExceeded           a limit was hit
 """
 
 from __future__ import annotations

@@ -76,8 +76,16 @@ class AsyncFiles:
 
 
 class AsyncPod:
-    def __init__(self, platform: AsyncPlatform, pod_id: str, spec: PodSpec, sandbox: Sandbox,
-                 lease: StateLease | None, trace: Trace, run_dir: Path) -> None:
+    def __init__(
+        self,
+        platform: AsyncPlatform,
+        pod_id: str,
+        spec: PodSpec,
+        sandbox: Sandbox,
+        lease: StateLease | None,
+        trace: Trace,
+        run_dir: Path,
+    ) -> None:
         self.id = pod_id
         self.spec = spec
         self.sandbox = sandbox
@@ -90,32 +98,58 @@ class AsyncPod:
 
     def info(self) -> PodInfo:
         return PodInfo(
-            id=self.id, state=self._state, spec=self.spec, sandbox=self.sandbox.info,
+            id=self.id,
+            state=self._state,
+            spec=self.spec,
+            sandbox=self.sandbox.info,
             volume=self._lease.volume_name if self._lease else None,
             db_url=self._lease.db_url if self._lease else None,
-            created_at=self._platform.wall_clock(self._trace.origin), trace=list(self._trace.phases),
+            created_at=self._platform.wall_clock(self._trace.origin),
+            trace=list(self._trace.phases),
         )
 
     def _check_running(self) -> None:
         if self._state is not PodState.RUNNING:
             raise PodbayError(f"pod {self.id} is {self._state.value}; resume it or create a new one")
 
-    async def start_process(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
-                            cwd: str | None = None, stdin: bool = False, timeout: float | None = None,
-                            on_stdout: OutputCallback | None = None,
-                            on_stderr: OutputCallback | None = None) -> GuestProcess:
+    async def start_process(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        stdin: bool = False,
+        timeout: float | None = None,
+        on_stdout: OutputCallback | None = None,
+        on_stderr: OutputCallback | None = None,
+    ) -> GuestProcess:
         self._check_running()
         _check_argv(argv)
         return await self.sandbox.channel.start_process(
-            argv, env=env, cwd=cwd, stdin=stdin, timeout=timeout, on_stdout=on_stdout, on_stderr=on_stderr)
+            argv, env=env, cwd=cwd, stdin=stdin, timeout=timeout, on_stdout=on_stdout, on_stderr=on_stderr
+        )
 
-    async def exec(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
-                   cwd: str | None = None, stdin: bytes | None = None, timeout: float | None = None,
-                   on_stdout: OutputCallback | None = None,
-                   on_stderr: OutputCallback | None = None) -> ExecResult:
+    async def exec(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        stdin: bytes | None = None,
+        timeout: float | None = None,
+        on_stdout: OutputCallback | None = None,
+        on_stderr: OutputCallback | None = None,
+    ) -> ExecResult:
         """Run a command to completion; output streams to the callbacks as it comes and is returned too."""
-        process = await self.start_process(argv, env=env, cwd=cwd, stdin=stdin is not None, timeout=timeout,
-                                           on_stdout=on_stdout, on_stderr=on_stderr)
+        process = await self.start_process(
+            argv,
+            env=env,
+            cwd=cwd,
+            stdin=stdin is not None,
+            timeout=timeout,
+            on_stdout=on_stdout,
+            on_stderr=on_stderr,
+        )
         if stdin is not None:
             await process.write_stdin(stdin, eof=True)
         return await process.wait()
@@ -135,13 +169,11 @@ class AsyncPod:
         if self._state is PodState.DESTROYED:
             return
         self._state = PodState.DESTROYED
-        await self._trace.timed("destroy", self._platform.teardown(self.id, self.sandbox, self._lease,
-                                                                    self._run_dir))
+        await self._trace.timed("destroy", self._platform.teardown(self.id, self.sandbox, self._lease, self._run_dir))
 
 
 class AsyncPlatform:
-    def __init__(self, paths: PodbayPaths | None = None,
-                 backends: Mapping[str, Backend] | None = None) -> None:
+    def __init__(self, paths: PodbayPaths | None = None, backends: Mapping[str, Backend] | None = None) -> None:
         self.paths = paths or PodbayPaths.from_env()
         self.volumes = VolumeStore(self.paths.volumes)
         self.backends: dict[str, Backend] = dict(backends or {"qemu": QemuBackend(self.paths)})
@@ -171,8 +203,10 @@ class AsyncPlatform:
         lease: StateLease | None = None
         try:
             layer_path = run_dir / "layer.ext4"
-            layer_task = trace.timed("layer", asyncio.to_thread(make_ext4, layer_path, spec.disk_mib, "podbay-layer",
-                                                                 journal=False))
+            layer_task = trace.timed(
+                "layer",
+                asyncio.to_thread(make_ext4, layer_path, spec.disk_mib, "podbay-layer", journal=False),
+            )
             state_task = trace.timed("db provision", self._provision(pod_id, spec))
             results = await asyncio.gather(layer_task, state_task, return_exceptions=True)
             lease = results[1] if isinstance(results[1], StateLease) else None
@@ -180,13 +214,23 @@ class AsyncPlatform:
                 if isinstance(result, BaseException):
                     raise result
             config = SandboxConfig(
-                pod_id=pod_id, run_dir=run_dir, vcpus=spec.vcpus, memory_mib=spec.memory_mib, layer=layer_path,
-                volumes=lease.volumes if lease else (), network=spec.network, boot_timeout_s=spec.boot_timeout_s,
+                pod_id=pod_id,
+                run_dir=run_dir,
+                vcpus=spec.vcpus,
+                memory_mib=spec.memory_mib,
+                layer=layer_path,
+                volumes=lease.volumes if lease else (),
+                network=spec.network,
+                boot_timeout_s=spec.boot_timeout_s,
             )
             sandbox = await trace.timed("boot", backend.start(config))
             env = {**spec.env, **(lease.env if lease else {}), "PODBAY_POD_ID": pod_id}
-            await trace.timed("attach+inject", sandbox.channel.request(
-                "init", env=env, context=spec.context, mounts=sandbox.guest_mounts))
+            await trace.timed(
+                "attach+inject",
+                sandbox.channel.request(
+                    "init", env=env, context=spec.context, mounts=sandbox.guest_mounts, clock=time.time()
+                ),
+            )
         except BaseException:
             await self.teardown(pod_id, sandbox, lease, run_dir)
             raise
@@ -199,8 +243,7 @@ class AsyncPlatform:
             return None
         return await self._state.provision(pod_id, spec.volume, spec.volume_mib)
 
-    async def teardown(self, pod_id: str, sandbox: Sandbox | None, lease: StateLease | None,
-                       run_dir: Path) -> None:
+    async def teardown(self, pod_id: str, sandbox: Sandbox | None, lease: StateLease | None, run_dir: Path) -> None:
         """Undo whatever part of a pod exists; every failure path and destroy() end here."""
         self._pods.pop(pod_id, None)
         try:
@@ -214,8 +257,9 @@ class AsyncPlatform:
     def _backend(self, name: str) -> Backend:
         backend = self.backends.get(name)
         if backend is None:
-            raise InvalidSpec("backend", f"unknown backend {name!r}",
-                              f"choose one of: {', '.join(sorted(self.backends))}")
+            raise InvalidSpec(
+                "backend", f"unknown backend {name!r}", f"choose one of: {', '.join(sorted(self.backends))}"
+            )
         return backend
 
     def get(self, pod_id: str) -> AsyncPod:
@@ -234,5 +278,8 @@ class AsyncPlatform:
 
 def _check_argv(argv: Sequence[str]) -> None:
     if isinstance(argv, str) or not argv or not all(isinstance(arg, str) for arg in argv):
-        raise InvalidSpec("argv", "must be a non-empty list of strings",
-                          'pass e.g. ["python3", "-c", "print(1)"], or ["sh", "-c", "..."] for a shell line')
+        raise InvalidSpec(
+            "argv",
+            "must be a non-empty list of strings",
+            'pass e.g. ["python3", "-c", "print(1)"], or ["sh", "-c", "..."] for a shell line',
+        )

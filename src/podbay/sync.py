@@ -82,18 +82,39 @@ class Pod:
     def info(self) -> PodInfo:
         return self._pod.info()
 
-    def exec(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None, cwd: str | None = None,
-             stdin: bytes | None = None, timeout: float | None = None, on_stdout: OutputCallback | None = None,
-             on_stderr: OutputCallback | None = None) -> ExecResult:
-        return self._loop.run(self._pod.exec(argv, env=env, cwd=cwd, stdin=stdin, timeout=timeout,
-                                             on_stdout=on_stdout, on_stderr=on_stderr))
+    def exec(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        stdin: bytes | None = None,
+        timeout: float | None = None,
+        on_stdout: OutputCallback | None = None,
+        on_stderr: OutputCallback | None = None,
+    ) -> ExecResult:
+        return self._loop.run(
+            self._pod.exec(
+                argv, env=env, cwd=cwd, stdin=stdin, timeout=timeout, on_stdout=on_stdout, on_stderr=on_stderr
+            )
+        )
 
-    def start_process(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
-                      cwd: str | None = None, stdin: bool = False, timeout: float | None = None,
-                      on_stdout: OutputCallback | None = None,
-                      on_stderr: OutputCallback | None = None) -> Process:
-        process = self._loop.run(self._pod.start_process(argv, env=env, cwd=cwd, stdin=stdin, timeout=timeout,
-                                                         on_stdout=on_stdout, on_stderr=on_stderr))
+    def start_process(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        stdin: bool = False,
+        timeout: float | None = None,
+        on_stdout: OutputCallback | None = None,
+        on_stderr: OutputCallback | None = None,
+    ) -> Process:
+        process = self._loop.run(
+            self._pod.start_process(
+                argv, env=env, cwd=cwd, stdin=stdin, timeout=timeout, on_stdout=on_stdout, on_stderr=on_stderr
+            )
+        )
         return Process(self._loop, process)
 
     def pause(self) -> None:
@@ -146,8 +167,9 @@ class Platform:
     def __enter__(self) -> Platform:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 traceback: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
         self.close()
 
 

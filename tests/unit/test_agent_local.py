@@ -26,8 +26,7 @@ def test_exec_returns_exit_code_and_output(pod: Pod) -> None:
 
 def test_output_streams_before_the_command_ends(pod: Pod) -> None:
     seen: list[bytes] = []
-    process = pod.start_process(["sh", "-c", "echo first; read line; echo $line"], stdin=True,
-                                on_stdout=seen.append)
+    process = pod.start_process(["sh", "-c", "echo first; read line; echo $line"], stdin=True, on_stdout=seen.append)
     process.write_stdin(b"", eof=False)
     import time
 
@@ -41,8 +40,10 @@ def test_output_streams_before_the_command_ends(pod: Pod) -> None:
 
 def test_stdin_is_delivered_in_full(pod: Pod) -> None:
     data = bytes(range(256)) * 2000  # larger than a pipe buffer and a frame chunk
-    result = pod.exec(["python3", "-c", "import sys, hashlib; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())"],
-                      stdin=data)
+    result = pod.exec(
+        ["python3", "-c", "import sys, hashlib; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())"],
+        stdin=data,
+    )
     import hashlib
 
     assert result.stdout.strip() == hashlib.sha256(data).hexdigest()
@@ -106,8 +107,10 @@ def test_trace_records_every_creation_phase(pod: Pod) -> None:
 
 
 def test_unknown_backend_lists_the_valid_ones(paths: PodbayPaths) -> None:
-    with Platform(paths, backends={"local": LocalProcessBackend()}) as platform, \
-            pytest.raises(InvalidSpec, match="local"):
+    with (
+        Platform(paths, backends={"local": LocalProcessBackend()}) as platform,
+        pytest.raises(InvalidSpec, match="local"),
+    ):
         platform.create_agent(backend="nope")
 
 

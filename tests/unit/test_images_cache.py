@@ -22,7 +22,7 @@ import podbay.images.rootfs as rootfs
 from podbay.errors import ImageMissing, PodbayError
 from podbay.images import ImageSet, find_images, make_ext4
 from podbay.images.cache import BuildLog, CacheEntry, content_key, kind_lock
-from podbay.images.kernel import dropped_options, kernel_entry
+from podbay.images.kernel import kernel_entry, unmet_options
 from podbay.images.rootfs import base_entry, package_list, rootfs_entry
 from podbay.paths import PodbayPaths
 
@@ -131,16 +131,18 @@ def test_package_list_parsing() -> None:
     assert package_list(text) == ["python3", "sqlite3"]
 
 
-def test_dropped_options_lists_fragment_options_not_enabled() -> None:
-    fragment = "# x\nCONFIG_A=y\nCONFIG_B=y\n# CONFIG_C is not set\nCONFIG_D=y\n"
+def test_unmet_options_lists_dropped_and_forced_options() -> None:
+    fragment = "# x\nCONFIG_A=y\nCONFIG_B=y\n# CONFIG_C is not set\nCONFIG_D=y\n# CONFIG_E is not set\n"
     final = "CONFIG_A=y\n# CONFIG_B is not set\nCONFIG_D=m\nCONFIG_E=y\n"
-    assert dropped_options(fragment, final) == ["CONFIG_B", "CONFIG_D"]
+    assert unmet_options(fragment, final) == ["CONFIG_B=y", "CONFIG_D=y", "CONFIG_E=n"]
 
 
 def test_real_recipes_are_parsed() -> None:
     assert "python3" in package_list(rootfs.PACKAGES.read_text())
-    assert "CONFIG_PVH" not in dropped_options(kernel.FRAGMENT.read_text(), "CONFIG_PVH=y\n")
-    assert "CONFIG_PVH" in dropped_options(kernel.FRAGMENT.read_text(), "")
+    fragment = kernel.FRAGMENT.read_text()
+    assert "CONFIG_PVH=y" not in unmet_options(fragment, "CONFIG_PVH=y\n")
+    assert "CONFIG_PVH=y" in unmet_options(fragment, "")
+    assert "CONFIG_MODULES=n" in unmet_options(fragment, "CONFIG_MODULES=y\n")
 
 
 # --- entries
@@ -249,6 +251,19 @@ def test_build_log_keeps_output_and_quotes_its_tail_on_failure(tmp_path: Path) -
     text = log.path.read_text()
     assert "hello" in text
     assert "line 0\n" in text
+
+
+def test_build_log_shows_raw_output_on_a_terminal(tmp_path: Path) -> None:
+    out = io.StringIO()
+    log = BuildLog(tmp_path / "x.log", Console(file=out, force_terminal=True, color_system=None, width=120))
+    log.run("odd output", [sys.executable, "-c", "print('[/bold] [mem 0x0-0x1] CC x.o')"])  # not rich markup
+    assert "✓ odd output" in out.getvalue()
+
+
+def test_build_log_names_a_missing_tool(tmp_path: Path) -> None:
+    log = BuildLog(tmp_path / "x.log", quiet_console())
+    with pytest.raises(PodbayError, match="no-such-builder is not installed"):
+        log.run("build", ["no-such-builder", "--now"])
 
 
 # --- make_ext4

@@ -24,7 +24,7 @@ if __package__:
     from . import protocol
 else:  # run as a script inside the guest, beside protocol.py (-I leaves the script's folder off sys.path)
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import protocol  # type: ignore[no-redef]
+    import protocol  # type: ignore[import-not-found,no-redef]
 
 Header = dict[str, Any]
 BASE_ENV = {
@@ -182,11 +182,22 @@ class Agent:
     # ---- lifecycle ops ---------------------------------------------------------------------------------
 
     def op_health(self, request: Header, _: bytes) -> None:
-        self.result(request, version=protocol.PROTOCOL_VERSION, pid=os.getpid(),
-                    uptime=time.monotonic() - self.booted, running=len(self.processes))
+        self.result(
+            request,
+            version=protocol.PROTOCOL_VERSION,
+            pid=os.getpid(),
+            uptime=time.monotonic() - self.booted,
+            running=len(self.processes),
+        )
 
     def op_init(self, request: Header, _: bytes) -> None:
         """Inject environment, task context and volume mounts: everything secret arrives here, at start."""
+        clock = request.get("clock")
+        if clock is not None and abs(time.time() - float(clock)) > 1:  # microVMs have no RTC: take the host's
+            try:
+                time.clock_settime(time.CLOCK_REALTIME, float(clock))
+            except PermissionError:
+                pass  # a container shares the host's clock anyway
         for mount in request.get("mounts", []):
             self.mount(str(mount["source"]), str(mount["target"]), str(mount.get("fstype", "ext4")))
         env = request.get("env", {})
@@ -232,8 +243,15 @@ class Agent:
         self.processes[process.pid] = process
         self.port.send({"id": request["id"], "event": "started", "pid": process.pid})
 
-    def spawn(self, request_id: int, argv: list[str], env: dict[str, str], cwd: str, with_stdin: bool,
-              deadline: float | None) -> Process:
+    def spawn(
+        self,
+        request_id: int,
+        argv: list[str],
+        env: dict[str, str],
+        cwd: str,
+        with_stdin: bool,
+        deadline: float | None,
+    ) -> Process:
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         in_r, in_w = os.pipe2(os.O_CLOEXEC) if with_stdin else (os.open(os.devnull, os.O_RDONLY), -1)
@@ -351,8 +369,16 @@ class Agent:
             os.close(process.stdin_fd)
         signum = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
         code = 128 + signum if signum is not None else os.WEXITSTATUS(status)
-        self.port.send({"id": process.request_id, "event": "exit", "exit_code": code, "signal": signum,
-                        "timed_out": process.timed_out, "duration": time.monotonic() - process.started})
+        self.port.send(
+            {
+                "id": process.request_id,
+                "event": "exit",
+                "exit_code": code,
+                "signal": signum,
+                "timed_out": process.timed_out,
+                "duration": time.monotonic() - process.started,
+            }
+        )
 
     # ---- files -----------------------------------------------------------------------------------------
 
@@ -387,8 +413,9 @@ class Agent:
 # ---- helpers ---------------------------------------------------------------------------------------------
 
 
-def _exec_child(argv: list[str], env: dict[str, str], cwd: str, stdin: int, stdout: int, stderr: int,
-                fail: int) -> None:
+def _exec_child(
+    argv: list[str], env: dict[str, str], cwd: str, stdin: int, stdout: int, stderr: int, fail: int
+) -> None:
     try:
         os.setsid()  # its own process group, so a timeout or signal reaches its children too
         for fd, target in ((stdin, 0), (stdout, 1), (stderr, 2)):
@@ -463,8 +490,12 @@ def _write_atomic(path: str, data: bytes, mode: int) -> None:
 
 def _describe(st: os.stat_result) -> dict[str, Any]:
     kinds = {stat.S_IFREG: "file", stat.S_IFDIR: "dir", stat.S_IFLNK: "symlink"}
-    return {"type": kinds.get(stat.S_IFMT(st.st_mode), "other"), "size": st.st_size,
-            "mode": stat.S_IMODE(st.st_mode), "mtime": st.st_mtime}
+    return {
+        "type": kinds.get(stat.S_IFMT(st.st_mode), "other"),
+        "size": st.st_size,
+        "mode": stat.S_IMODE(st.st_mode),
+        "mtime": st.st_mtime,
+    }
 
 
 def _find_virtio_port(name: str, wait_seconds: float = 10.0) -> str:

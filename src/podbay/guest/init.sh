@@ -5,7 +5,7 @@
 set -eu
 mount -n -t proc proc /proc
 mount -n -t sysfs sys /sys
-mount -n -t devtmpfs dev /dev
+grep -q " /dev " /proc/mounts || mount -n -t devtmpfs dev /dev  # the kernel may have mounted it (DEVTMPFS_MOUNT)
 rw=""
 for word in $(cat /proc/cmdline); do
   case "$word" in podbay.rw=*) rw="${word#podbay.rw=}" ;; esac

@@ -152,25 +152,21 @@ class BuildLog:
         tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
         with self._progress() as progress, self.path.open("a") as log:
             task = progress.add_task(title, total=None, detail="")
-            proc = subprocess.Popen(
-                argv,
-                cwd=cwd,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                errors="replace",
-                env={**os.environ, "LC_ALL": "C"},
-            )
+            proc = _start(argv, cwd)
             assert proc.stdout is not None  # stdout=PIPE guarantees it
             matched = 0
-            for line in proc.stdout:
-                log.write(line)
-                tail.append(line.rstrip())
-                if count is not None and count.search(line):
-                    matched += 1
-                detail = f"{matched} {count_label}  " if count is not None else ""
-                progress.update(task, detail=detail + line.strip()[:60])
+            try:
+                for line in proc.stdout:
+                    log.write(line)
+                    tail.append(line.rstrip())
+                    if count is not None and count.search(line):
+                        matched += 1
+                    detail = f"{matched} {count_label}  " if count is not None else ""
+                    progress.update(task, detail=detail + line.strip()[:60])
+            except BaseException:  # Ctrl-C or a display error: do not leave a compiler running
+                proc.kill()
+                proc.wait()
+                raise
             returncode = proc.wait()
         if returncode != 0:
             raise PodbayError(
@@ -183,10 +179,27 @@ class BuildLog:
             SpinnerColumn(),
             TextColumn("{task.description}"),
             TimeElapsedColumn(),
-            TextColumn("[dim]{task.fields[detail]}"),
+            TextColumn("{task.fields[detail]}", markup=False, style="dim"),  # raw output: no markup
             console=self.console,
             transient=True,
+            disable=not self.console.is_terminal,  # a log file or CI gets the ✓ lines only
         )
+
+
+def _start(argv: list[str], cwd: Path | None) -> subprocess.Popen[str]:
+    try:
+        return subprocess.Popen(
+            argv,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            env={**os.environ, "LC_ALL": "C"},
+        )
+    except FileNotFoundError as missing:
+        raise PodbayError(f"{argv[0]} is not installed (needed to build the guest images)") from missing
 
 
 def format_seconds(seconds: float) -> str:

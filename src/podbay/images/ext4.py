@@ -8,7 +8,7 @@ from pathlib import Path
 from podbay.errors import PodbayError
 
 
-def make_ext4(path: Path, size_mib: int, label: str, journal: bool = True) -> None:
+def make_ext4(path: Path, size_mib: int, label: str, journal: bool = True, contents: Path | None = None) -> None:
     """Create a sparse file of *size_mib* MiB at *path* holding an empty ext4 filesystem labelled *label*.
 
     The file is fresh and sparse, so its unwritten blocks already read as zeros. ``lazy_itable_init=0`` makes
@@ -25,9 +25,9 @@ def make_ext4(path: Path, size_mib: int, label: str, journal: bool = True) -> No
     cmd = ["mkfs.ext4", "-q", "-F", "-b", "4096", "-L", label, "-E", "lazy_itable_init=0,lazy_journal_init=1"]
     if not journal:
         cmd += ["-O", "^has_journal"]
+    if contents is not None:  # populate from a host directory (e.g. a new volume's empty database)
+        cmd += ["-d", str(contents)]
     result = subprocess.run([*cmd, str(path)], capture_output=True, text=True, check=False)
     if result.returncode != 0:
         path.unlink(missing_ok=True)
-        raise PodbayError(
-            f"mkfs.ext4 failed for {path} (exit status {result.returncode}): {result.stderr.strip()}"
-        )
+        raise PodbayError(f"mkfs.ext4 failed for {path} (exit status {result.returncode}): {result.stderr.strip()}")

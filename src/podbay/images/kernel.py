@@ -24,6 +24,7 @@ SOURCE_TARBALL = Path("/usr/src/linux-source-6.1.tar.xz")
 FRAGMENT = Path(__file__).parent / "recipes" / "kernel.config"
 
 _ENABLED = re.compile(r"^(CONFIG_[A-Za-z0-9_]+)=y$", re.MULTILINE)
+_DISABLED = re.compile(r"^# (CONFIG_[A-Za-z0-9_]+) is not set$", re.MULTILINE)
 _COMPILED = re.compile(r"^\s+CC\s")
 
 
@@ -110,15 +111,21 @@ def _configure(source: Path, build_dir: Path, log: BuildLog) -> None:
         cwd=build_dir,
     )
     log.run("make olddefconfig", ["make", "-C", build_dir, "olddefconfig"])
-    dropped = dropped_options(FRAGMENT.read_text(), (build_dir / ".config").read_text())
-    if dropped:
+    unmet = unmet_options(FRAGMENT.read_text(), (build_dir / ".config").read_text())
+    if unmet:
         raise PodbayError(
-            f"the kernel config dropped options that {FRAGMENT.name} asks for (an unmet dependency: "
-            f"add it to the fragment): {', '.join(dropped)}"
+            f"the final kernel config differs from {FRAGMENT} (an unmet dependency, or an option another "
+            f"one selects; adjust the fragment), wanted: {', '.join(unmet)}"
         )
 
 
-def dropped_options(fragment: str, final_config: str) -> list[str]:
-    """The ``CONFIG_X=y`` options of *fragment* that are not ``=y`` in *final_config*."""
+def unmet_options(fragment: str, final_config: str) -> list[str]:
+    """The settings of *fragment* that *final_config* does not have, as ``CONFIG_X=y`` / ``CONFIG_X=n``.
+
+    Kconfig drops a ``=y`` whose dependencies are off, and turns on an option the fragment disables when
+    another option selects it, both without an error: this is the check that notices.
+    """
     enabled = set(_ENABLED.findall(final_config))
-    return [option for option in _ENABLED.findall(fragment) if option not in enabled]
+    dropped = [f"{option}=y" for option in _ENABLED.findall(fragment) if option not in enabled]
+    forced = [f"{option}=n" for option in _DISABLED.findall(fragment) if option in enabled]
+    return dropped + forced

@@ -42,7 +42,8 @@ MMDEBSTRAP_OPTIONS = [
 ]
 # A read-only image needs no journal nor reserved blocks; the slack leaves room for filesystem metadata.
 SLACK = 1.2
-HOSTS = "127.0.0.1\tlocalhost pod\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+# The guest kernel has no IPv6 (see kernel.config): localhost is only 127.0.0.1.
+HOSTS = "127.0.0.1\tlocalhost pod\n"
 
 
 def package_list(text: str) -> list[str]:

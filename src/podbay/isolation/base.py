@@ -44,9 +44,15 @@ class SandboxConfig:
 class Sandbox(Protocol):
     """A started sandbox: its channel to the agent, what the agent must mount, and how to stop it."""
 
-    info: SandboxInfo
-    channel: GuestChannel
-    guest_mounts: list[dict[str, Any]]  # passed to the agent's `init` request
+    @property
+    def info(self) -> SandboxInfo: ...
+
+    @property
+    def channel(self) -> GuestChannel: ...
+
+    @property
+    def guest_mounts(self) -> list[dict[str, Any]]:
+        """What the agent must mount at `init` (volumes the backend attached as disks)."""
 
     async def pause(self) -> None: ...
     async def resume(self) -> None: ...

@@ -30,22 +30,34 @@ class LocalProcessBackend:
         host_end, agent_end = socket.socketpair()
         workdir = config.run_dir / "work"
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-I", "-S", agent.__file__, f"--transport=fd:{agent_end.fileno()}",
-            f"--state-dir={config.run_dir / 'state'}", f"--workdir={workdir}",
-            pass_fds=[agent_end.fileno()], start_new_session=True,
+            sys.executable,
+            "-I",
+            "-S",
+            agent.__file__,
+            f"--transport=fd:{agent_end.fileno()}",
+            f"--state-dir={config.run_dir / 'state'}",
+            f"--workdir={workdir}",
+            pass_fds=[agent_end.fileno()],
+            start_new_session=True,
         )
         agent_end.close()
         reader, writer = await asyncio.open_unix_connection(sock=host_end)
-        info = SandboxInfo(backend=self.name, isolation="none (test double)", accelerator="none",
-                           security_boundary=False, pid=process.pid)
+        info = SandboxInfo(
+            backend=self.name,
+            isolation="none (test double)",
+            accelerator="none",
+            security_boundary=False,
+            pid=process.pid,
+        )
         sandbox = LocalSandbox(info, GuestChannel(reader, writer), process, config.run_dir)
         await sandbox.channel.request("health", timeout=10)
         return sandbox
 
 
 class LocalSandbox:
-    def __init__(self, info: SandboxInfo, channel: GuestChannel, process: asyncio.subprocess.Process,
-                 run_dir: Path) -> None:
+    def __init__(
+        self, info: SandboxInfo, channel: GuestChannel, process: asyncio.subprocess.Process, run_dir: Path
+    ) -> None:
         self.info = info
         self.channel = channel
         self.guest_mounts: list[dict[str, Any]] = []

@@ -39,8 +39,11 @@ class VolumeStore:
 
     def image(self, name: str) -> Path:
         if not re.match(NAME_PATTERN, name):
-            raise InvalidSpec("volume", f"{name!r} is not a valid volume name",
-                              "use 1-63 characters: lower-case letters, digits, '.', '_' or '-'")
+            raise InvalidSpec(
+                "volume",
+                f"{name!r} is not a valid volume name",
+                "use 1-63 characters: lower-case letters, digits, '.', '_' or '-'",
+            )
         return self.root / f"{name}.ext4"
 
     def ensure(self, name: str, size_mib: int) -> tuple[Path, bool]:
@@ -83,8 +86,13 @@ class VolumeStore:
     def info(self, name: str) -> VolumeInfo:
         path = self._existing(name)
         st = path.stat()
-        return VolumeInfo(name=name, path=path, size_mib=st.st_size >> 20, used_kib=st.st_blocks // 2,
-                          attached=self._is_locked(name))
+        return VolumeInfo(
+            name=name,
+            path=path,
+            size_mib=st.st_size >> 20,
+            used_kib=st.st_blocks // 2,
+            attached=self._is_locked(name),
+        )
 
     def delete(self, name: str) -> None:
         path = self._existing(name)
@@ -99,8 +107,12 @@ class VolumeStore:
         if self._is_locked(name):
             raise Conflict(f"volume {name!r} is attached to a running pod; export it after the pod is gone")
         destination.parent.mkdir(parents=True, exist_ok=True)
-        result = subprocess.run(["debugfs", "-R", f"dump -p /{file} {destination}", str(path)],
-                                capture_output=True, text=True, check=False)
+        result = subprocess.run(
+            ["debugfs", "-R", f"dump -p /{file} {destination}", str(path)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if result.returncode != 0 or not destination.exists():
             destination.unlink(missing_ok=True)
             detail = result.stderr.strip().splitlines()[-1:] or ["debugfs failed"]
@@ -127,4 +139,3 @@ class VolumeStore:
         finally:
             os.close(fd)
         return False
-

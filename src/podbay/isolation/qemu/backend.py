@@ -15,10 +15,10 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from qemu.qmp import QMPClient
+from qemu.qmp import QMPClient, Runstate
 
 from podbay.channel import GuestChannel
-from podbay.errors import BackendUnavailable, GuestError, PodbayError, Timeout
+from podbay.errors import BackendUnavailable, GuestError, Timeout
 from podbay.images import ImageSet, find_images
 from podbay.isolation.base import Availability, SandboxConfig
 from podbay.isolation.host import hardware_kvm
@@ -71,13 +71,20 @@ class QemuBackend:
         command = build_command(config, images.kernel, images.rootfs_image, accelerator, run_as)
         with open(files.stderr_log, "wb") as stderr:
             process = await asyncio.create_subprocess_exec(
-                *command, stdin=asyncio.subprocess.DEVNULL, stdout=stderr, stderr=stderr,
+                *command,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=stderr,
+                stderr=stderr,
                 start_new_session=True,
             )
         info = SandboxInfo(
-            backend=self.name, isolation="microvm", accelerator=accelerator,
-            security_boundary=accelerator == "kvm", note=KVM_NOTE if accelerator == "kvm" else TCG_NOTE,
-            pid=process.pid, console_log=str(files.console_log),
+            backend=self.name,
+            isolation="microvm",
+            accelerator=accelerator,
+            security_boundary=accelerator == "kvm",
+            note=KVM_NOTE if accelerator == "kvm" else TCG_NOTE,
+            pid=process.pid,
+            console_log=str(files.console_log),
         )
         sandbox = QemuSandbox(info, files, process, config)
         try:
@@ -89,8 +96,9 @@ class QemuBackend:
 
 
 class QemuSandbox:
-    def __init__(self, info: SandboxInfo, files: RunFiles, process: asyncio.subprocess.Process,
-                 config: SandboxConfig) -> None:
+    def __init__(
+        self, info: SandboxInfo, files: RunFiles, process: asyncio.subprocess.Process, config: SandboxConfig
+    ) -> None:
         self.info = info
         self._files = files
         self._process = process
@@ -113,14 +121,17 @@ class QemuSandbox:
         exited = asyncio.ensure_future(self._process.wait())
         ready = asyncio.ensure_future(self._handshake())
         try:
-            done, _ = await asyncio.wait({exited, ready}, timeout=timeout,
-                                         return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait({exited, ready}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             if ready in done:
-                ready.result()
+                try:
+                    ready.result()
+                except GuestError as exc:
+                    raise GuestError(f"{exc}\n{self.diagnostics()}") from None
                 return
             if exited in done:
-                raise GuestError(f"QEMU exited with status {exited.result()} before the guest agent "
-                                 f"answered.\n{self.diagnostics()}")
+                raise GuestError(
+                    f"QEMU exited with status {exited.result()} before the guest agent answered.\n{self.diagnostics()}"
+                )
             raise Timeout(f"the guest agent did not answer within {timeout} s.\n{self.diagnostics()}")
         finally:
             for task in (exited, ready):
@@ -134,12 +145,15 @@ class QemuSandbox:
         self._channel = GuestChannel(reader, writer)
         # QMP comes up while the guest boots; the health request waits in the socket until the agent reads.
         await _wait_for_path(self._files.qmp_socket)
-        await asyncio.gather(self._qmp.connect(str(self._files.qmp_socket)),
-                             self._channel.request("health", timeout=None))
+        await asyncio.gather(
+            self._qmp.connect(str(self._files.qmp_socket)), self._channel.request("health", timeout=None)
+        )
 
     def diagnostics(self) -> str:
-        return (f"QEMU stderr: {_tail(self._files.stderr_log) or '(empty)'}\n"
-                f"console log ({self._files.console_log}):\n{_tail(self._files.console_log) or '(empty)'}")
+        return (
+            f"QEMU stderr: {_tail(self._files.stderr_log) or '(empty)'}\n"
+            f"console log ({self._files.console_log}):\n{_tail(self._files.console_log) or '(empty)'}"
+        )
 
     async def pause(self) -> None:
         await self._qmp.execute("stop")
@@ -163,8 +177,8 @@ class QemuSandbox:
         """Let the agent sync and unmount volumes, so data written by the guest is on the host's disk."""
         if self._channel is None or self._process.returncode is not None:
             return
-        with contextlib.suppress(PodbayError, OSError):
-            if self._qmp.runstate is not None and not await self._is_running():
+        with contextlib.suppress(Exception):  # best effort: the guest may already be dead
+            if self._qmp.runstate is Runstate.RUNNING and not await self._is_running():
                 await self._qmp.execute("cont")
             await self._channel.request("shutdown", timeout=10.0)
 
@@ -204,4 +218,3 @@ def _tail(path: Path) -> str:
             return file.read().decode(errors="replace").strip()
     except OSError:
         return ""
-

@@ -12,8 +12,7 @@ QEMU_BINARY = "qemu-system-x86_64"
 # Devices are probed in the order they are given, so the disks are vda (root), vdb (layer), vdc... (volumes).
 ROOT_DEVICE = "/dev/vda"
 KERNEL_CMDLINE = (
-    "console=ttyS0 reboot=t panic=-1 quiet loglevel=4 root=/dev/vda ro rootfstype=ext4 "
-    "init=/sbin/podbay-init tsc=reliable"
+    "console=ttyS0 reboot=t panic=-1 quiet loglevel=4 root=/dev/vda ro rootfstype=ext4 init=/sbin/podbay-init"
 )
 
 
@@ -48,38 +47,58 @@ def disk_device(index: int) -> str:
     return "/dev/vd" + chr(ord("a") + index)
 
 
-def build_command(config: SandboxConfig, kernel: Path, rootfs: Path, accelerator: str,
-                  run_as: str | None) -> list[str]:
+def build_command(config: SandboxConfig, kernel: Path, rootfs: Path, accelerator: str, run_as: str | None) -> list[str]:
     files = RunFiles(config.run_dir)
     cmdline = KERNEL_CMDLINE
     if config.layer is not None:
         cmdline += f" podbay.rw={disk_device(1)}"
     command = [
         QEMU_BINARY,
-        "-M", "microvm,x-option-roms=off,pit=off,pic=off,rtc=off,isa-serial=on",
-        "-accel", accelerator,
+        # acpi=off: QEMU then lists the virtio-mmio devices on the kernel command line (no ACPI in the guest).
+        # PIT and PIC stay: without them the guest's timer calibration under TCG can hang.
+        "-M",
+        "microvm,x-option-roms=off,rtc=off,isa-serial=on,acpi=off",
+        "-accel",
+        accelerator,
         *(["-cpu", "host,-arch-capabilities"] if accelerator == "kvm" else []),
-        "-m", str(config.memory_mib),
-        "-smp", str(config.vcpus),
-        "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-        "-kernel", str(kernel),
-        "-append", cmdline,
+        "-m",
+        str(config.memory_mib),
+        "-smp",
+        str(config.vcpus),
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-kernel",
+        str(kernel),
+        "-append",
+        cmdline,
         *_disk("root", rootfs, read_only=True),
         *(_disk("layer", config.layer, read_only=False) if config.layer else []),
     ]
     for index, volume in enumerate(config.volumes):
         command += _disk(f"vol{index}", volume.image, read_only=False)
     command += [
-        "-device", "virtio-serial-device,max_ports=2",
-        "-chardev", f"socket,id=agent,path={files.agent_socket},server=on,wait=off",
-        "-device", f"virtserialport,chardev=agent,name={PORT_NAME}",
-        "-device", "virtio-rng-device",
-        "-chardev", f"file,id=console,path={files.console_log}",
-        "-serial", "chardev:console",
-        "-qmp", f"unix:{files.qmp_socket},server=on,wait=off",
-        # Least privilege: no spawning, no privilege changes after start-up (seccomp).
-        "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+        "-device",
+        "virtio-serial-device,max_ports=2",
+        "-chardev",
+        f"socket,id=agent,path={files.agent_socket},server=on,wait=off",
+        "-device",
+        f"virtserialport,chardev=agent,name={PORT_NAME}",
+        "-device",
+        "virtio-rng-device",
+        "-chardev",
+        f"file,id=console,path={files.console_log}",
+        "-serial",
+        "chardev:console",
+        "-qmp",
+        f"unix:{files.qmp_socket},server=on,wait=off",
     ]
+    # Least privilege: seccomp forbids spawning and resource control. Seccomp is applied before -runas, so
+    # set*id must stay allowed for the drop itself; once QEMU is `nobody` it has nothing to elevate to.
+    elevate = "allow" if run_as is not None else "deny"
+    command += ["-sandbox", f"on,obsolete=deny,elevateprivileges={elevate},spawn=deny,resourcecontrol=deny"]
     if config.network:
         command += ["-netdev", "user,id=net0", "-device", "virtio-net-device,netdev=net0"]
     if run_as is not None:

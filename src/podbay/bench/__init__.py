@@ -1,0 +1,1 @@
+"""Benchmarks: scripts that measure and print JSON plus a one-line summary (never timed assertions)."""

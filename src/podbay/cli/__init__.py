@@ -1,0 +1,1 @@
+"""The `podbay` command line: one module per command group, assembled in main.py."""

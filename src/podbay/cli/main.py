@@ -1,0 +1,23 @@
+"""Entry point: `podbay doctor | images build | run | volume ... | demo | bench ...`."""
+
+from __future__ import annotations
+
+import typer
+
+from podbay.cli import bench, demo, doctor, images, run, volume
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="podbay: a fresh isolated pod (microVM + private database) per agent task.",
+)
+app.command("doctor")(doctor.doctor)
+app.command("run", context_settings={"allow_interspersed_args": False})(run.run)
+app.command("demo")(demo.demo)
+app.add_typer(images.app, name="images")
+app.add_typer(volume.app, name="volume")
+app.add_typer(bench.app, name="bench")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,64 @@
+"""`podbay run [--volume NAME] -- CMD ARGS...`: one command in a fresh pod, streamed, with its exit status."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import BinaryIO
+
+import typer
+
+from podbay.cli.common import errors, reported_errors
+from podbay.sync import Platform
+
+
+def run(
+    command: list[str] = typer.Argument(..., help="the command to run in the pod, after --"),
+    volume: str | None = typer.Option(None, "--volume", help="attach this persistent volume (its SQLite DB)"),
+    backend: str = typer.Option("qemu", "--backend", help="isolation backend"),
+    env: list[str] = typer.Option([], "--env", "-e", help="KEY=VALUE for the guest environment"),
+    timeout: float | None = typer.Option(None, "--timeout", help="kill the command after this many seconds"),
+    memory_mib: int = typer.Option(256, "--memory", help="guest memory in MiB"),
+) -> None:
+    """Run CMD in a fresh pod; stdout/stderr stream through, and podbay exits with the command's status."""
+    environment = _parse_env(env)
+    stdin = None if sys.stdin.isatty() else sys.stdin.buffer.read()
+    with reported_errors(), Platform() as platform:
+        pod = platform.create_agent(
+            backend=backend,
+            memory_db=volume is not None,
+            volume=volume,
+            env=environment,
+            memory_mib=memory_mib,
+        )
+        try:
+            result = pod.exec(
+                command,
+                stdin=stdin or None,
+                timeout=timeout,
+                on_stdout=_writer(sys.stdout.buffer),
+                on_stderr=_writer(sys.stderr.buffer),
+            )
+        finally:
+            pod.destroy()
+    if result.timed_out:
+        errors.print(f"podbay: the command timed out after {timeout} s and was killed")
+    raise typer.Exit(result.exit_code)
+
+
+def _parse_env(pairs: list[str]) -> dict[str, str]:
+    environment = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--env")
+        environment[name] = value
+    return environment
+
+
+def _writer(stream: BinaryIO) -> Callable[[bytes], None]:
+    def write(chunk: bytes) -> None:
+        stream.write(chunk)
+        stream.flush()
+
+    return write
