@@ -16,7 +16,6 @@ from typing import Any, TypeVar
 
 from podbay.channel import GuestProcess, OutputCallback
 from podbay.errors import InvalidSpec, NotFound, PodbayError
-from podbay.images.ext4 import make_ext4
 from podbay.isolation.base import Availability, Backend, Sandbox, SandboxConfig
 from podbay.isolation.qemu.backend import QemuBackend
 from podbay.models import ExecResult, FileEntry, Phase, PodInfo, PodSpec, PodState
@@ -202,13 +201,10 @@ class AsyncPlatform:
         sandbox: Sandbox | None = None
         lease: StateLease | None = None
         try:
-            layer_path = run_dir / "layer.ext4"
-            layer_task = trace.timed(
-                "layer",
-                asyncio.to_thread(make_ext4, layer_path, spec.disk_mib, "podbay-layer", journal=False),
-            )
+            layer_task = trace.timed("layer", backend.prepare_layer(run_dir, spec.disk_mib))
             state_task = trace.timed("db provision", self._provision(pod_id, spec))
             results = await asyncio.gather(layer_task, state_task, return_exceptions=True)
+            layer = results[0] if isinstance(results[0], Path) else None
             lease = results[1] if isinstance(results[1], StateLease) else None
             for result in results:
                 if isinstance(result, BaseException):
@@ -218,7 +214,7 @@ class AsyncPlatform:
                 run_dir=run_dir,
                 vcpus=spec.vcpus,
                 memory_mib=spec.memory_mib,
-                layer=layer_path,
+                layer=layer,
                 volumes=lease.volumes if lease else (),
                 network=spec.network,
                 boot_timeout_s=spec.boot_timeout_s,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import struct
 import subprocess
 from pathlib import Path
@@ -73,6 +74,8 @@ def test_rootfs_tree_has_python_init_and_agent(images: ImageSet) -> None:
     assert (tree / "usr/lib/podbay/protocol.py").is_file()
     for mountpoint in ("mnt/layer", "mnt/root", "data", "work", "proc", "sys", "dev", "tmp", "run"):
         assert (tree / mountpoint).is_dir(), mountpoint
+    # Without CONFIG_DEVTMPFS_MOUNT the kernel opens PID 1's stdio on the image's own /dev/console.
+    assert stat.S_ISCHR((tree / "dev/console").lstat().st_mode)
     assert (tree / "etc/machine-id").read_text() == ""
     assert (tree / "etc/hostname").read_text() == "pod\n"
 
@@ -95,10 +98,14 @@ def test_rootfs_image_is_a_journal_less_ext4_of_the_tree(images: ImageSet) -> No
 
 @pytest.mark.skipif(shutil.which(QEMU) is None, reason=f"needs {QEMU}")
 def test_kernel_boots_the_rootfs_and_runs_python(images: ImageSet) -> None:
-    # Python as init: it proves the kernel finds the virtio disk, mounts ext4 and runs the Debian userland
-    # (sqlite3 and ctypes load); its exit then panics the kernel, which -no-reboot turns into QEMU's exit.
-    program = "import sqlite3,ctypes;print('podbay-boot-ok',sqlite3.sqlite_version)"
-    cmdline = f"console=ttyS0 reboot=t panic=-1 root=/dev/vda ro rootfstype=ext4 init=/usr/bin/python3 -- -c {program}"
+    # Python as init proves the kernel finds the virtio disk, mounts the ext4 root and runs the Debian userland
+    # (sqlite3 and ctypes load); its exit panics the kernel, which -no-reboot turns into QEMU's exit.
+    # The program is passed as plain init arguments, not after `--`: QEMU appends the virtio_mmio.device=
+    # announcements at the end of the command line, and after `--` init would get them instead of the
+    # kernel. Such a token must hold no '=' (it would become an environment variable) nor '.' (a module
+    # parameter), hence __import__ and getattr.
+    program = "print('podbay-boot-ok',getattr(__import__('sqlite3'),'sqlite_version'),__import__('ctypes'))"
+    cmdline = f"console=ttyS0 reboot=t panic=-1 root=/dev/vda ro rootfstype=ext4 init=/usr/bin/python3 -c {program}"
     result = subprocess.run(
         [
             QEMU,
@@ -131,3 +138,4 @@ def test_kernel_boots_the_rootfs_and_runs_python(images: ImageSet) -> None:
         check=False,
     )
     assert "podbay-boot-ok 3." in result.stdout, result.stdout[-3000:]
+    assert "module 'ctypes'" in result.stdout

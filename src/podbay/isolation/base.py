@@ -35,7 +35,7 @@ class SandboxConfig:
     run_dir: Path  # private to this sandbox; the backend may put sockets and logs here
     vcpus: int
     memory_mib: int
-    layer: Path | None  # the pod's writable copy-on-write layer (an ext4 image), None = in guest memory
+    layer: Path | None  # the pod's writable copy-on-write layer, as prepare_layer() made it
     volumes: tuple[VolumeAttachment, ...] = ()
     network: bool = False
     boot_timeout_s: float = 60.0
@@ -64,5 +64,8 @@ class Backend(Protocol):
     name: str
 
     def availability(self) -> Availability: ...
+
+    async def prepare_layer(self, run_dir: Path, size_mib: int) -> Path | None:
+        """Make the pod's writable layer (runs concurrently with database provisioning), or None."""
 
     async def start(self, config: SandboxConfig) -> Sandbox: ...

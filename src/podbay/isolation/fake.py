@@ -26,6 +26,9 @@ class LocalProcessBackend:
     def availability(self) -> Availability:
         return Availability(True, "test double: the agent runs on the host, unisolated")
 
+    async def prepare_layer(self, run_dir: Path, size_mib: int) -> None:
+        return None  # the test double writes straight into its run directory
+
     async def start(self, config: SandboxConfig) -> LocalSandbox:
         host_end, agent_end = socket.socketpair()
         workdir = config.run_dir / "work"

@@ -19,7 +19,7 @@ from qemu.qmp import QMPClient, Runstate
 
 from podbay.channel import GuestChannel
 from podbay.errors import BackendUnavailable, GuestError, Timeout
-from podbay.images import ImageSet, find_images
+from podbay.images import ImageSet, find_images, make_ext4
 from podbay.isolation.base import Availability, SandboxConfig
 from podbay.isolation.host import hardware_kvm
 from podbay.isolation.qemu.command import QEMU_BINARY, RunFiles, build_command, disk_device
@@ -57,6 +57,12 @@ class QemuBackend:
         if self._images is None:
             self._images = find_images(self._paths)
         return self._images
+
+    async def prepare_layer(self, run_dir: Path, size_mib: int) -> Path:
+        """A sparse ext4 disk the guest lays over the read-only root with overlayfs."""
+        layer = run_dir / "layer.ext4"
+        await asyncio.to_thread(make_ext4, layer, size_mib, "podbay-layer", journal=False)
+        return layer
 
     async def start(self, config: SandboxConfig) -> QemuSandbox:
         available = self.availability()

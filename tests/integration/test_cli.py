@@ -1,0 +1,67 @@
+"""The command line, as a user runs it: `podbay run`, `podbay volume export`, `podbay demo`, `podbay doctor`."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from podbay.paths import PodbayPaths
+
+from .conftest import cli_env
+
+pytestmark = pytest.mark.integration
+PODBAY = [sys.executable, "-m", "podbay.cli"]
+
+
+def podbay(paths: PodbayPaths, *args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([*PODBAY, *args], input=stdin, capture_output=True, env=cli_env(paths), timeout=300)
+
+
+def test_run_passes_output_and_exit_status_through(vm_paths: PodbayPaths) -> None:
+    result = podbay(vm_paths, "run", "--", "sh", "-c", "echo to-out; echo to-err >&2; exit 5")
+    assert result.returncode == 5
+    assert result.stdout == b"to-out\n"
+    assert b"to-err\n" in result.stderr
+
+
+def test_run_forwards_stdin(vm_paths: PodbayPaths) -> None:
+    assert podbay(vm_paths, "run", "--", "wc", "-c", stdin=b"12345").stdout.strip() == b"5"
+
+
+def test_run_with_a_volume_then_export_the_database(vm_paths: PodbayPaths, tmp_path: Path) -> None:
+    script = "import os,sqlite3; d=sqlite3.connect(os.environ['PODBAY_DB_PATH']); d.execute('create table t(x)'); d.execute('insert into t values (42)'); d.commit()"  # noqa: E501
+    assert podbay(vm_paths, "run", "--volume", "cli-vol", "--", "python3", "-c", script).returncode == 0
+    output = tmp_path / "out.db"
+    exported = podbay(vm_paths, "volume", "export", "cli-vol", "--output", str(output))
+    assert exported.returncode == 0, exported.stderr
+    assert sqlite3.connect(output).execute("SELECT x FROM t").fetchall() == [(42,)]
+
+
+def test_errors_are_one_clear_line(vm_paths: PodbayPaths) -> None:
+    result = podbay(vm_paths, "run", "--volume", "BAD NAME", "--", "true")
+    assert result.returncode == 2
+    assert b"InvalidSpec: volume" in result.stderr and b"Traceback" not in result.stderr
+
+
+def test_doctor_says_which_accelerator_and_that_tcg_is_no_boundary(vm_paths: PodbayPaths) -> None:
+    result = podbay(vm_paths, "doctor")
+    assert result.returncode == 0, result.stdout
+    text = result.stdout.decode()
+    assert "qemu" in text
+    if "tcg" in text:
+        assert "not a security" in text and "boundary" in text
+
+
+def test_demo_intervenes_in_fresh_pods_and_logs_to_each_customers_database(vm_paths: PodbayPaths) -> None:
+    result = podbay(vm_paths, "demo")
+    assert result.returncode == 0, result.stderr
+    text = result.stdout.decode()
+    assert text.count("INTERVENE") == 4
+    assert "refund duplicate charge" in text
+    assert "interventions" in text.lower()
+    volumes = sorted(path.stem for path in vm_paths.volumes.glob("*.ext4"))
+    assert volumes == ["customer-19", "customer-23", "customer-7"]

@@ -1,0 +1,124 @@
+"""Pods end to end: databases on volumes across pods, bad input, failures that leave nothing behind."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from podbay import Conflict, GuestError, InvalidSpec, Platform, Timeout
+from podbay.images import ImageSet, find_images
+from podbay.isolation.qemu.backend import QemuBackend
+from podbay.paths import PodbayPaths
+
+from .conftest import assert_nothing_left
+
+pytestmark = pytest.mark.integration
+
+WRITE = """
+import os, sqlite3
+db = sqlite3.connect(os.environ["PODBAY_DB_PATH"])
+db.execute("CREATE TABLE IF NOT EXISTS notes (text TEXT)")
+db.execute("INSERT INTO notes VALUES (?)", (os.environ["NOTE"],))
+db.commit()
+print(db.execute("SELECT COUNT(*) FROM notes").fetchone()[0])
+"""
+
+
+def test_a_volume_carries_the_database_from_pod_to_pod_and_to_the_host(
+    platform: Platform, vm_paths: PodbayPaths, tmp_path: Path
+) -> None:
+    first = platform.create_agent(memory_db=True, volume="customer-42", env={"NOTE": "from the first pod"})
+    assert first.info().db_url == "sqlite:////data/memory.db"
+    assert first.exec(["python3", "-c", WRITE]).stdout == "1\n"
+    first.destroy()
+
+    second = platform.create_agent(memory_db=True, volume="customer-42", env={"NOTE": "from the second pod"})
+    assert second.exec(["python3", "-c", WRITE]).stdout == "2\n", "the second pod sees the first pod's row"
+    second.destroy()
+
+    exported = platform.volumes.export("customer-42", tmp_path / "memory.db")
+    rows = sqlite3.connect(exported).execute("SELECT text FROM notes").fetchall()
+    assert rows == [("from the first pod",), ("from the second pod",)]
+
+
+def test_a_volume_is_attached_to_one_pod_at_a_time(platform: Platform) -> None:
+    holder = platform.create_agent(memory_db=True, volume="shared")
+    try:
+        with pytest.raises(Conflict, match="shared"):
+            platform.create_agent(memory_db=True, volume="shared")
+        with pytest.raises(Conflict):
+            platform.volumes.export("shared", Path("/tmp/never-written.db"))
+    finally:
+        holder.destroy()
+    platform.create_agent(memory_db=True, volume="shared").destroy()
+
+
+def test_an_unnamed_database_lives_and_dies_with_its_pod(platform: Platform) -> None:
+    pod = platform.create_agent(memory_db=True)
+    assert pod.exec(["python3", "-c", WRITE], env={"NOTE": "x"}).stdout == "1\n"
+    assert pod.info().volume is not None
+    pod.destroy()
+    assert platform.volumes.list() == []
+
+
+def test_bad_input_names_the_field(platform: Platform) -> None:
+    with pytest.raises(InvalidSpec, match="volume"):
+        platform.create_agent(memory_db=True, volume="../../etc")
+    with pytest.raises(InvalidSpec, match=r"backend.*qemu"):
+        platform.create_agent(backend="hyperv")
+    with pytest.raises(InvalidSpec, match=r"memory_db=True"):
+        platform.create_agent(volume="orphan")
+
+
+def test_qemu_dying_at_start_is_reported_with_its_stderr(vm_paths: PodbayPaths, tmp_path: Path) -> None:
+    real = find_images(vm_paths)
+    broken_kernel = tmp_path / "vmlinux"
+    broken_kernel.write_bytes(b"not a kernel")
+    images = ImageSet(kernel=broken_kernel, rootfs_image=real.rootfs_image, rootfs_dir=real.rootfs_dir)
+    with Platform(vm_paths, backends={"qemu": QemuBackend(vm_paths, images)}) as platform:
+        with pytest.raises(GuestError, match="QEMU exited") as caught:
+            platform.create_agent(memory_db=True, volume="survivor")
+        assert "QEMU stderr" in str(caught.value)
+        assert platform.list() == []
+        assert not platform.volumes.info("survivor").attached, "a failed create must release the volume"
+    assert_nothing_left(vm_paths)
+
+
+def test_a_boot_timeout_kills_the_vm(platform: Platform, vm_paths: PodbayPaths) -> None:
+    with pytest.raises(Timeout, match="did not answer"):
+        platform.create_agent(boot_timeout_s=0.05)
+    assert_nothing_left(vm_paths)
+
+
+def test_closing_the_platform_destroys_its_pods(vm_paths: PodbayPaths) -> None:
+    with Platform(vm_paths) as platform:
+        platform.create_agent()
+        assert len(platform.list()) == 1
+    assert_nothing_left(vm_paths)
+
+
+def test_trace_has_each_phase_in_order(platform: Platform) -> None:
+    pod = platform.create_agent(memory_db=True)
+    phases = {phase.name: phase for phase in pod.info().trace}
+    pod.destroy()
+    assert {"layer", "db provision", "boot", "attach+inject"} <= set(phases)
+    assert phases["boot"].start_s >= max(phases["layer"].end_s, phases["db provision"].end_s)
+    assert phases["attach+inject"].start_s >= phases["boot"].end_s
+
+
+def test_qemu_runs_unprivileged_when_started_as_root(platform: Platform) -> None:
+    pod = platform.create_agent()
+    try:
+        info = pod.info().sandbox
+        assert info is not None and info.pid is not None
+        status = Path(f"/proc/{info.pid}/status").read_text()
+        uid = next(line.split()[1] for line in status.splitlines() if line.startswith("Uid:"))
+        import os
+
+        if os.geteuid() == 0:
+            assert uid != "0", "QEMU must drop root (-runas) after opening its files"
+        assert "Seccomp:\t2" in status, "QEMU must run under its seccomp sandbox"
+    finally:
+        pod.destroy()
