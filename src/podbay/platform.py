@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from podbay.channel import GuestProcess, OutputCallback
 from podbay.errors import InvalidSpec, NotFound, PodbayError
 from podbay.isolation.base import Availability, Backend, Sandbox, SandboxConfig
-from podbay.isolation.qemu.backend import QemuBackend
+from podbay.isolation.registry import default_backends
 from podbay.models import ExecResult, FileEntry, Phase, PodInfo, PodSpec, PodState
 from podbay.paths import PodbayPaths
 from podbay.state.base import StateLease, StateProvider
@@ -175,7 +175,7 @@ class AsyncPlatform:
     def __init__(self, paths: PodbayPaths | None = None, backends: Mapping[str, Backend] | None = None) -> None:
         self.paths = paths or PodbayPaths.from_env()
         self.volumes = VolumeStore(self.paths.volumes)
-        self.backends: dict[str, Backend] = dict(backends or {"qemu": QemuBackend(self.paths)})
+        self.backends: dict[str, Backend] = dict(backends or default_backends(self.paths))
         self._state: StateProvider = SqliteProvider(self.volumes)
         self._pods: dict[str, AsyncPod] = {}
         self._clock_offset = time.time() - time.monotonic()
