@@ -132,9 +132,12 @@ def test_package_list_parsing() -> None:
 
 
 def test_unmet_options_lists_dropped_and_forced_options() -> None:
-    fragment = "# x\nCONFIG_A=y\nCONFIG_B=y\n# CONFIG_C is not set\nCONFIG_D=y\n# CONFIG_E is not set\n"
-    final = "CONFIG_A=y\n# CONFIG_B is not set\nCONFIG_D=m\nCONFIG_E=y\n"
-    assert unmet_options(fragment, final) == ["CONFIG_B=y", "CONFIG_D=y", "CONFIG_E=n"]
+    fragment = (
+        "# x\nCONFIG_A=y\nCONFIG_B=y\n# CONFIG_C is not set\nCONFIG_D=y\n# CONFIG_E is not set\n"
+        'CONFIG_N=16\nCONFIG_S="x"\n'
+    )
+    final = 'CONFIG_A=y\n# CONFIG_B is not set\nCONFIG_D=m\nCONFIG_E=y\nCONFIG_N=8\nCONFIG_S="x"\n'
+    assert unmet_options(fragment, final) == ["CONFIG_B=y", "CONFIG_D=y", "CONFIG_N=16", "CONFIG_E=n"]
 
 
 def test_real_recipes_are_parsed() -> None:

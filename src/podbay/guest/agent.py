@@ -14,6 +14,7 @@ import json
 import os
 import selectors
 import signal
+import socket
 import stat
 import sys
 import time
@@ -62,6 +63,37 @@ class Port:
                 time.sleep(0.001)
             except OSError:
                 return  # host went away; the next read sees it too
+
+    def hang_up(self) -> None:
+        """The host went away. A virtio-serial port stays open: the same fd reads again once a host is back."""
+
+    def reopen(self) -> bool:
+        """Ready to read again? A virtio-serial port always is (it reads EOF again while no host is there)."""
+        return True
+
+
+class ListeningPort(Port):
+    """A listening socket (AF_VSOCK under Firecracker): one host connection at a time; when it closes, the next."""
+
+    def __init__(self, listener: socket.socket) -> None:
+        self.listener = listener
+        self.connection, _ = self.listener.accept()  # blocking: there is nothing to serve before the host comes
+        self.listener.setblocking(False)  # later connections are polled for, so children are still served
+        fd = self.connection.fileno()
+        super().__init__(fd, fd, reconnects=True)
+
+    def hang_up(self) -> None:
+        self.connection.close()
+        self.read_fd = self.write_fd = -1  # sends while no host is connected fail (EBADF), never reach a reused fd
+
+    def reopen(self) -> bool:
+        try:
+            self.connection, _ = self.listener.accept()
+        except BlockingIOError:
+            return False
+        self.connection.setblocking(True)
+        self.read_fd = self.write_fd = self.connection.fileno()
+        return True
 
 
 class Process:
@@ -141,10 +173,14 @@ class Agent:
             data = os.read(self.port.read_fd, protocol.CHUNK)
         except BlockingIOError:
             return
+        except OSError:  # ECONNRESET: a vsock whose transport was reset (snapshot restore) lost its host too
+            data = b""
         if not data:
             if not self.port.reconnects:
                 sys.exit(0)  # stdio/socket transport: the host is gone, so is the sandbox
             self.selector.unregister(self.port.read_fd)
+            self.port.hang_up()
+            self.decoder = protocol.FrameDecoder()  # the next host starts a fresh stream
             self.retry_port_at = time.monotonic() + 0.01
             return
         try:
@@ -157,9 +193,13 @@ class Agent:
             self.handle(header, payload)
 
     def maybe_retry_port(self) -> None:
-        if self.retry_port_at is not None and time.monotonic() >= self.retry_port_at:
-            self.retry_port_at = None
-            self.selector.register(self.port.read_fd, selectors.EVENT_READ, ("port", None))
+        if self.retry_port_at is None or time.monotonic() < self.retry_port_at:
+            return
+        if not self.port.reopen():
+            self.retry_port_at = time.monotonic() + 0.01
+            return
+        self.retry_port_at = None
+        self.selector.register(self.port.read_fd, selectors.EVENT_READ, ("port", None))
 
     def handle(self, header: Header, payload: bytes) -> None:
         request_id = header.get("id")
@@ -513,6 +553,14 @@ def _find_virtio_port(name: str, wait_seconds: float = 10.0) -> str:
         time.sleep(0.01)
 
 
+def vsock_port_number(transport: str) -> int:
+    """`vsock:PORT` -> PORT, a listening port (1 .. 2**32 - 2; the top value means "any port")."""
+    number = transport.removeprefix("vsock:")
+    if not number.isdigit() or not 0 < int(number) < 2**32 - 1:
+        raise SystemExit(f"podbay agent: bad vsock port in {transport!r}; expected vsock:PORT, e.g. vsock:1024")
+    return int(number)
+
+
 def open_port(transport: str) -> Port:
     if transport == "virtio-serial":
         fd = os.open(_find_virtio_port(protocol.PORT_NAME), os.O_RDWR | os.O_CLOEXEC)
@@ -522,6 +570,11 @@ def open_port(transport: str) -> Port:
     if transport.startswith("fd:"):
         fd = int(transport[3:])
         return Port(fd, fd, reconnects=False)
+    if transport.startswith("vsock:"):
+        listener = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+        listener.bind((socket.VMADDR_CID_ANY, vsock_port_number(transport)))
+        listener.listen(1)
+        return ListeningPort(listener)
     raise SystemExit(f"podbay agent: unknown transport {transport!r}")
 
 

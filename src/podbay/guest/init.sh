@@ -7,8 +7,12 @@ mount -n -t proc proc /proc
 mount -n -t sysfs sys /sys
 grep -q " /dev " /proc/mounts || mount -n -t devtmpfs dev /dev  # the kernel may have mounted it (DEVTMPFS_MOUNT)
 rw=""
+transport=virtio-serial  # how the agent reaches the host: QEMU's virtio-serial port, or vsock:PORT (Firecracker)
 for word in $(cat /proc/cmdline); do
-  case "$word" in podbay.rw=*) rw="${word#podbay.rw=}" ;; esac
+  case "$word" in
+    podbay.rw=*) rw="${word#podbay.rw=}" ;;
+    podbay.transport=*) transport="${word#podbay.transport=}" ;;
+  esac
 done
 new=/mnt/root
 if [ -n "$rw" ]; then
@@ -25,4 +29,4 @@ mkdir -p "$new/dev/pts" "$new/dev/shm"
 mount -n -t devpts -o gid=5,mode=620,ptmxmode=666 devpts "$new/dev/pts" || true
 mount -n -t tmpfs -o mode=1777,nosuid,nodev shm "$new/dev/shm"
 cd "$new"
-exec chroot . /usr/bin/python3 -I -S /usr/lib/podbay/agent.py --transport=virtio-serial
+exec chroot . /usr/bin/python3 -I -S /usr/lib/podbay/agent.py --transport="$transport"

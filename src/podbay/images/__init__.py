@@ -1,7 +1,8 @@
 """Guest images: the kernel and root filesystem every sandbox boots, built once and cached by content hash.
 
 find_images(paths)    the cached ImageSet, fast; ImageMissing if a part is not built yet
-build_images(paths)   build what is missing (kernel ~4 min, rootfs ~30 s), then return the ImageSet
+build_images(paths)   build what is missing (kernel ~4 min, rootfs ~30 s, full-VM kernel ~5 s), then return
+                      the ImageSet (the full VM finds its kernel with cloud_kernel.find_cloud_kernel)
 make_ext4(path, ...)  an empty sparse ext4 disk (pod layers, volumes)
 """
 
@@ -13,6 +14,7 @@ from pathlib import Path
 from rich.console import Console
 
 from podbay.errors import ImageMissing
+from podbay.images.cloud_kernel import build_cloud_kernel
 from podbay.images.ext4 import make_ext4
 from podbay.images.kernel import build_kernel, kernel_entry
 from podbay.images.rootfs import build_rootfs, rootfs_entry
@@ -45,11 +47,18 @@ def find_images(paths: PodbayPaths) -> ImageSet:
     return _image_set(kernel.path, rootfs.path)
 
 
-def build_images(paths: PodbayPaths, console: Console | None = None, force: bool = False) -> ImageSet:
-    """Build what is missing (everything with ``force``), reusing cached parts; return the images."""
+def build_images(
+    paths: PodbayPaths, console: Console | None = None, force: bool = False, full_vm: bool = True
+) -> ImageSet:
+    """Build what is missing (everything with ``force``), reusing cached parts; return the images.
+
+    With ``full_vm`` the full-VM backend's kernel and initramfs are prepared too (a download, seconds).
+    """
     console = console or Console(stderr=True)
     kernel = build_kernel(paths.images, console, force).parent
     rootfs = build_rootfs(paths.images, console, force).path
+    if full_vm:
+        build_cloud_kernel(paths.images, console, force)
     images = _image_set(kernel, rootfs)
     console.print(f"[bold]images ready[/]: kernel {images.kernel}, rootfs {images.rootfs_image}")
     return images

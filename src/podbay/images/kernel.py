@@ -23,7 +23,7 @@ SOURCE_PACKAGE = "linux-source-6.1"
 SOURCE_TARBALL = Path("/usr/src/linux-source-6.1.tar.xz")
 FRAGMENT = Path(__file__).parent / "recipes" / "kernel.config"
 
-_ENABLED = re.compile(r"^(CONFIG_[A-Za-z0-9_]+)=y$", re.MULTILINE)
+_ASSIGNED = re.compile(r"^(CONFIG_[A-Za-z0-9_]+)=(.*)$", re.MULTILINE)
 _DISABLED = re.compile(r"^# (CONFIG_[A-Za-z0-9_]+) is not set$", re.MULTILINE)
 _COMPILED = re.compile(r"^\s+CC\s")
 
@@ -122,10 +122,11 @@ def _configure(source: Path, build_dir: Path, log: BuildLog) -> None:
 def unmet_options(fragment: str, final_config: str) -> list[str]:
     """The settings of *fragment* that *final_config* does not have, as ``CONFIG_X=y`` / ``CONFIG_X=n``.
 
-    Kconfig drops a ``=y`` whose dependencies are off, and turns on an option the fragment disables when
-    another option selects it, both without an error: this is the check that notices.
+    Kconfig drops a ``=y`` whose dependencies are off, clamps a value to its allowed range, and turns on an
+    option the fragment disables when another option selects it, all without an error: this is the check
+    that notices.
     """
-    enabled = set(_ENABLED.findall(final_config))
-    dropped = [f"{option}=y" for option in _ENABLED.findall(fragment) if option not in enabled]
-    forced = [f"{option}=n" for option in _DISABLED.findall(fragment) if option in enabled]
-    return dropped + forced
+    final = dict(_ASSIGNED.findall(final_config))
+    changed = [f"{option}={value}" for option, value in _ASSIGNED.findall(fragment) if final.get(option) != value]
+    forced = [f"{option}=n" for option in _DISABLED.findall(fragment) if option in final]
+    return changed + forced

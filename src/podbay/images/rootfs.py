@@ -16,6 +16,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from podbay.errors import PodbayError
 from podbay.images.cache import BuildLog, CacheEntry, content_key, human_size, kind_lock, tree_size
 
 PACKAGES = Path(__file__).parent / "recipes" / "rootfs.packages"
@@ -78,6 +79,7 @@ def build_rootfs(images: Path, console: Console, force: bool = False) -> CacheEn
     with kind_lock(images, "rootfs", console):
         if entry.exists() and not force:
             return entry
+        _require_root()
         log = BuildLog(entry.log_path, console)
         console.print(f"Building the guest root filesystem; log: {log.path}")
         with entry.building(replace=force) as tmp:
@@ -101,6 +103,7 @@ def _build_base(images: Path, console: Console, force: bool) -> CacheEntry:
     with kind_lock(images, "rootfs-base", console):
         if entry.exists() and not force:
             return entry
+        _require_root()
         log = BuildLog(entry.log_path, console)
         console.print(f"Building the Debian {SUITE} base tree with mmdebstrap; log: {log.path}")
         packages = ",".join(package_list(PACKAGES.read_text()))
@@ -110,6 +113,12 @@ def _build_base(images: Path, console: Console, force: bool) -> CacheEntry:
                 ["mmdebstrap", *MMDEBSTRAP_OPTIONS, f"--include={packages}", SUITE, tmp / "tree", *SOURCES],
             )
     return entry
+
+
+def _require_root() -> None:
+    # mmdebstrap's root mode keeps real owners and device nodes, and the precompile step runs in a chroot.
+    if os.geteuid() != 0:
+        raise PodbayError("building the guest root filesystem needs root: run `sudo podbay images build`")
 
 
 def _install_guest_files(tree: Path) -> None:

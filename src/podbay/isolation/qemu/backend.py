@@ -36,7 +36,10 @@ LOG_TAIL = 2000
 
 
 class QemuBackend:
+    """The microVM; a subclass changes the machine by overriding `name`, `isolation` and `command`."""
+
     name = "qemu"
+    isolation = "microvm"
 
     def __init__(self, paths: PodbayPaths, images: ImageSet | None = None) -> None:
         self._paths = paths
@@ -58,6 +61,10 @@ class QemuBackend:
             self._images = find_images(self._paths)
         return self._images
 
+    def command(self, config: SandboxConfig, accelerator: str, run_as: str | None) -> list[str]:
+        images = self.images()
+        return build_command(config, images.kernel, images.rootfs_image, accelerator, run_as)
+
     async def prepare_layer(self, run_dir: Path, size_mib: int) -> Path:
         """A sparse ext4 disk the guest lays over the read-only root with overlayfs."""
         layer = run_dir / "layer.ext4"
@@ -67,14 +74,13 @@ class QemuBackend:
     async def start(self, config: SandboxConfig) -> QemuSandbox:
         available = self.availability()
         if not available.available:
-            raise BackendUnavailable(f"qemu: {available.reason}")
-        images = self.images()
+            raise BackendUnavailable(f"{self.name}: {available.reason}")
         accelerator = self.accelerator()
         files = RunFiles(config.run_dir)
         run_as = _unprivileged_user()
         if run_as is not None:
             files.jail.mkdir(mode=0o755, exist_ok=True)  # an empty root for QEMU's -chroot
-        command = build_command(config, images.kernel, images.rootfs_image, accelerator, run_as)
+        command = self.command(config, accelerator, run_as)
         with open(files.stderr_log, "wb") as stderr:
             process = await asyncio.create_subprocess_exec(
                 *command,
@@ -85,7 +91,7 @@ class QemuBackend:
             )
         info = SandboxInfo(
             backend=self.name,
-            isolation="microvm",
+            isolation=self.isolation,
             accelerator=accelerator,
             security_boundary=accelerator == "kvm",
             note=KVM_NOTE if accelerator == "kvm" else TCG_NOTE,
@@ -128,16 +134,16 @@ class QemuSandbox:
         ready = asyncio.ensure_future(self._handshake())
         try:
             done, _ = await asyncio.wait({exited, ready}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-            if ready in done:
-                try:
-                    ready.result()
-                except GuestError as exc:
-                    raise GuestError(f"{exc}\n{self.diagnostics()}") from None
+            if ready in done and ready.exception() is None:
                 return
-            if exited in done:
+            if ready in done:  # the channel or QMP broke: usually because QEMU is exiting
+                await asyncio.wait({exited}, timeout=1.0)
+            if exited.done():
                 raise GuestError(
                     f"QEMU exited with status {exited.result()} before the guest agent answered.\n{self.diagnostics()}"
                 )
+            if ready in done:
+                raise GuestError(f"{ready.exception()}\n{self.diagnostics()}")
             raise Timeout(f"the guest agent did not answer within {timeout} s.\n{self.diagnostics()}")
         finally:
             for task in (exited, ready):

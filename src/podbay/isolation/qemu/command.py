@@ -17,6 +17,19 @@ KERNEL_CMDLINE = (
 
 
 @dataclass(frozen=True)
+class Machine:
+    """What differs between the QEMU machines podbay boots: the -M options and the bus the virtio devices sit on."""
+
+    options: str
+    virtio_bus: str  # the suffix of QEMU's virtio device names: "device" (virtio-mmio) or "pci"
+
+
+# acpi=off: QEMU then lists the virtio-mmio devices on the kernel command line (no ACPI in the guest).
+# PIT and PIC stay: without them the guest's timer calibration under TCG can hang.
+MICROVM = Machine(options="microvm,x-option-roms=off,rtc=off,isa-serial=on,acpi=off", virtio_bus="device")
+
+
+@dataclass(frozen=True)
 class RunFiles:
     """Where one sandbox's sockets and logs live (all inside its private run directory)."""
 
@@ -47,17 +60,25 @@ def disk_device(index: int) -> str:
     return "/dev/vd" + chr(ord("a") + index)
 
 
-def build_command(config: SandboxConfig, kernel: Path, rootfs: Path, accelerator: str, run_as: str | None) -> list[str]:
+def build_command(
+    config: SandboxConfig,
+    kernel: Path,
+    rootfs: Path,
+    accelerator: str,
+    run_as: str | None,
+    *,
+    machine: Machine = MICROVM,
+    initrd: Path | None = None,
+) -> list[str]:
     files = RunFiles(config.run_dir)
+    bus = machine.virtio_bus
     cmdline = KERNEL_CMDLINE
     if config.layer is not None:
         cmdline += f" podbay.rw={disk_device(1)}"
     command = [
         QEMU_BINARY,
-        # acpi=off: QEMU then lists the virtio-mmio devices on the kernel command line (no ACPI in the guest).
-        # PIT and PIC stay: without them the guest's timer calibration under TCG can hang.
         "-M",
-        "microvm,x-option-roms=off,rtc=off,isa-serial=on,acpi=off",
+        machine.options,
         "-accel",
         accelerator,
         *(["-cpu", "host,-arch-capabilities"] if accelerator == "kvm" else []),
@@ -72,22 +93,23 @@ def build_command(config: SandboxConfig, kernel: Path, rootfs: Path, accelerator
         "-no-reboot",
         "-kernel",
         str(kernel),
+        *(["-initrd", str(initrd)] if initrd is not None else []),
         "-append",
         cmdline,
-        *_disk("root", rootfs, read_only=True),
-        *(_disk("layer", config.layer, read_only=False) if config.layer else []),
+        *_disk("root", rootfs, bus, read_only=True),
+        *(_disk("layer", config.layer, bus, read_only=False) if config.layer else []),
     ]
     for index, volume in enumerate(config.volumes):
-        command += _disk(f"vol{index}", volume.image, read_only=False)
+        command += _disk(f"vol{index}", volume.image, bus, read_only=False)
     command += [
         "-device",
-        "virtio-serial-device,max_ports=2",
+        f"virtio-serial-{bus},max_ports=2",
         "-chardev",
         f"socket,id=agent,path={files.agent_socket},server=on,wait=off",
         "-device",
         f"virtserialport,chardev=agent,name={PORT_NAME}",
         "-device",
-        "virtio-rng-device",
+        f"virtio-rng-{bus}",
         "-chardev",
         f"file,id=console,path={files.console_log}",
         "-serial",
@@ -100,18 +122,18 @@ def build_command(config: SandboxConfig, kernel: Path, rootfs: Path, accelerator
     elevate = "allow" if run_as is not None else "deny"
     command += ["-sandbox", f"on,obsolete=deny,elevateprivileges={elevate},spawn=deny,resourcecontrol=deny"]
     if config.network:
-        command += ["-netdev", "user,id=net0", "-device", "virtio-net-device,netdev=net0"]
+        command += ["-netdev", "user,id=net0", "-device", f"virtio-net-{bus},netdev=net0"]
     if run_as is not None:
         # Every file is opened before QEMU drops to this user and chroots into an empty directory.
         command += ["-runas", run_as, "-chroot", str(files.jail)]
     return command
 
 
-def _disk(drive_id: str, path: Path, read_only: bool) -> list[str]:
+def _disk(drive_id: str, path: Path, bus: str, read_only: bool) -> list[str]:
     options = f"id={drive_id},file={_escape(path)},format=raw,if=none,cache=writeback,aio=threads"
     if read_only:
         options += ",readonly=on"
-    return ["-drive", options, "-device", f"virtio-blk-device,drive={drive_id}"]
+    return ["-drive", options, "-device", f"virtio-blk-{bus},drive={drive_id}"]
 
 
 def _escape(path: Path) -> str:

@@ -1,0 +1,40 @@
+"""The full-VM backend: QEMU's standard PC machine (q35) with SeaBIOS, PCI and ACPI, booting Debian's stock
+cloud kernel — the "Full VM (QEMU)" row of the comparison, as users know it.
+
+Everything but the machine, the bus and the kernel is the microVM's: the same root filesystem and agent, the
+disks in the same order, the virtio-serial channel, QMP, the least-privilege options and the teardown. The
+kernel needs an initramfs (its virtio drivers are modules); see :mod:`podbay.images.cloud_kernel`.
+"""
+
+from __future__ import annotations
+
+from podbay.images import ImageSet
+from podbay.images.cloud_kernel import CloudKernel, find_cloud_kernel
+from podbay.isolation.base import SandboxConfig
+from podbay.isolation.qemu.backend import QemuBackend
+from podbay.isolation.qemu.command import Machine, build_command
+from podbay.paths import PodbayPaths
+
+# The stock machine, firmware included (SeaBIOS is q35's default): nothing switched off, so the row
+# measures what a full VM costs. The virtio devices are PCI devices on the PCIe root bus, which QEMU
+# numbers in the order they are given; the guest probes them in that order too (vda root, vdb layer, ...).
+Q35 = Machine(options="q35", virtio_bus="pci")
+
+
+class FullVmBackend(QemuBackend):
+    name = "qemu-q35"
+    isolation = "full VM (q35, SeaBIOS, PCI, ACPI)"
+
+    def __init__(self, paths: PodbayPaths, images: ImageSet | None = None, kernel: CloudKernel | None = None) -> None:
+        super().__init__(paths, images)
+        self._kernel = kernel
+
+    def cloud_kernel(self) -> CloudKernel:
+        if self._kernel is None:
+            self._kernel = find_cloud_kernel(self._paths.images)
+        return self._kernel
+
+    def command(self, config: SandboxConfig, accelerator: str, run_as: str | None) -> list[str]:
+        kernel = self.cloud_kernel()
+        rootfs = self.images().rootfs_image
+        return build_command(config, kernel.vmlinuz, rootfs, accelerator, run_as, machine=Q35, initrd=kernel.initrd)
