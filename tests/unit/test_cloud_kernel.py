@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import io
 import stat
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 import podbay.images.cloud_kernel as cloud_kernel
 from podbay.errors import ImageMissing, PodbayError
 from podbay.images.cloud_kernel import (
+    RECORD,
     NewcArchive,
     Package,
+    build_cloud_kernel,
     cloud_kernel_entry,
     find_cloud_kernel,
     load_order,
@@ -89,10 +93,20 @@ def test_the_key_follows_the_kernel_package_version(tmp_path: Path) -> None:
     assert cloud_kernel_entry(tmp_path, KERNEL, BUSYBOX).key == cloud_kernel_entry(tmp_path, KERNEL, BUSYBOX).key
 
 
-def test_a_missing_kernel_says_how_to_build_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cloud_kernel, "resolve_packages", lambda: (KERNEL, BUSYBOX))
+def test_finding_uses_the_last_builds_packages_and_says_how_to_build(tmp_path: Path) -> None:
     with pytest.raises(ImageMissing, match="podbay images build"):
-        find_cloud_kernel(tmp_path)
+        find_cloud_kernel(tmp_path)  # never built
     entry = cloud_kernel_entry(tmp_path, KERNEL, BUSYBOX)
     entry.path.mkdir()
+    (tmp_path / RECORD).write_text(f"{KERNEL.pinned}\n{BUSYBOX.pinned}\n")
     assert find_cloud_kernel(tmp_path).initrd == entry.path / "initrd.img"
+    (tmp_path / RECORD).write_text(f"{KERNEL.name}=6.1.2-1\n{BUSYBOX.pinned}\n")
+    with pytest.raises(ImageMissing):
+        find_cloud_kernel(tmp_path)  # the record names packages whose entry is gone
+
+
+def test_build_reuses_the_entry_and_records_its_packages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cloud_kernel, "resolve_packages", lambda: (KERNEL, BUSYBOX))
+    cloud_kernel_entry(tmp_path, KERNEL, BUSYBOX).path.mkdir(parents=True)
+    built = build_cloud_kernel(tmp_path, Console(file=io.StringIO()))
+    assert find_cloud_kernel(tmp_path) == built

@@ -6,7 +6,7 @@ import statistics
 import time
 from typing import Any
 
-from podbay.bench.memory import uss_pss_kib
+from podbay.bench.memory import tree_uss_pss_kib
 from podbay.sync import Platform
 
 ROUND_TRIPS = 20
@@ -22,7 +22,7 @@ def bench_create(platform: Platform, n: int, backend: str = "qemu") -> dict[str,
     round_trip_ms: list[float] = []
     uss_kib: list[int] = []
     pss_kib: list[int] = []
-    accelerator = "?"
+    accelerator = isolation = "?"
     for _ in range(n):
         started = time.perf_counter()
         pod = platform.create_agent(backend=backend)
@@ -35,8 +35,8 @@ def bench_create(platform: Platform, n: int, backend: str = "qemu") -> dict[str,
                 round_trip_ms.append((time.perf_counter() - t) * 1000)
             info = pod.info().sandbox
             assert info is not None and info.pid is not None
-            accelerator = info.accelerator
-            uss, pss = uss_pss_kib(info.pid)
+            accelerator, isolation = info.accelerator, info.isolation
+            uss, pss = tree_uss_pss_kib(info.pid)
             uss_kib.append(uss)
             pss_kib.append(pss)
         finally:
@@ -45,6 +45,7 @@ def bench_create(platform: Platform, n: int, backend: str = "qemu") -> dict[str,
         "benchmark": "create",
         "backend": backend,
         "accelerator": accelerator,
+        "isolation": isolation,
         "n": n,
         "cold_create_to_first_exec_ms": {
             "median": statistics.median(create_ms),

@@ -1,12 +1,15 @@
-"""`podbay bench create`: measured figures as JSON plus a one-line summary."""
+"""`podbay bench create | isolation`: measured figures as JSON plus a one-line summary."""
 
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import typer
+from rich.table import Table
 
-from podbay.bench.create import bench_create, summary
+from podbay.bench import create as create_bench
+from podbay.bench import isolation as isolation_bench
 from podbay.cli.common import console, reported_errors
 from podbay.sync import Platform
 
@@ -21,7 +24,36 @@ def create(
 ) -> None:
     """Cold create → first exec result (median, p90), exec round trip, host memory per pod (USS/PSS)."""
     with reported_errors(), Platform() as platform:
-        result = bench_create(platform, n, backend)
+        result = create_bench.bench_create(platform, n, backend)
     if as_json:
         print(json.dumps(result, indent=2))
-    console.print(summary(result), highlight=False)
+    console.print(create_bench.summary(result), highlight=False)
+
+
+@app.command("isolation")
+def isolation(
+    n: int = typer.Option(5, "--n", min=1, help="pods per backend (a full VM gets at most 3)"),
+    as_json: bool = typer.Option(False, "--json", help="print the JSON result"),
+) -> None:
+    """Every backend on this host: create → first exec, exec round trip, idle memory, beside the seed's claim."""
+    with reported_errors(), Platform() as platform:
+        result = isolation_bench.bench_isolation(platform, n)
+    if as_json:
+        print(json.dumps(result, indent=2))
+    console.print(_table(result["rows"]))
+    console.print(isolation_bench.summary(result), highlight=False)
+
+
+def _table(rows: list[dict[str, Any]]) -> Table:
+    table = Table("backend", "isolation", "accel", "create→exec median / p90 ms", "exec rtt ms",
+                  "idle USS / PSS MiB", "seed claims")
+    for row in rows:
+        if "cold_create_to_first_exec_ms" not in row:
+            table.add_row(row["backend"], "-", "-", f"unavailable: {row['reason']}", "-", "-", row["seed_claim"])
+            continue
+        create, memory = row["cold_create_to_first_exec_ms"], row["host_memory_per_pod_mib"]
+        table.add_row(row["backend"], row["isolation"], row["accelerator"],
+                      f"{create['median']:.0f} / {create['p90']:.0f}",
+                      f"{row['exec_round_trip_true_ms']['median']:.1f}",
+                      f"{memory['uss_median']:.1f} / {memory['pss_median']:.1f}", row["seed_claim"])
+    return table

@@ -10,6 +10,8 @@ root disk read-only and hands over to ``/sbin/podbay-init``, which runs as on th
 
 The entry ``cloud-kernel-<key>/`` keeps ``vmlinuz``, ``initrd.img`` and the kernel's ``config``; the key
 hashes both package versions, the module list and the init script, so a kernel update makes a new entry.
+Beside the entries, ``cloud-kernel.packages`` records the versions the last build used: the backend finds
+its kernel from that record (fast, and steady across ``apt-get update``), not by asking apt again.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ BUSYBOX_PACKAGE = "busybox-static"
 # cloud flavour; listing it anyway means a kernel that makes it a module still gets it in the initramfs.
 MODULES = ("virtio_pci", "virtio_blk", "virtio_console", "virtio_rng", "virtio_net", "ext4", "overlay")
 INIT_SCRIPT = Path(__file__).parent / "recipes" / "initramfs-init.sh"
+RECORD = "cloud-kernel.packages"
 # Bump when the build steps change in a way the hashed inputs do not show.
 BUILDER_VERSION = "1"
 
@@ -61,30 +64,31 @@ class Package:
 
 
 def find_cloud_kernel(images: Path) -> CloudKernel:
-    """The cached kernel and initramfs for the packages apt offers now, without building anything."""
-    entry = cloud_kernel_entry(images, *resolve_packages())
-    if not entry.exists():
+    """The kernel and initramfs the last build prepared, if they still match the recipe; builds nothing.
+
+    The package versions come from that build's record, not from apt: an ``apt-get update`` that brings a
+    newer kernel changes nothing until the next ``podbay images build``, and finding costs no apt call.
+    """
+    recorded = _recorded_packages(images)
+    entry = cloud_kernel_entry(images, *recorded) if recorded is not None else None
+    if entry is None or not entry.exists():
         raise ImageMissing(f"the full-VM kernel ({METAPACKAGE}) is not built in {images}: run `podbay images build`")
     return _cloud_kernel(entry)
 
 
 def build_cloud_kernel(images: Path, console: Console, force: bool = False) -> CloudKernel:
-    """Return the cached kernel and initramfs, downloading and packing them first if needed (seconds)."""
+    """Return the kernel and initramfs of the packages apt offers now, preparing them first if needed (seconds)."""
     kernel, busybox = resolve_packages()
     entry = cloud_kernel_entry(images, kernel, busybox)
     with kind_lock(images, KIND, console):
-        if entry.exists() and not force:
-            return _cloud_kernel(entry)
-        log = BuildLog(entry.log_path, console)
-        console.print(f"Preparing the full-VM kernel ({kernel.name} {kernel.version}); log: {log.path}")
-        with entry.building(replace=force) as tmp:
-            _build(tmp, kernel, busybox, log)
-    result = _cloud_kernel(entry)
-    console.print(
-        f"full-VM kernel: {result.vmlinuz} ({human_size(result.vmlinuz.stat().st_size)}),"
-        f" initrd {human_size(result.initrd.stat().st_size)}"
-    )
-    return result
+        if force or not entry.exists():
+            log = BuildLog(entry.log_path, console)
+            console.print(f"Preparing the full-VM kernel ({kernel.name} {kernel.version}); log: {log.path}")
+            with entry.building(replace=force) as tmp:
+                _build(tmp, kernel, busybox, log)
+            _report(_cloud_kernel(entry), console)
+        _record_packages(images, kernel, busybox)
+    return _cloud_kernel(entry)
 
 
 def cloud_kernel_entry(images: Path, kernel: Package, busybox: Package) -> CacheEntry:
@@ -246,6 +250,30 @@ class NewcArchive:
 
     def _pad(self) -> None:
         self._data += b"\0" * (-len(self._data) % 4)
+
+
+def _record_packages(images: Path, kernel: Package, busybox: Package) -> None:
+    """Note which packages the current entry is made of, replacing the file whole (readers never lock)."""
+    record = images / RECORD
+    tmp = record.with_name(f".tmp-{RECORD}")
+    tmp.write_text(f"{kernel.pinned}\n{busybox.pinned}\n")
+    tmp.replace(record)
+
+
+def _recorded_packages(images: Path) -> tuple[Package, Package] | None:
+    try:
+        lines = (images / RECORD).read_text().splitlines()
+    except FileNotFoundError:
+        return None
+    packages = [Package(*line.split("=", 1)) for line in lines if "=" in line]
+    return (packages[0], packages[1]) if len(packages) == 2 else None
+
+
+def _report(kernel: CloudKernel, console: Console) -> None:
+    console.print(
+        f"full-VM kernel: {kernel.vmlinuz} ({human_size(kernel.vmlinuz.stat().st_size)}),"
+        f" initrd {human_size(kernel.initrd.stat().st_size)}"
+    )
 
 
 def _cloud_kernel(entry: CacheEntry) -> CloudKernel:
