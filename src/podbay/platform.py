@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from podbay.channel import GuestProcess, OutputCallback
-from podbay.errors import InvalidSpec, NotFound, PodbayError
+from podbay.errors import BackendUnavailable, InvalidSpec, NotFound, PodbayError
 from podbay.isolation.base import Availability, Backend, Sandbox, SandboxConfig
 from podbay.isolation.registry import default_backends
 from podbay.models import ExecResult, FileEntry, Phase, PodInfo, PodSpec, PodState
@@ -256,6 +256,9 @@ class AsyncPlatform:
             raise InvalidSpec(
                 "backend", f"unknown backend {name!r}", f"choose one of: {', '.join(sorted(self.backends))}"
             )
+        availability = backend.availability()
+        if not availability.available:  # refuse before anything is made; never swap in another backend
+            raise BackendUnavailable(f"{name}: {availability.reason}")
         return backend
 
     def get(self, pod_id: str) -> AsyncPod:

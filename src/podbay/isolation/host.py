@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from pathlib import Path
@@ -12,6 +13,7 @@ CPUINFO = Path("/proc/cpuinfo")
 KVM_DEVICE = Path("/dev/kvm")
 
 
+@functools.cache  # a host fact: read /proc/cpuinfo once per process, not on every pod start
 def hardware_kvm() -> Availability:
     """KVM counts only with vmx/svm in the CPU flags *and* a usable /dev/kvm.
 

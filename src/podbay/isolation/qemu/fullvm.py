@@ -15,9 +15,10 @@ from podbay.isolation.qemu.backend import QemuBackend
 from podbay.isolation.qemu.command import Machine, build_command
 from podbay.paths import PodbayPaths
 
-# The stock machine, firmware included (SeaBIOS is q35's default): nothing switched off, so the row
-# measures what a full VM costs. The virtio devices are PCI devices on the PCIe root bus, which QEMU
-# numbers in the order they are given; the guest probes them in that order too (vda root, vdb layer, ...).
+# The stock machine with its firmware (SeaBIOS, q35's default) and ACPI, nothing tuned away, so the row
+# measures what a full VM costs; only -nodefaults drops the default VGA, NIC and drives, as on the microVM.
+# The virtio devices are PCI functions on the root bus, in slots QEMU gives in command-line order; the guest
+# probes them in slot order, so the disks stay vda (root), vdb (layer), vdc... (volumes) — checked in tests.
 Q35 = Machine(options="q35", virtio_bus="pci")
 
 
