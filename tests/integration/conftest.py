@@ -13,28 +13,38 @@ from pathlib import Path
 import pytest
 
 from podbay import Platform
+from podbay.isolation.oci import mounts_under
 from podbay.paths import PodbayPaths
 
+ALL_BACKENDS = ("qemu", "qemu-q35", "firecracker", "gvisor", "runc")
 
-def qemu_processes_under(root: Path) -> list[int]:
-    """PIDs of QEMU processes whose command line mentions `root` (our pods' run directories)."""
-    pids = []
+
+def processes_mentioning(root: Path) -> list[str]:
+    """Processes whose command line mentions `root` (our pods' run directories): VMMs, runtimes, gofers."""
+    found = []
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
-            cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if "qemu-system" in cmdline and str(root) in cmdline:
-            pids.append(int(entry.name))
-    return pids
+        if str(root) in cmdline:
+            found.append(f"{entry.name}: {cmdline}")
+    return found
 
 
 def assert_nothing_left(paths: PodbayPaths) -> None:
-    assert qemu_processes_under(paths.state) == [], "a QEMU process outlived its pod"
+    assert processes_mentioning(paths.state) == [], "a sandbox process outlived its pod"
+    assert mounts_under(paths.state) == [], "a root overlay or volume is still mounted on the host"
     leftovers = list(paths.pods.iterdir()) if paths.pods.exists() else []
     assert leftovers == [], f"pod run directories left behind: {leftovers}"
+
+
+def skip_unless_available(platform: Platform, backend: str) -> None:
+    availability = platform.doctor()[backend]
+    if not availability.available:
+        pytest.skip(f"{backend} cannot run on this host: {availability.reason}")
 
 
 @pytest.fixture
@@ -64,4 +74,5 @@ def shared_platform(shared_paths: PodbayPaths) -> Iterator[Platform]:
 
 
 def cli_env(paths: PodbayPaths) -> dict[str, str]:
-    return {**os.environ, "PODBAY_STATE": str(paths.state), "PODBAY_CACHE": str(paths.cache)}
+    # A wide terminal, so rich does not wrap the tables the tests read.
+    return {**os.environ, "PODBAY_STATE": str(paths.state), "PODBAY_CACHE": str(paths.cache), "COLUMNS": "400"}

@@ -47,13 +47,14 @@ def test_errors_are_one_clear_line(vm_paths: PodbayPaths) -> None:
     assert b"InvalidSpec: volume" in result.stderr and b"Traceback" not in result.stderr
 
 
-def test_doctor_says_which_accelerator_and_that_tcg_is_no_boundary(vm_paths: PodbayPaths) -> None:
+def test_doctor_lists_every_backend_and_says_tcg_is_no_boundary(vm_paths: PodbayPaths) -> None:
     result = podbay(vm_paths, "doctor")
     assert result.returncode == 0, result.stdout
-    text = result.stdout.decode()
-    assert "qemu" in text
-    if "tcg" in text:
-        assert "not a security" in text and "boundary" in text
+    text = " ".join(result.stdout.decode().split())
+    for backend in ("qemu", "qemu-q35", "firecracker", "gvisor", "runc"):
+        assert f"│ {backend} " in text
+    if "│ tcg " in text:
+        assert "does not treat TCG as a security boundary" in text
 
 
 def test_demo_intervenes_in_fresh_pods_and_logs_to_each_customers_database(vm_paths: PodbayPaths) -> None:

@@ -69,7 +69,7 @@ def test_rootfs_tree_has_python_init_and_agent(images: ImageSet) -> None:
     assert os.access(tree / "usr/bin/python3", os.X_OK)
     init = tree / "sbin/podbay-init"
     assert init.stat().st_mode & 0o777 == 0o755
-    assert init.read_bytes() == (Path(__file__).parents[2] / "src/podbay/guest/init.sh").read_bytes()
+    assert init.read_bytes() == (Path(__file__).parents[2] / "src/podbay/guest/vminit.py").read_bytes()
     assert (tree / "usr/lib/podbay/agent.py").is_file()
     assert (tree / "usr/lib/podbay/protocol.py").is_file()
     for mountpoint in ("mnt/layer", "mnt/root", "data", "work", "proc", "sys", "dev", "tmp", "run"):

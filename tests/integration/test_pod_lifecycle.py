@@ -12,7 +12,7 @@ from podbay.images import ImageSet, find_images
 from podbay.isolation.qemu.backend import QemuBackend
 from podbay.paths import PodbayPaths
 
-from .conftest import assert_nothing_left
+from .conftest import ALL_BACKENDS, assert_nothing_left, skip_unless_available
 
 pytestmark = pytest.mark.integration
 
@@ -26,15 +26,21 @@ print(db.execute("SELECT COUNT(*) FROM notes").fetchone()[0])
 """
 
 
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_a_volume_carries_the_database_from_pod_to_pod_and_to_the_host(
-    platform: Platform, vm_paths: PodbayPaths, tmp_path: Path
+    platform: Platform, backend: str, tmp_path: Path
 ) -> None:
-    first = platform.create_agent(memory_db=True, volume="customer-42", env={"NOTE": "from the first pod"})
+    skip_unless_available(platform, backend)
+    first = platform.create_agent(
+        backend=backend, memory_db=True, volume="customer-42", env={"NOTE": "from the first pod"}
+    )
     assert first.info().db_url == "sqlite:////data/memory.db"
     assert first.exec(["python3", "-c", WRITE]).stdout == "1\n"
     first.destroy()
 
-    second = platform.create_agent(memory_db=True, volume="customer-42", env={"NOTE": "from the second pod"})
+    second = platform.create_agent(
+        backend=backend, memory_db=True, volume="customer-42", env={"NOTE": "from the second pod"}
+    )
     assert second.exec(["python3", "-c", WRITE]).stdout == "2\n", "the second pod sees the first pod's row"
     second.destroy()
 
@@ -66,7 +72,7 @@ def test_an_unnamed_database_lives_and_dies_with_its_pod(platform: Platform) -> 
 def test_bad_input_names_the_field(platform: Platform) -> None:
     with pytest.raises(InvalidSpec, match="volume"):
         platform.create_agent(memory_db=True, volume="../../etc")
-    with pytest.raises(InvalidSpec, match=r"backend.*qemu"):
+    with pytest.raises(InvalidSpec, match=r"backend.*firecracker, gvisor, qemu, qemu-q35, runc"):
         platform.create_agent(backend="hyperv")
     with pytest.raises(InvalidSpec, match=r"memory_db=True"):
         platform.create_agent(volume="orphan")

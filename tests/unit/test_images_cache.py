@@ -35,7 +35,7 @@ def recipes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     guest.mkdir(parents=True)
     (root / "kernel.config").write_text("CONFIG_PVH=y\n")
     (root / "rootfs.packages").write_text("python3\n")
-    (guest / "init.sh").write_text("#!/bin/sh\n")
+    (guest / "vminit.py").write_text("print('init')\n")
     (guest / "agent.py").write_text("print('agent')\n")
     monkeypatch.setattr(kernel, "FRAGMENT", root / "kernel.config")
     monkeypatch.setattr(kernel, "source_version", lambda: "6.1.0-test")

@@ -1,4 +1,4 @@
-"""`podbay doctor`: what can run on this host, with which accelerator, and why not."""
+"""`podbay doctor`: every backend on this host — available or not and why, with which accelerator."""
 
 from __future__ import annotations
 
@@ -12,28 +12,27 @@ from podbay.cli.common import console
 from podbay.errors import ImageMissing
 from podbay.images import find_images
 from podbay.isolation.host import hardware_kvm
-from podbay.isolation.qemu.backend import KVM_NOTE, TCG_NOTE, QemuBackend
+from podbay.isolation.registry import default_backends
 from podbay.paths import PodbayPaths
+
+DEFAULT_BACKEND = "qemu"
 
 
 def doctor() -> None:
-    """Report the backends, the accelerator and the images; exit 1 if no pod can start."""
+    """Report the backends, the accelerator and the images; exit 1 if the default backend cannot start a pod."""
     paths = PodbayPaths.from_env()
     kvm = hardware_kvm()
     console.print(f"[bold]hardware KVM:[/] {'yes' if kvm.available else 'no'} — {kvm.reason}")
-    table = Table("backend", "available", "accelerator", "reason")
-    qemu = QemuBackend(paths)
-    availability = qemu.availability()
-    table.add_row(
-        "qemu (microvm)",
-        _yes(availability.available),
-        qemu.accelerator() if availability.available else "-",
-        availability.reason,
-    )
+    console.print(f"[bold]qemu:[/] {_qemu_version()}")
+    table = Table("backend", "available", "isolation", "accelerator", "security boundary", "reason / note")
+    backends = default_backends(paths)
+    for name, backend in backends.items():
+        availability, info = backend.availability(), backend.describe()
+        detail = availability.reason if not availability.available else f"{availability.reason}. {info.note}"
+        table.add_row(
+            name, _yes(availability.available), info.isolation, info.accelerator, _yes(info.security_boundary), detail
+        )
     console.print(table)
-    if availability.available:
-        console.print(f"[bold]qemu:[/] {_qemu_version()}")
-        console.print(KVM_NOTE if kvm.available else f"[yellow]{TCG_NOTE}[/]")
     images_ok = True
     try:
         images = find_images(paths)
@@ -42,7 +41,7 @@ def doctor() -> None:
         images_ok = False
         console.print(f"[bold]images:[/] [red]{exc}[/]")
     console.print(f"[bold]state:[/] {paths.state}   [bold]cache:[/] {paths.cache}")
-    if not (availability.available and images_ok):
+    if not (backends[DEFAULT_BACKEND].availability().available and images_ok):
         raise typer.Exit(1)
 
 

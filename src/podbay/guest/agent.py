@@ -227,6 +227,7 @@ class Agent:
             version=protocol.PROTOCOL_VERSION,
             pid=os.getpid(),
             uptime=time.monotonic() - self.booted,
+            system_uptime=time.clock_gettime(time.CLOCK_BOOTTIME),
             running=len(self.processes),
         )
 

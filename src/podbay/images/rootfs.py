@@ -54,8 +54,8 @@ def package_list(text: str) -> list[str]:
 
 
 def guest_files() -> list[Path]:
-    """The files copied into the image: ``init.sh`` and every guest Python module, in a stable order."""
-    return sorted([GUEST_DIR / "init.sh", *GUEST_DIR.glob("*.py")])
+    """The files copied into the image: every guest Python module (``vminit.py`` is the VM's init), sorted."""
+    return sorted(GUEST_DIR.glob("*.py"))
 
 
 def base_entry(images: Path) -> CacheEntry:
@@ -125,7 +125,7 @@ def _install_guest_files(tree: Path) -> None:
     for path in guest_files():
         if not path.exists():
             continue
-        if path.name == "init.sh":
+        if path.name == "vminit.py":
             _replace_file(tree / "sbin/podbay-init", path.read_bytes(), 0o755)
         else:
             _replace_file(tree / GUEST_LIB / path.name, path.read_bytes(), 0o644)

@@ -65,6 +65,9 @@ class Backend(Protocol):
 
     def availability(self) -> Availability: ...
 
+    def describe(self) -> SandboxInfo:
+        """What a sandbox of this backend is on this host (isolation, accelerator, boundary), before any start."""
+
     async def prepare_layer(self, run_dir: Path, size_mib: int) -> Path | None:
         """Make the pod's writable layer (runs concurrently with database provisioning), or None."""
 

@@ -26,6 +26,11 @@ class LocalProcessBackend:
     def availability(self) -> Availability:
         return Availability(True, "test double: the agent runs on the host, unisolated")
 
+    def describe(self) -> SandboxInfo:
+        return SandboxInfo(
+            backend=self.name, isolation="none (test double)", accelerator="none", security_boundary=False
+        )
+
     async def prepare_layer(self, run_dir: Path, size_mib: int) -> None:
         return None  # the test double writes straight into its run directory
 
@@ -45,13 +50,7 @@ class LocalProcessBackend:
         )
         agent_end.close()
         reader, writer = await asyncio.open_unix_connection(sock=host_end)
-        info = SandboxInfo(
-            backend=self.name,
-            isolation="none (test double)",
-            accelerator="none",
-            security_boundary=False,
-            pid=process.pid,
-        )
+        info = self.describe().model_copy(update={"pid": process.pid})
         sandbox = LocalSandbox(info, GuestChannel(reader, writer), process, config.run_dir)
         await sandbox.channel.request("health", timeout=10)
         return sandbox

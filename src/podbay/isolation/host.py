@@ -31,3 +31,13 @@ def hardware_kvm() -> Availability:
     if not os.access(KVM_DEVICE, os.R_OK | os.W_OK):
         return Availability(False, f"{KVM_DEVICE} is not readable and writable by this user")
     return Availability(True, "hardware virtualization (vmx/svm) and a usable /dev/kvm")
+
+
+@functools.cache
+def host_tsc_khz() -> int | None:
+    """The host's TSC rate in kHz, which a TCG guest's TSC runs at (QEMU reads the host's TSC), if known."""
+    try:
+        match = re.search(r"^cpu MHz\s*:\s*([0-9.]+)", CPUINFO.read_text(), re.MULTILINE)
+    except OSError:
+        return None
+    return round(float(match.group(1)) * 1000) if match else None

@@ -311,6 +311,15 @@ class RuntimeProfile:
     security_boundary: bool
     note: str
 
+    def describe(self) -> SandboxInfo:
+        return SandboxInfo(
+            backend=self.backend,
+            isolation=self.isolation,
+            accelerator=self.accelerator,
+            security_boundary=self.security_boundary,
+            note=self.note,
+        )
+
     def command(self, *arguments: str) -> list[str]:
         return [self.binary, f"--root={self.state_root}", *self.flags, *arguments]
 
@@ -323,6 +332,9 @@ class ContainerBackend:
         self._paths = paths
         self._profile = profile
         self._rootfs_dir = rootfs_dir
+
+    def describe(self) -> SandboxInfo:
+        return self._profile.describe()
 
     def availability(self) -> Availability:
         binary = shutil.which(self._profile.binary)
@@ -398,15 +410,7 @@ class ContainerSandbox:
         self._destroyed = False
         self.channel = GuestChannel(process.stdout, process.stdin)
         self.guest_mounts: list[dict[str, Any]] = []  # the runtime bind-mounts volumes before the agent starts
-        self.info = SandboxInfo(
-            backend=profile.backend,
-            isolation=profile.isolation,
-            accelerator=profile.accelerator,
-            security_boundary=profile.security_boundary,
-            note=profile.note,
-            pid=process.pid,
-            console_log=str(paths.stderr_log),
-        )
+        self.info = profile.describe().model_copy(update={"pid": process.pid, "console_log": str(paths.stderr_log)})
 
     async def connect(self, timeout: float) -> None:
         """Wait until the agent answers; fail early, with the runtime's own words, if the runtime exits first."""

@@ -113,6 +113,12 @@ class FirecrackerBackend:
         self._paths = paths
         self._images = images
 
+    @staticmethod
+    def describe() -> SandboxInfo:
+        return SandboxInfo(
+            backend="firecracker", isolation="microvm", accelerator="kvm", security_boundary=True, note=NOTE
+        )
+
     def availability(self) -> Availability:
         binary, origin = find_firecracker(self._paths)
         if binary is None:
@@ -184,14 +190,8 @@ async def _spawn(binary: Path, files: RunFiles, pod_id: str) -> asyncio.subproce
 
 class FirecrackerSandbox:
     def __init__(self, files: RunFiles, process: asyncio.subprocess.Process, config: SandboxConfig) -> None:
-        self.info = SandboxInfo(
-            backend=FirecrackerBackend.name,
-            isolation="microvm",
-            accelerator="kvm",
-            security_boundary=True,
-            note=NOTE,
-            pid=process.pid,
-            console_log=str(files.console_log),
+        self.info = FirecrackerBackend.describe().model_copy(
+            update={"pid": process.pid, "console_log": str(files.console_log)}
         )
         self.files = files
         self.api = FirecrackerApi(files.api_socket)

@@ -12,16 +12,17 @@ import os
 import pwd
 import shutil
 import signal
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from qemu.qmp import QMPClient, Runstate
+from qemu.qmp import ConnectError, QMPClient, Runstate
 
 from podbay.channel import GuestChannel
 from podbay.errors import BackendUnavailable, GuestError, Timeout
 from podbay.images import ImageSet, find_images, make_ext4
 from podbay.isolation.base import Availability, SandboxConfig
-from podbay.isolation.host import hardware_kvm
+from podbay.isolation.host import hardware_kvm, host_tsc_khz
 from podbay.isolation.qemu.command import QEMU_BINARY, RunFiles, build_command, disk_device
 from podbay.models import SandboxInfo
 from podbay.paths import PodbayPaths
@@ -33,6 +34,7 @@ TCG_NOTE = (
 KVM_NOTE = "QEMU with KVM hardware virtualization: a hardware-enforced security boundary."
 UNPRIVILEGED_USER = "nobody"
 LOG_TAIL = 2000
+T = TypeVar("T")
 
 
 class QemuBackend:
@@ -51,7 +53,17 @@ class QemuBackend:
         kvm = hardware_kvm()
         if kvm.available:
             return Availability(True, "KVM: " + kvm.reason)
-        return Availability(True, f"TCG ({kvm.reason}); not a security boundary")
+        return Availability(True, f"runs under TCG: {kvm.reason}")
+
+    def describe(self) -> SandboxInfo:
+        accelerator = self.accelerator()
+        return SandboxInfo(
+            backend=self.name,
+            isolation=self.isolation,
+            accelerator=accelerator,
+            security_boundary=accelerator == "kvm",
+            note=KVM_NOTE if accelerator == "kvm" else TCG_NOTE,
+        )
 
     def accelerator(self) -> str:
         return "kvm" if hardware_kvm().available else "tcg"
@@ -63,7 +75,8 @@ class QemuBackend:
 
     def command(self, config: SandboxConfig, accelerator: str, run_as: str | None) -> list[str]:
         images = self.images()
-        return build_command(config, images.kernel, images.rootfs_image, accelerator, run_as)
+        tsc_khz = host_tsc_khz() if accelerator == "tcg" else None
+        return build_command(config, images.kernel, images.rootfs_image, accelerator, run_as, tsc_khz=tsc_khz)
 
     async def prepare_layer(self, run_dir: Path, size_mib: int) -> Path:
         """A sparse ext4 disk the guest lays over the read-only root with overlayfs."""
@@ -89,15 +102,7 @@ class QemuBackend:
                 stderr=stderr,
                 start_new_session=True,
             )
-        info = SandboxInfo(
-            backend=self.name,
-            isolation=self.isolation,
-            accelerator=accelerator,
-            security_boundary=accelerator == "kvm",
-            note=KVM_NOTE if accelerator == "kvm" else TCG_NOTE,
-            pid=process.pid,
-            console_log=str(files.console_log),
-        )
+        info = self.describe().model_copy(update={"pid": process.pid, "console_log": str(files.console_log)})
         sandbox = QemuSandbox(info, files, process, config)
         try:
             await sandbox.connect(config.boot_timeout_s)
@@ -152,13 +157,11 @@ class QemuSandbox:
                 await asyncio.gather(exited, ready, return_exceptions=True)
 
     async def _handshake(self) -> None:
-        await _wait_for_path(self._files.agent_socket)
-        reader, writer = await asyncio.open_unix_connection(str(self._files.agent_socket))
+        reader, writer = await _when_listening(self._files.agent_socket, asyncio.open_unix_connection)
         self._channel = GuestChannel(reader, writer)
         # QMP comes up while the guest boots; the health request waits in the socket until the agent reads.
-        await _wait_for_path(self._files.qmp_socket)
         await asyncio.gather(
-            self._qmp.connect(str(self._files.qmp_socket)), self._channel.request("health", timeout=None)
+            _when_listening(self._files.qmp_socket, self._qmp.connect), self._channel.request("health", timeout=None)
         )
 
     def diagnostics(self) -> str:
@@ -217,8 +220,19 @@ def _unprivileged_user() -> str | None:
     return UNPRIVILEGED_USER
 
 
-async def _wait_for_path(path: Path, interval: float = 0.002) -> None:
-    while not path.exists():
+async def _when_listening(path: Path, connect: Callable[[str], Awaitable[T]], interval: float = 0.002) -> T:
+    """Connect to a socket QEMU serves, once it listens.
+
+    The file appears at bind(), a moment before listen(): a connect in between is refused (seen under load
+    on 2 cores), so wait for the file, then retry a refusal.
+    """
+    while True:
+        if path.exists():
+            try:
+                return await connect(str(path))
+            except (ConnectionRefusedError, ConnectError) as error:
+                if isinstance(error, ConnectError) and not isinstance(error.exc, ConnectionRefusedError):
+                    raise  # qemu.qmp wraps the OSError; anything but a refusal is a real failure
         await asyncio.sleep(interval)
 
 

@@ -10,7 +10,6 @@ from podbay.isolation.base import SandboxConfig
 
 QEMU_BINARY = "qemu-system-x86_64"
 # Devices are probed in the order they are given, so the disks are vda (root), vdb (layer), vdc... (volumes).
-ROOT_DEVICE = "/dev/vda"
 KERNEL_CMDLINE = (
     "console=ttyS0 reboot=t panic=-1 quiet loglevel=4 root=/dev/vda ro rootfstype=ext4 init=/sbin/podbay-init"
 )
@@ -25,8 +24,9 @@ class Machine:
 
 
 # acpi=off: QEMU then lists the virtio-mmio devices on the kernel command line (no ACPI in the guest).
-# PIT and PIC stay: without them the guest's timer calibration under TCG can hang.
-MICROVM = Machine(options="microvm,x-option-roms=off,rtc=off,isa-serial=on,acpi=off", virtio_bus="device")
+# PIT and PIC stay: without them the guest's timer calibration under TCG can hang. The RTC stays too: without
+# it the kernel waits ~1 s for a CMOS read to time out at every boot.
+MICROVM = Machine(options="microvm,x-option-roms=off,isa-serial=on,acpi=off", virtio_bus="device")
 
 
 @dataclass(frozen=True)
@@ -69,10 +69,13 @@ def build_command(
     *,
     machine: Machine = MICROVM,
     initrd: Path | None = None,
+    tsc_khz: int | None = None,
 ) -> list[str]:
     files = RunFiles(config.run_dir)
     bus = machine.virtio_bus
     cmdline = KERNEL_CMDLINE
+    if tsc_khz is not None:  # under TCG the guest cannot calibrate its TSC reliably on a busy host: tell it
+        cmdline += f" tsc_early_khz={tsc_khz}"
     if config.layer is not None:
         cmdline += f" podbay.rw={disk_device(1)}"
     command = [

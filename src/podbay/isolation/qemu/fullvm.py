@@ -11,6 +11,7 @@ from __future__ import annotations
 from podbay.images import ImageSet
 from podbay.images.cloud_kernel import CloudKernel, find_cloud_kernel
 from podbay.isolation.base import SandboxConfig
+from podbay.isolation.host import host_tsc_khz
 from podbay.isolation.qemu.backend import QemuBackend
 from podbay.isolation.qemu.command import Machine, build_command
 from podbay.paths import PodbayPaths
@@ -38,4 +39,7 @@ class FullVmBackend(QemuBackend):
     def command(self, config: SandboxConfig, accelerator: str, run_as: str | None) -> list[str]:
         kernel = self.cloud_kernel()
         rootfs = self.images().rootfs_image
-        return build_command(config, kernel.vmlinuz, rootfs, accelerator, run_as, machine=Q35, initrd=kernel.initrd)
+        tsc_khz = host_tsc_khz() if accelerator == "tcg" else None
+        return build_command(
+            config, kernel.vmlinuz, rootfs, accelerator, run_as, machine=Q35, initrd=kernel.initrd, tsc_khz=tsc_khz
+        )
