@@ -45,15 +45,27 @@ def isolation(
 
 
 def _table(rows: list[dict[str, Any]]) -> Table:
-    table = Table("backend", "isolation", "accel", "create→exec median / p90 ms", "exec rtt ms",
-                  "idle USS / PSS MiB", "seed claims")
+    table = Table(
+        "backend",
+        "isolation",
+        "accel",
+        "create→exec median / p90 ms",
+        "exec rtt ms",
+        "idle USS / PSS MiB",
+        "seed claims",
+    )
     for row in rows:
         if "cold_create_to_first_exec_ms" not in row:
             table.add_row(row["backend"], "-", "-", f"unavailable: {row['reason']}", "-", "-", row["seed_claim"])
             continue
         create, memory = row["cold_create_to_first_exec_ms"], row["host_memory_per_pod_mib"]
-        table.add_row(row["backend"], row["isolation"], row["accelerator"],
-                      f"{create['median']:.0f} / {create['p90']:.0f}",
-                      f"{row['exec_round_trip_true_ms']['median']:.1f}",
-                      f"{memory['uss_median']:.1f} / {memory['pss_median']:.1f}", row["seed_claim"])
+        table.add_row(
+            row["backend"],
+            row["isolation"],
+            row["accelerator"],
+            f"{create['median']:.0f} / {create['p90']:.0f}",
+            f"{row['exec_round_trip_true_ms']['median']:.1f}",
+            f"{memory['uss_median']:.1f} / {memory['pss_median']:.1f}",
+            row["seed_claim"],
+        )
     return table

@@ -30,6 +30,7 @@ from podbay.channel import GuestChannel
 from podbay.errors import BackendUnavailable, GuestError, ImageMissing, InvalidSpec, Timeout
 from podbay.images.rootfs import rootfs_entry
 from podbay.isolation.base import Availability, SandboxConfig
+from podbay.isolation.supervise import ProcessExited, tail, unless_exited
 from podbay.models import SandboxInfo
 from podbay.paths import PodbayPaths
 
@@ -72,7 +73,6 @@ PIDS_LIMIT = 4096
 CPU_PERIOD_US = 100_000
 STOP_TIMEOUT_S = 10.0
 EXIT_GRACE_S = 2.0
-LOG_TAIL = 2000
 
 
 @dataclass(frozen=True)
@@ -414,30 +414,21 @@ class ContainerSandbox:
 
     async def connect(self, timeout: float) -> None:
         """Wait until the agent answers; fail early, with the runtime's own words, if the runtime exits first."""
-        exited = asyncio.ensure_future(self._process.wait())
-        ready = asyncio.ensure_future(self.channel.request("health", timeout=None))
         try:
-            done, _ = await asyncio.wait({exited, ready}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-            if ready in done and ready.exception() is None:
-                return
-            if ready in done:  # the channel closed: the runtime is on its way out; its status says more
-                await asyncio.wait({exited}, timeout=EXIT_GRACE_S)
-            if exited.done():
-                raise GuestError(
-                    f"{self._profile.binary} exited with status {exited.result()} before the agent answered."
-                    f"\n{self.diagnostics()}"
-                )
-            if ready.done():
-                raise GuestError(f"{ready.exception()}\n{self.diagnostics()}")
-            raise Timeout(f"the guest agent did not answer within {timeout} s.\n{self.diagnostics()}")
-        finally:
-            for task in (exited, ready):
-                task.cancel()
-            await asyncio.gather(exited, ready, return_exceptions=True)
+            await unless_exited(self._process, self.channel.request("health", timeout=None), timeout, EXIT_GRACE_S)
+        except ProcessExited as exited:
+            raise GuestError(
+                f"{self._profile.binary} exited with status {exited.status} before the agent answered."
+                f"\n{self.diagnostics()}"
+            ) from None
+        except Timeout:
+            raise Timeout(f"the guest agent did not answer within {timeout} s.\n{self.diagnostics()}") from None
+        except GuestError as exc:
+            raise GuestError(f"{exc}\n{self.diagnostics()}") from None
 
     def diagnostics(self) -> str:
-        stderr = _tail(self._paths.stderr_log) or "(empty)"
-        log = _tail(self._paths.runtime_log)
+        stderr = tail(self._paths.stderr_log) or "(empty)"
+        log = tail(self._paths.runtime_log)
         return f"{self._profile.binary} stderr: {stderr}" + (f"\n{self._paths.runtime_log}: {log}" if log else "")
 
     async def pause(self) -> None:
@@ -500,13 +491,3 @@ class ContainerSandbox:
                 f"{self._profile.binary} {' '.join(arguments)} failed (exit status {process.returncode}): "
                 f"{output.decode(errors='replace').strip()}"
             )
-
-
-def _tail(path: Path) -> str:
-    try:
-        with open(path, "rb") as file:
-            file.seek(0, os.SEEK_END)
-            file.seek(max(0, file.tell() - LOG_TAIL))
-            return file.read().decode(errors="replace").strip()
-    except OSError:
-        return ""

@@ -26,6 +26,7 @@ from podbay.isolation.base import Availability, SandboxConfig
 from podbay.isolation.firecracker.api import FirecrackerApi, FirecrackerApiError, InstanceInfo
 from podbay.isolation.firecracker.install import VERSION, find_firecracker
 from podbay.isolation.host import hardware_kvm
+from podbay.isolation.supervise import ProcessExited, disk_device, tail, unless_exited, volume_mounts
 from podbay.models import SandboxInfo
 from podbay.paths import PodbayPaths
 
@@ -40,7 +41,6 @@ KERNEL_CMDLINE = (
 API_READY_TIMEOUT_S = 10.0
 RETRY_INTERVAL_S = 0.001
 AGENT_RETRY_INTERVAL_S = 0.01
-LOG_TAIL = 2000
 NOTE = (
     "Firecracker microVM with KVM hardware virtualization: a hardware-enforced security boundary. "
     "Firecracker runs with its seccomp filters but without its jailer (no chroot or privilege drop yet)."
@@ -84,10 +84,6 @@ class Drive:
     drive_id: str
     path: Path
     read_only: bool
-
-
-def disk_device(index: int) -> str:
-    return "/dev/vd" + chr(ord("a") + index)
 
 
 def boot_args(config: SandboxConfig) -> str:
@@ -200,11 +196,7 @@ class FirecrackerSandbox:
         self._channel: GuestChannel | None = None
         self._paused = False
         self._destroyed = False
-        first_volume = 2 if config.layer is not None else 1
-        self.guest_mounts: list[dict[str, Any]] = [
-            {"source": disk_device(first_volume + index), "target": volume.target, "fstype": "ext4"}
-            for index, volume in enumerate(config.volumes)
-        ]
+        self.guest_mounts: list[dict[str, Any]] = volume_mounts(config)
 
     @property
     def channel(self) -> GuestChannel:
@@ -252,32 +244,23 @@ class FirecrackerSandbox:
 
     async def _until_exit(self, work: Coroutine[Any, Any, T], timeout: float, what: str) -> T:
         """Run `work`; fail early, with Firecracker's own words, if Firecracker exits first."""
-        exited = asyncio.ensure_future(self._process.wait())
-        task = asyncio.ensure_future(work)
         try:
-            done, _ = await asyncio.wait({exited, task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-            if task in done:
-                try:
-                    return task.result()
-                except FirecrackerApiError:
-                    raise  # Firecracker's fault message says it all
-                except GuestError as exc:
-                    raise GuestError(f"{exc}\n{self.diagnostics()}") from None
-            if exited in done:
-                status = exited.result()
-                raise GuestError(
-                    f"Firecracker exited with status {status} while waiting for {what}.\n{self.diagnostics()}"
-                )
-            raise Timeout(f"waited {timeout} s for {what}; Firecracker still runs.\n{self.diagnostics()}")
-        finally:
-            for future in (exited, task):
-                future.cancel()
-            with contextlib.suppress(BaseException):
-                await asyncio.gather(exited, task, return_exceptions=True)
+            # No grace: an API error is Firecracker's own answer, not a symptom of its exit.
+            return await unless_exited(self._process, work, timeout, grace=0)
+        except ProcessExited as exited:
+            raise GuestError(
+                f"Firecracker exited with status {exited.status} while waiting for {what}.\n{self.diagnostics()}"
+            ) from None
+        except Timeout:
+            raise Timeout(f"waited {timeout} s for {what}; Firecracker still runs.\n{self.diagnostics()}") from None
+        except FirecrackerApiError:
+            raise  # Firecracker's fault message says it all
+        except GuestError as exc:
+            raise GuestError(f"{exc}\n{self.diagnostics()}") from None
 
     def diagnostics(self) -> str:
         return "\n".join(
-            f"{label} ({path}):\n{_tail(path) or '(empty)'}"
+            f"{label} ({path}):\n{tail(path) or '(empty)'}"
             for label, path in (
                 ("Firecracker log", self.files.log),
                 ("Firecracker stderr", self.files.stderr_log),
@@ -350,13 +333,3 @@ async def _connect_vsock_port(vsock: Path, port: int) -> tuple[asyncio.StreamRea
         if not connected:
             writer.close()
     return (reader, writer) if connected else None
-
-
-def _tail(path: Path) -> str:
-    try:
-        with open(path, "rb") as file:
-            file.seek(0, os.SEEK_END)
-            file.seek(max(0, file.tell() - LOG_TAIL))
-            return file.read().decode(errors="replace").strip()
-    except OSError:
-        return ""

@@ -16,14 +16,15 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from qemu.qmp import ConnectError, QMPClient, Runstate
+from qemu.qmp import ConnectError, QMPClient, QMPError, Runstate
 
 from podbay.channel import GuestChannel
 from podbay.errors import BackendUnavailable, GuestError, Timeout
 from podbay.images import ImageSet, find_images, make_ext4
 from podbay.isolation.base import Availability, SandboxConfig
 from podbay.isolation.host import hardware_kvm, host_tsc_khz
-from podbay.isolation.qemu.command import QEMU_BINARY, RunFiles, build_command, disk_device
+from podbay.isolation.qemu.command import QEMU_BINARY, RunFiles, build_command
+from podbay.isolation.supervise import ProcessExited, tail, unless_exited, volume_mounts
 from podbay.models import SandboxInfo
 from podbay.paths import PodbayPaths
 
@@ -33,7 +34,6 @@ TCG_NOTE = (
 )
 KVM_NOTE = "QEMU with KVM hardware virtualization: a hardware-enforced security boundary."
 UNPRIVILEGED_USER = "nobody"
-LOG_TAIL = 2000
 T = TypeVar("T")
 
 
@@ -122,10 +122,7 @@ class QemuSandbox:
         self._qmp = QMPClient(f"podbay-{config.pod_id}")
         self._channel: GuestChannel | None = None
         self._destroyed = False
-        self.guest_mounts: list[dict[str, Any]] = [
-            {"source": disk_device(2 + index), "target": volume.target, "fstype": "ext4"}
-            for index, volume in enumerate(config.volumes)
-        ]
+        self.guest_mounts: list[dict[str, Any]] = volume_mounts(config)
 
     @property
     def channel(self) -> GuestChannel:
@@ -135,26 +132,16 @@ class QemuSandbox:
 
     async def connect(self, timeout: float) -> None:
         """Wait until the agent answers; fail early, with QEMU's own words, if QEMU dies first."""
-        exited = asyncio.ensure_future(self._process.wait())
-        ready = asyncio.ensure_future(self._handshake())
         try:
-            done, _ = await asyncio.wait({exited, ready}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-            if ready in done and ready.exception() is None:
-                return
-            if ready in done:  # the channel or QMP broke: usually because QEMU is exiting
-                await asyncio.wait({exited}, timeout=1.0)
-            if exited.done():
-                raise GuestError(
-                    f"QEMU exited with status {exited.result()} before the guest agent answered.\n{self.diagnostics()}"
-                )
-            if ready in done:
-                raise GuestError(f"{ready.exception()}\n{self.diagnostics()}")
-            raise Timeout(f"the guest agent did not answer within {timeout} s.\n{self.diagnostics()}")
-        finally:
-            for task in (exited, ready):
-                task.cancel()
-            with contextlib.suppress(BaseException):
-                await asyncio.gather(exited, ready, return_exceptions=True)
+            await unless_exited(self._process, self._handshake(), timeout)
+        except ProcessExited as exited:
+            raise GuestError(
+                f"QEMU exited with status {exited.status} before the guest agent answered.\n{self.diagnostics()}"
+            ) from None
+        except Timeout:
+            raise Timeout(f"the guest agent did not answer within {timeout} s.\n{self.diagnostics()}") from None
+        except (GuestError, OSError, QMPError) as exc:
+            raise GuestError(f"{exc}\n{self.diagnostics()}") from None
 
     async def _handshake(self) -> None:
         reader, writer = await _when_listening(self._files.agent_socket, asyncio.open_unix_connection)
@@ -166,8 +153,8 @@ class QemuSandbox:
 
     def diagnostics(self) -> str:
         return (
-            f"QEMU stderr: {_tail(self._files.stderr_log) or '(empty)'}\n"
-            f"console log ({self._files.console_log}):\n{_tail(self._files.console_log) or '(empty)'}"
+            f"QEMU stderr: {tail(self._files.stderr_log) or '(empty)'}\n"
+            f"console log ({self._files.console_log}):\n{tail(self._files.console_log) or '(empty)'}"
         )
 
     async def pause(self) -> None:
@@ -234,13 +221,3 @@ async def _when_listening(path: Path, connect: Callable[[str], Awaitable[T]], in
                 if isinstance(error, ConnectError) and not isinstance(error.exc, ConnectionRefusedError):
                     raise  # qemu.qmp wraps the OSError; anything but a refusal is a real failure
         await asyncio.sleep(interval)
-
-
-def _tail(path: Path) -> str:
-    try:
-        with open(path, "rb") as file:
-            file.seek(0, os.SEEK_END)
-            file.seek(max(0, file.tell() - LOG_TAIL))
-            return file.read().decode(errors="replace").strip()
-    except OSError:
-        return ""

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from podbay.guest.protocol import PORT_NAME
 from podbay.isolation.base import SandboxConfig
+from podbay.isolation.supervise import disk_device
 
 QEMU_BINARY = "qemu-system-x86_64"
 # Devices are probed in the order they are given, so the disks are vda (root), vdb (layer), vdc... (volumes).
@@ -54,10 +55,6 @@ class RunFiles:
     @property
     def jail(self) -> Path:
         return self.run_dir / "jail"
-
-
-def disk_device(index: int) -> str:
-    return "/dev/vd" + chr(ord("a") + index)
 
 
 def build_command(

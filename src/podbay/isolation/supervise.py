@@ -1,0 +1,75 @@
+"""What every backend does while its sandbox process starts: race the start-up work against the process's
+exit (so a crash is reported at once, in the process's own words, not after a timeout), read the tail of its
+logs, and name the disks a VM sees."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Awaitable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from podbay.errors import Timeout
+from podbay.isolation.base import SandboxConfig
+
+T = TypeVar("T")
+LOG_TAIL = 2000  # bytes of a log quoted in an error
+
+
+class ProcessExited(Exception):
+    def __init__(self, status: int) -> None:
+        super().__init__(f"exited with status {status}")
+        self.status = status
+
+
+async def unless_exited(
+    process: asyncio.subprocess.Process, work: Awaitable[T], timeout: float, grace: float = 1.0
+) -> T:
+    """The result of `work`, unless `process` exits first (ProcessExited) or `timeout` passes (Timeout).
+
+    When `work` fails, the process is given `grace` seconds to exit: a broken channel is usually the symptom
+    of a dying VMM or runtime, and its exit status (with its stderr) says more than the broken pipe.
+    """
+    exited = asyncio.ensure_future(process.wait())
+    task = asyncio.ensure_future(work)
+    try:
+        done, _ = await asyncio.wait({exited, task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        if task in done and task.exception() is None:
+            return task.result()
+        if task in done and grace > 0:
+            await asyncio.wait({exited}, timeout=grace)
+        if exited.done():
+            raise ProcessExited(exited.result())
+        if task in done:
+            raise task.exception()  # type: ignore[misc]  # done and failed, checked above
+        raise Timeout(f"not ready within {timeout} s")
+    finally:
+        for future in (exited, task):
+            future.cancel()
+        await asyncio.gather(exited, task, return_exceptions=True)
+
+
+def tail(path: Path) -> str:
+    """The last LOG_TAIL bytes of a log, or '' if it cannot be read."""
+    try:
+        with open(path, "rb") as file:
+            file.seek(0, os.SEEK_END)
+            file.seek(max(0, file.tell() - LOG_TAIL))
+            return file.read().decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def disk_device(index: int) -> str:
+    """A VM's block devices appear in the order they are attached: vda, vdb, ..."""
+    return "/dev/vd" + chr(ord("a") + index)
+
+
+def volume_mounts(config: SandboxConfig) -> list[dict[str, Any]]:
+    """What the agent mounts in a VM: the volume disks, attached after the root (vda) and the layer (vdb)."""
+    first = 2 if config.layer is not None else 1
+    return [
+        {"source": disk_device(first + index), "target": volume.target, "fstype": "ext4"}
+        for index, volume in enumerate(config.volumes)
+    ]
