@@ -62,7 +62,8 @@ def test_demo_intervenes_in_fresh_pods_and_logs_to_each_customers_database(vm_pa
     assert result.returncode == 0, result.stderr
     text = result.stdout.decode()
     assert text.count("INTERVENE") == 4
-    assert "refund duplicate charge" in text
+    assert "refund duplicate charge" in text and "already refunded" in text
+    assert "reship order" in text and "escalate to a human" in text
     assert "interventions" in text.lower()
     volumes = sorted(path.stem for path in vm_paths.volumes.glob("*.ext4"))
     assert volumes == ["customer-19", "customer-23", "customer-7"]

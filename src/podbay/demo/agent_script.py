@@ -22,37 +22,44 @@ def seed(db: sqlite3.Connection, customer: int) -> None:
     for n in range(5):
         order = 1000 + customer * 10 + n
         amount = rng.randrange(500, 20000)
+        status = "in_transit" if n == 3 else "delivered"
         db.execute(
             "INSERT INTO transactions (order_id, amount_cents, kind, status) VALUES (?, ?, 'charge', ?)",
-            (order, amount, rng.choice(["delivered", "delivered", "in_transit", "lost"])),
+            (order, amount, status),
         )
         if customer % 2 and n == 2:  # odd customers were charged twice for one order
             db.execute(
-                "INSERT INTO transactions (order_id, amount_cents, kind, status) VALUES (?, ?, 'charge', 'delivered')",
+                "INSERT INTO transactions (order_id, amount_cents, kind, status) "
+                "VALUES (?, ?, 'charge', 'delivered')",
                 (order, amount),
             )
 
 
 def decide(db: sqlite3.Connection, message: str) -> tuple[str, int]:
-    duplicates = db.execute(
-        "SELECT order_id, amount_cents FROM transactions WHERE kind = 'charge' "
-        "GROUP BY order_id, amount_cents HAVING COUNT(*) > 1"
-    ).fetchall()
-    refunded = {row[0] for row in db.execute("SELECT order_id FROM transactions WHERE kind = 'refund'")}
-    for order, amount in duplicates:
-        if order not in refunded:
-            db.execute(
-                "INSERT INTO transactions (order_id, amount_cents, kind, status) VALUES (?, ?, 'refund', 'issued')",
-                (order, -amount),
-            )
-            return f"refund duplicate charge on order {order}", amount
-    lost = db.execute("SELECT order_id FROM transactions WHERE status IN ('lost', 'in_transit') LIMIT 1").fetchone()
-    if lost and ("arrived" in message.lower() or "waiting" in message.lower()):
-        db.execute("UPDATE transactions SET status = 'reshipped' WHERE order_id = ?", (lost[0],))
-        return f"reship order {lost[0]}", 0
-    if duplicates:
-        return "duplicate charge already refunded: send refund confirmation", 0
-    return "escalate to a human with a 10% goodwill credit", 500
+    """Resolve what the customer complains about, from what their transactions show."""
+    text = message.lower()
+    if "arrived" in text or "waiting" in text:
+        late = db.execute("SELECT order_id FROM transactions WHERE status = 'in_transit' LIMIT 1").fetchone()
+        if late:
+            db.execute("UPDATE transactions SET status = 'reshipped' WHERE order_id = ?", (late[0],))
+            return f"reship order {late[0]} by express", 0
+    if any(word in text for word in ("charged twice", "double", "refund")):
+        duplicates = db.execute(
+            "SELECT order_id, amount_cents FROM transactions WHERE kind = 'charge' "
+            "GROUP BY order_id, amount_cents HAVING COUNT(*) > 1"
+        ).fetchall()
+        refunded = {row[0] for row in db.execute("SELECT order_id FROM transactions WHERE kind = 'refund'")}
+        for order, amount in duplicates:
+            if order not in refunded:
+                db.execute(
+                    "INSERT INTO transactions (order_id, amount_cents, kind, status) "
+                    "VALUES (?, ?, 'refund', 'issued')",
+                    (order, -amount),
+                )
+                return f"refund duplicate charge on order {order}", amount
+        if duplicates:
+            return "duplicate charge already refunded: send the refund confirmation", 0
+    return "escalate to a human with a goodwill credit", 500
 
 
 def main() -> None:

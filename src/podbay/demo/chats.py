@@ -30,7 +30,7 @@ class Chat:
 
 CHATS = [
     Chat(42, "Hi, how do I change my delivery address?"),
-    Chat(7, "I was charged twice for order 1182, this is unacceptable!"),
+    Chat(7, "I was charged twice for my last order, this is unacceptable!"),
     Chat(42, "Thanks, found it."),
     Chat(19, "My parcel never arrived and I'm still waiting. Third time I write!!"),
     Chat(88, "Can I pay with a gift card?"),

@@ -95,11 +95,10 @@ def _print_summary(console: Console, done: list[Intervention]) -> None:
     if not done:
         console.print("no chat needed an intervention")
         return
-    table = Table("customer", "pod", "create ms", "exec ms", "destroy ms", "resolution", title="Interventions")
+    table = Table("customer", "create ms", "exec ms", "destroy ms", "resolution", title="Interventions")
     for item in done:
         table.add_row(
             str(item.chat.customer),
-            item.pod_id,
             f"{item.create_ms:.0f}",
             f"{item.exec_ms:.0f}",
             f"{item.destroy_ms:.0f}",
