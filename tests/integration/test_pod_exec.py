@@ -83,9 +83,18 @@ def test_signal_a_running_command(pod: Pod) -> None:
     assert result.signal == signal.SIGTERM and result.exit_code == 128 + signal.SIGTERM
 
 
+def test_commands_start_with_default_signal_dispositions(pod: Pod) -> None:
+    result = pod.exec(["sh", "-c", "(yes; echo $? >&2) | head -n 1"])
+    assert result.stdout == "y\n"
+    assert result.stderr.strip() == str(128 + signal.SIGPIPE), "the agent ignores SIGPIPE; its children must not"
+
+
 def test_missing_binary_is_not_found(pod: Pod) -> None:
     with pytest.raises(NotFound, match="no-such-tool"):
         pod.exec(["no-such-tool"])
+    with pytest.raises(NotFound, match="working directory"):
+        pod.exec(["true"], cwd="/no/such/dir")
+    assert pod.exec(["sh", "-c", "pwd"], cwd="/tmp").stdout == "/tmp\n"
 
 
 def test_env_and_context_are_injected_at_start(pod: Pod) -> None:
