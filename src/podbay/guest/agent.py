@@ -10,10 +10,8 @@ reaped on SIGCHLD (as PID 1 it also reaps orphans), so nothing here blocks for l
 from __future__ import annotations
 
 import errno
-import json
 import os
 import selectors
-import signal
 import stat
 import sys
 import time
@@ -26,6 +24,9 @@ if TYPE_CHECKING:
     from typing import Any
 
     Header = dict[str, Any]
+    import signal
+else:  # the C module behind `signal`, without its enum wrappers: ~0.1 s less of a cold boot under TCG
+    import _signal as signal
 
 if __package__:
     from . import protocol
@@ -252,9 +253,9 @@ class Agent:
         if context is not None:
             os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
             context_file = os.path.join(self.state_dir, "context.json")
-            _write_atomic(context_file, json.dumps(context).encode(), 0o600)
+            _write_atomic(context_file, protocol.dumps(context).encode(), 0o600)
             self.env["PODBAY_CONTEXT_FILE"] = context_file
-            self.env["PODBAY_CONTEXT"] = json.dumps(context)
+            self.env["PODBAY_CONTEXT"] = protocol.dumps(context)
         os.makedirs(self.workdir, exist_ok=True)
         self.result(request)
 
