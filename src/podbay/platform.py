@@ -6,15 +6,14 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import secrets
 import shutil
 import time
-from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from podbay.channel import GuestProcess, OutputCallback
+from podbay.channel import GuestChannel, GuestProcess, OutputCallback
 from podbay.errors import BackendUnavailable, InvalidSpec, NotFound, PodbayError
 from podbay.isolation.base import Availability, Backend, Sandbox, SandboxConfig
 from podbay.isolation.registry import default_backends
@@ -41,14 +40,6 @@ class Trace:
         finally:
             self.phases.append(Phase(name=name, start_s=start, end_s=time.monotonic() - self.origin))
 
-    @contextlib.asynccontextmanager
-    async def phase(self, name: str) -> AsyncIterator[None]:
-        start = time.monotonic() - self.origin
-        try:
-            yield
-        finally:
-            self.phases.append(Phase(name=name, start_s=start, end_s=time.monotonic() - self.origin))
-
 
 class AsyncFiles:
     """`pod.files`: read and write files inside the sandbox."""
@@ -58,19 +49,19 @@ class AsyncFiles:
 
     async def write(self, path: str, data: bytes | str, mode: int = 0o644) -> int:
         payload = data.encode() if isinstance(data, str) else data
-        header, _ = await self._pod.sandbox.channel.request("file_write", payload, path=path, mode=mode)
+        header, _ = await self._pod.running_channel().request("file_write", payload, path=path, mode=mode)
         return int(header["size"])
 
     async def read(self, path: str) -> bytes:
-        _, payload = await self._pod.sandbox.channel.request("file_read", path=path)
+        _, payload = await self._pod.running_channel().request("file_read", path=path)
         return payload
 
     async def list(self, path: str) -> list[FileEntry]:
-        header, _ = await self._pod.sandbox.channel.request("file_list", path=path)
+        header, _ = await self._pod.running_channel().request("file_list", path=path)
         return [FileEntry(**entry) for entry in header["entries"]]
 
     async def stat(self, path: str) -> FileEntry:
-        header, _ = await self._pod.sandbox.channel.request("file_stat", path=path)
+        header, _ = await self._pod.running_channel().request("file_stat", path=path)
         return FileEntry(name=header["path"], **{k: header[k] for k in ("type", "size", "mode", "mtime")})
 
 
@@ -107,9 +98,11 @@ class AsyncPod:
             trace=list(self._trace.phases),
         )
 
-    def _check_running(self) -> None:
+    def running_channel(self) -> GuestChannel:
+        """The channel to the agent, if the pod can answer (a paused pod cannot: resume it first)."""
         if self._state is not PodState.RUNNING:
             raise PodbayError(f"pod {self.id} is {self._state.value}; resume it or create a new one")
+        return self.sandbox.channel
 
     async def start_process(
         self,
@@ -122,9 +115,8 @@ class AsyncPod:
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
     ) -> GuestProcess:
-        self._check_running()
         _check_argv(argv)
-        return await self.sandbox.channel.start_process(
+        return await self.running_channel().start_process(
             argv, env=env, cwd=cwd, stdin=stdin, timeout=timeout, on_stdout=on_stdout, on_stderr=on_stderr
         )
 
@@ -154,7 +146,7 @@ class AsyncPod:
         return await process.wait()
 
     async def pause(self) -> None:
-        self._check_running()
+        self.running_channel()  # only a running pod can be paused
         await self.sandbox.pause()
         self._state = PodState.PAUSED
 

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from podbay import GuestError, NotFound, Platform, Pod
+from podbay import GuestError, NotFound, Platform, Pod, PodbayError
 from podbay.images import find_images
 from podbay.isolation.registry import default_backends
 from podbay.paths import PodbayPaths
@@ -145,7 +145,9 @@ def test_no_network_unless_asked(pod: Pod) -> None:
 def test_pause_and_resume(pod: Pod) -> None:
     pod.pause()
     assert pod.info().state == "paused"
-    with pytest.raises(Exception, match="paused"):
+    with pytest.raises(PodbayError, match="paused"):
         pod.exec(["true"])
+    with pytest.raises(PodbayError, match="paused"):
+        pod.files.read("/etc/hostname")
     pod.resume()
     assert pod.exec(["echo", "back"]).stdout == "back\n"
