@@ -19,6 +19,8 @@ from podbay.models import ExecResult
 Header = dict[str, Any]
 Frame = tuple[Header, bytes]
 OutputCallback = Callable[[bytes], None]
+# Output kept per stream for the ExecResult; the callbacks see all of it. Bounds host memory per exec.
+OUTPUT_LIMIT = 16 << 20
 
 
 class GuestChannel:
@@ -134,6 +136,7 @@ class GuestProcess:
         self.pid = pid
         self._callbacks = {"stdout": on_stdout, "stderr": on_stderr}
         self._output: dict[str, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
+        self._truncated = False
         self._result = asyncio.create_task(self._pump())
 
     async def write_stdin(self, data: bytes, eof: bool = False) -> None:
@@ -163,7 +166,10 @@ class GuestProcess:
                 header, payload = await self._channel._next(self._id, self._queue)
                 event = header.get("event")
                 if event in self._output:
-                    self._output[event] += payload
+                    kept = self._output[event]
+                    room = OUTPUT_LIMIT - len(kept)
+                    self._truncated = self._truncated or len(payload) > room
+                    kept += payload[: max(room, 0)]
                     callback = self._callbacks[event]
                     if callback is not None:
                         callback(payload)
@@ -175,6 +181,7 @@ class GuestProcess:
                         duration_s=float(header.get("duration", 0.0)),
                         stdout=self._output["stdout"].decode(errors="replace"),
                         stderr=self._output["stderr"].decode(errors="replace"),
+                        truncated=self._truncated,
                     )
         finally:
             self._channel._queues.pop(self._id, None)

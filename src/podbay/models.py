@@ -133,6 +133,7 @@ class ExecResult(BaseModel):
     signal: int | None = None
     timed_out: bool = False
     duration_s: float = 0.0
+    truncated: bool = False  # stdout/stderr were cut at OUTPUT_LIMIT each; streaming callbacks saw everything
 
     @property
     def ok(self) -> bool:

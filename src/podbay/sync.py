@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import threading
 from collections.abc import Coroutine, Mapping, Sequence
 from types import TracebackType
@@ -139,6 +140,9 @@ class Platform:
     def __init__(self, paths: PodbayPaths | None = None, backends: Mapping[str, Backend] | None = None) -> None:
         self._loop = _Loop()
         self._platform = self._loop.run(_construct(paths, backends))
+        self._closed = False
+        # VMMs run in their own sessions, so they would outlive a script that forgot close(): not at exit.
+        atexit.register(self.close)
 
     @property
     def paths(self) -> PodbayPaths:
@@ -161,6 +165,11 @@ class Platform:
         return self._platform.list()
 
     def close(self) -> None:
+        """Destroy every pod this platform holds and stop its event loop; safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        atexit.unregister(self.close)
         self._loop.run(self._platform.close())
         self._loop.stop()
 

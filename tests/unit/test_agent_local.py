@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -120,3 +123,30 @@ def test_destroy_leaves_no_files(paths: PodbayPaths) -> None:
         pod.destroy()
         assert list(paths.pods.iterdir()) == []
         assert platform.list() == []
+
+
+def test_collected_output_is_bounded_but_streaming_sees_it_all(pod: Pod, monkeypatch: pytest.MonkeyPatch) -> None:
+    from podbay import channel
+
+    monkeypatch.setattr(channel, "OUTPUT_LIMIT", 1000)
+    streamed: list[bytes] = []
+    result = pod.exec(["python3", "-c", "print('x' * 5000)"], on_stdout=streamed.append)
+    assert result.truncated and len(result.stdout) == 1000
+    assert len(b"".join(streamed)) == 5001
+
+
+def test_pods_do_not_outlive_a_script_that_forgot_to_close(paths: PodbayPaths) -> None:
+    script = f"""
+from pathlib import Path
+from podbay import Platform
+from podbay.isolation.fake import LocalProcessBackend
+from podbay.paths import PodbayPaths
+platform = Platform(PodbayPaths(cache=Path({str(paths.cache)!r}), state=Path({str(paths.state)!r})),
+                    backends={{"local": LocalProcessBackend()}})
+pod = platform.create_agent(backend="local")
+print(pod.info().sandbox.pid)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
+    pid = int(done.stdout.strip())
+    assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
+    assert list(paths.pods.iterdir()) == []
