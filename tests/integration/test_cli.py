@@ -29,7 +29,8 @@ def test_run_passes_output_and_exit_status_through(vm_paths: PodbayPaths) -> Non
 
 
 def test_run_forwards_stdin(vm_paths: PodbayPaths) -> None:
-    assert podbay(vm_paths, "run", "--", "wc", "-c", stdin=b"12345").stdout.strip() == b"5"
+    assert podbay(vm_paths, "run", "-i", "--", "wc", "-c", stdin=b"12345").stdout.strip() == b"5"
+    assert podbay(vm_paths, "run", "--", "wc", "-c", stdin=b"12345").stdout.strip() == b"0", "no -i, no stdin"
 
 
 def test_run_with_a_volume_then_export_the_database(vm_paths: PodbayPaths, tmp_path: Path) -> None:

@@ -19,10 +19,11 @@ def run(
     env: list[str] = typer.Option([], "--env", "-e", help="KEY=VALUE for the guest environment"),
     timeout: float | None = typer.Option(None, "--timeout", help="kill the command after this many seconds"),
     memory_mib: int = typer.Option(256, "--memory", help="guest memory in MiB"),
+    interactive: bool = typer.Option(False, "--stdin", "-i", help="forward this process's stdin to the command"),
 ) -> None:
     """Run CMD in a fresh pod; stdout/stderr stream through, and podbay exits with the command's status."""
     environment = _parse_env(env)
-    stdin = None if sys.stdin.isatty() else sys.stdin.buffer.read()
+    stdin = sys.stdin.buffer.read() if interactive else None
     with reported_errors(), Platform() as platform:
         pod = platform.create_agent(
             backend=backend,
@@ -34,7 +35,7 @@ def run(
         try:
             result = pod.exec(
                 command,
-                stdin=stdin or None,
+                stdin=stdin,
                 timeout=timeout,
                 on_stdout=_writer(sys.stdout.buffer),
                 on_stderr=_writer(sys.stderr.buffer),
