@@ -54,6 +54,16 @@ class PodSpec(BaseModel):
                 raise ValueError(f"the value of {name!r} contains a NUL byte")
         return env
 
+    @field_validator("network")
+    @classmethod
+    def _no_egress_yet(cls, network: bool) -> bool:
+        if network:
+            raise ValueError(
+                "egress is not available yet: QEMU's user-mode network would let the guest reach the host's "
+                "own services (10.0.2.2 is the host's loopback), and podbay does not filter it yet"
+            )
+        return network
+
     @field_validator("context")
     @classmethod
     def _context_is_json(cls, context: dict[str, Any]) -> dict[str, Any]:
@@ -84,6 +94,7 @@ _FIXES = {
     "memory_mib": "use 64 to 16384",
     "disk_mib": "use 64 to 65536",
     "volume_mib": "use 16 to 65536",
+    "network": "leave network=False: a pod reaches its database through podbay's own channel, not a network",
 }
 
 

@@ -208,7 +208,6 @@ class AsyncPlatform:
                 memory_mib=spec.memory_mib,
                 layer=layer,
                 volumes=lease.volumes if lease else (),
-                network=spec.network,
                 boot_timeout_s=spec.boot_timeout_s,
             )
             sandbox = await trace.timed("boot", backend.start(config))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from podbay import GuestError, InvalidSpec, Platform
+from podbay import GuestError, Platform
 from podbay.isolation.base import Backend
 from podbay.isolation.gvisor import GVISOR, GvisorBackend
 from podbay.isolation.oci import RuntimeProfile, mounts_under
@@ -103,8 +103,3 @@ def test_a_runtime_that_fails_is_reported_with_its_stderr(vm_paths: PodbayPaths,
         assert f"{PROFILES[backend].binary} stderr" in str(caught.value)
         assert not platform.volumes.info("survivor").attached, "a failed create must release the volume"
     assert_no_container_left(vm_paths, backend)
-
-
-def test_network_is_refused_naming_the_field(containers: Platform, backend: str) -> None:
-    with pytest.raises(InvalidSpec, match="network"):
-        containers.create_agent(backend=backend, network=True)

@@ -11,7 +11,7 @@ from podbay.isolation.qemu.fullvm import FullVmBackend
 from podbay.paths import PodbayPaths
 
 
-def command(tmp_path: Path, network: bool = False, run_as: str | None = "nobody") -> list[str]:
+def command(tmp_path: Path, run_as: str | None = "nobody") -> list[str]:
     paths = PodbayPaths(cache=tmp_path / "cache", state=tmp_path / "state")
     images = ImageSet(kernel=tmp_path / "vmlinux", rootfs_image=tmp_path / "rootfs.ext4", rootfs_dir=tmp_path)
     kernel = CloudKernel(vmlinuz=tmp_path / "vmlinuz", initrd=tmp_path / "initrd.img")
@@ -22,7 +22,6 @@ def command(tmp_path: Path, network: bool = False, run_as: str | None = "nobody"
         memory_mib=256,
         layer=tmp_path / "layer.ext4",
         volumes=(VolumeAttachment("db", tmp_path / "db.ext4", "/data"),),
-        network=network,
     )
     return FullVmBackend(paths, images, kernel).command(config, "tcg", run_as)
 
@@ -49,9 +48,9 @@ def test_every_virtio_device_is_pci_and_disks_keep_their_order(tmp_path: Path) -
     assert "virtserialport,chardev=agent,name=podbay.agent" in devices
 
 
-def test_no_network_device_unless_asked(tmp_path: Path) -> None:
+def test_no_network_device(tmp_path: Path) -> None:
     assert not any("net" in device for device in option(command(tmp_path), "-device"))
-    assert "virtio-net-pci,netdev=net0" in option(command(tmp_path, network=True), "-device")
+    assert "-netdev" not in command(tmp_path)
 
 
 def test_the_least_privilege_options_are_the_microvms(tmp_path: Path) -> None:

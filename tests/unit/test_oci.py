@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 
-from podbay import InvalidSpec
 from podbay.isolation.base import SandboxConfig, VolumeAttachment
 from podbay.isolation.gvisor import GvisorBackend
 from podbay.isolation.oci import (
@@ -19,7 +18,6 @@ from podbay.isolation.oci import (
     bundle_config,
     make_layer,
     mounts_under,
-    refuse_network,
 )
 from podbay.isolation.runc import RuncBackend
 from podbay.paths import PodbayPaths
@@ -129,13 +127,6 @@ def test_seccomp_denies_escape_hatches_and_covers_the_32_bit_abi(tmp_path: Path)
 def test_an_unknown_machine_gets_the_native_architecture_only(tmp_path: Path) -> None:
     seccomp = bundle_config(sandbox_config(tmp_path), LOWER, machine="riscv64")["linux"]["seccomp"]
     assert seccomp["architectures"] == []
-
-
-def test_a_pod_with_network_is_refused_naming_the_field(tmp_path: Path) -> None:
-    with pytest.raises(InvalidSpec, match="network") as caught:
-        refuse_network(sandbox_config(tmp_path, network=True), "runc")
-    assert "qemu" in caught.value.fix
-    refuse_network(sandbox_config(tmp_path), "runc")
 
 
 def test_the_layer_is_an_upper_and_a_work_directory(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from podbay import InvalidSpec, PodSpec
         ({"memory_mib": 1}, "memory_mib"),
         ({"context": {"x": object()}}, "context"),
         ({"colour": "blue"}, "colour"),
+        ({"network": True}, "network"),
     ],
 )
 def test_bad_fields_name_themselves_and_a_fix(fields: dict[str, object], field: str) -> None:

@@ -37,7 +37,6 @@ class SandboxConfig:
     memory_mib: int
     layer: Path | None  # the pod's writable copy-on-write layer, as prepare_layer() made it
     volumes: tuple[VolumeAttachment, ...] = ()
-    network: bool = False
     boot_timeout_s: float = 60.0
 
 

@@ -24,7 +24,7 @@ GVISOR = RuntimeProfile(
     state_root=Path("/run/podbay-runsc"),
     flags=(
         "--platform=ptrace",  # works without hardware virtualization; kvm would need /dev/kvm
-        "--network=none",  # no network stack at all, only lo (pods with network=True are refused)
+        "--network=none",  # no network stack at all, only lo
         "--rootless=false",
     ),
     isolation="gvisor (user-space kernel)",

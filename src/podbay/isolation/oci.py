@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from podbay.channel import GuestChannel
-from podbay.errors import BackendUnavailable, GuestError, ImageMissing, InvalidSpec, Timeout
+from podbay.errors import BackendUnavailable, GuestError, ImageMissing, Timeout
 from podbay.images.rootfs import rootfs_entry
 from podbay.isolation.base import Availability, SandboxConfig
 from podbay.isolation.supervise import ProcessExited, tail, unless_exited
@@ -207,15 +207,6 @@ def _masked_arg(flag: int) -> dict[str, Any]:
     return {"index": 0, "value": flag, "valueTwo": flag, "op": "SCMP_CMP_MASKED_EQ"}
 
 
-def refuse_network(config: SandboxConfig, backend: str) -> None:
-    if config.network:
-        raise InvalidSpec(
-            "network",
-            f"the {backend} backend gives pods no network yet (only lo in a fresh network namespace)",
-            "use backend='qemu' for a pod with egress, or network=False",
-        )
-
-
 # ---- host-side mounts ------------------------------------------------------------------------------------
 
 
@@ -362,7 +353,6 @@ class ContainerBackend:
         return make_layer(run_dir)
 
     async def start(self, config: SandboxConfig) -> ContainerSandbox:
-        refuse_network(config, self.name)
         available = self.availability()
         if not available.available:
             raise BackendUnavailable(f"{self.name}: {available.reason}")

@@ -5,7 +5,9 @@ logs, and name the disks a VM sees."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
 from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -48,6 +50,15 @@ async def unless_exited(
         for future in (exited, task):
             future.cancel()
         await asyncio.gather(exited, task, return_exceptions=True)
+
+
+async def kill_session(process: asyncio.subprocess.Process) -> None:
+    """SIGKILL the process's whole session (it was started in its own), then reap it."""
+    if process.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    await process.wait()
 
 
 def tail(path: Path) -> str:

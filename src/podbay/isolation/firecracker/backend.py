@@ -11,22 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import shutil
-import signal
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from podbay.channel import GuestChannel
-from podbay.errors import BackendUnavailable, GuestError, InvalidSpec, Timeout
+from podbay.errors import BackendUnavailable, GuestError, Timeout
 from podbay.images import ImageSet, find_images, make_ext4
 from podbay.isolation.base import Availability, SandboxConfig
 from podbay.isolation.firecracker.api import FirecrackerApi, FirecrackerApiError, InstanceInfo
 from podbay.isolation.firecracker.install import VERSION, find_firecracker
 from podbay.isolation.host import hardware_kvm
-from podbay.isolation.supervise import ProcessExited, disk_device, tail, unless_exited, volume_mounts
+from podbay.isolation.supervise import ProcessExited, disk_device, kill_session, tail, unless_exited, volume_mounts
 from podbay.models import SandboxInfo
 from podbay.paths import PodbayPaths
 
@@ -139,8 +137,6 @@ class FirecrackerBackend:
         available = self.availability()
         if not available.available:
             raise BackendUnavailable(f"firecracker: {available.reason}")
-        if config.network:
-            raise InvalidSpec("network", "the firecracker backend has no guest network yet", "use backend='qemu'")
         images = self.images()
         sandbox = await self.launch(config)
         try:
@@ -283,7 +279,7 @@ class FirecrackerSandbox:
             return
         self._destroyed = True
         await self._shutdown_guest()
-        await self._stop_process()
+        await kill_session(self._process)
         if self._channel is not None:
             await self._channel.close()
         await self.api.close()
@@ -297,13 +293,6 @@ class FirecrackerSandbox:
             if self._paused:
                 await self.resume()
             await self._channel.request("shutdown", timeout=10.0)
-
-    async def _stop_process(self) -> None:
-        if self._process.returncode is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self._process.pid, signal.SIGKILL)  # its whole session, in case it ever has children
-        await self._process.wait()
 
 
 async def _open_agent_stream(vsock: Path, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:

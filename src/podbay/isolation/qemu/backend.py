@@ -11,7 +11,6 @@ import contextlib
 import os
 import pwd
 import shutil
-import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,7 +23,7 @@ from podbay.images import ImageSet, find_images, make_ext4
 from podbay.isolation.base import Availability, SandboxConfig
 from podbay.isolation.host import hardware_kvm, host_tsc_khz
 from podbay.isolation.qemu.command import QEMU_BINARY, RunFiles, build_command
-from podbay.isolation.supervise import ProcessExited, tail, unless_exited, volume_mounts
+from podbay.isolation.supervise import ProcessExited, kill_session, tail, unless_exited, volume_mounts
 from podbay.models import SandboxInfo
 from podbay.paths import PodbayPaths
 
@@ -168,7 +167,7 @@ class QemuSandbox:
             return
         self._destroyed = True
         await self._shutdown_guest()
-        await self._stop_process()
+        await kill_session(self._process)
         if self._channel is not None:
             await self._channel.close()
         with contextlib.suppress(Exception):
@@ -187,13 +186,6 @@ class QemuSandbox:
     async def _is_running(self) -> bool:
         status = await self._qmp.execute("query-status")
         return isinstance(status, dict) and bool(status.get("running"))
-
-    async def _stop_process(self) -> None:
-        if self._process.returncode is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self._process.pid, signal.SIGKILL)  # its whole session: QEMU has no children, but be sure
-        await self._process.wait()
 
 
 def _unprivileged_user() -> str | None:

@@ -121,8 +121,6 @@ def build_command(
     # set*id must stay allowed for the drop itself; once QEMU is `nobody` it has nothing to elevate to.
     elevate = "allow" if run_as is not None else "deny"
     command += ["-sandbox", f"on,obsolete=deny,elevateprivileges={elevate},spawn=deny,resourcecontrol=deny"]
-    if config.network:
-        command += ["-netdev", "user,id=net0", "-device", f"virtio-net-{bus},netdev=net0"]
     if run_as is not None:
         # Every file is opened before QEMU drops to this user and chroots into an empty directory.
         command += ["-runas", run_as, "-chroot", str(files.jail)]
