@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 
 import pytest
 
-from podbay import Conflict, GuestError, InvalidSpec, Platform, Timeout
+from podbay import AsyncPlatform, Conflict, GuestError, InvalidSpec, Platform, Timeout
 from podbay.images import ImageSet, find_images
 from podbay.isolation.qemu.backend import QemuBackend
 from podbay.paths import PodbayPaths
@@ -128,3 +129,28 @@ def test_qemu_runs_unprivileged_when_started_as_root(platform: Platform) -> None
         assert "Seccomp:\t2" in status, "QEMU must run under its seccomp sandbox"
     finally:
         pod.destroy()
+
+
+def test_pods_created_concurrently_are_isolated_from_each_other(vm_paths: PodbayPaths) -> None:
+    async def scenario() -> list[str]:
+        platform = AsyncPlatform(vm_paths)
+        try:
+            pods = await asyncio.gather(*(platform.create_agent(env={"NAME": f"pod{i}"}) for i in range(3)))
+            for pod in pods:
+                await pod.exec(["sh", "-c", 'echo "$NAME" > /work/mine'])
+            seen = [(await pod.exec(["cat", "/work/mine"])).stdout.strip() for pod in pods]
+            assert len({pod.info().sandbox.pid for pod in pods if pod.info().sandbox}) == 3
+            return seen
+        finally:
+            await platform.close()
+
+    assert asyncio.run(scenario()) == ["pod0", "pod1", "pod2"], "each pod sees only its own writes"
+    assert_nothing_left(vm_paths)
+
+
+def test_destroying_a_pod_ends_its_running_commands(platform: Platform) -> None:
+    pod = platform.create_agent()
+    process = pod.start_process(["sleep", "600"])
+    pod.destroy()
+    with pytest.raises(GuestError, match="closed"):
+        process.wait()
