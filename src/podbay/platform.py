@@ -201,6 +201,8 @@ class AsyncPlatform:
             for result in results:
                 if isinstance(result, BaseException):
                     raise result
+            if lease is not None:
+                self._guard_host_mounts(backend, lease)
             config = SandboxConfig(
                 pod_id=pod_id,
                 run_dir=run_dir,
@@ -224,6 +226,23 @@ class AsyncPlatform:
         pod = AsyncPod(self, pod_id, spec, sandbox, lease, trace, run_dir)
         self._pods[pod_id] = pod
         return pod
+
+    def _guard_host_mounts(self, backend: Backend, lease: StateLease) -> None:
+        """Never let the host's kernel mount a filesystem that a guest kernel (untrusted code) has written.
+
+        A VM guest can craft its volume's ext4 to attack whichever kernel mounts it next; container backends
+        mount volumes with the host's kernel, so they refuse such volumes.
+        """
+        for volume in lease.volumes:
+            if not backend.mounts_volumes_on_host:
+                self.volumes.mark_guest_written(volume.name)
+            elif self.volumes.guest_written(volume.name):
+                raise InvalidSpec(
+                    "backend",
+                    f"volume {volume.name!r} was written inside a VM, and {backend.name} would mount it with the "
+                    "host's kernel, which a crafted filesystem could attack",
+                    "attach it to a VM backend (qemu, qemu-q35, firecracker), or give this pod another volume",
+                )
 
     async def _provision(self, pod_id: str, spec: PodSpec) -> StateLease | None:
         if not spec.memory_db:

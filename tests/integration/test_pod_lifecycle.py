@@ -154,3 +154,13 @@ def test_destroying_a_pod_ends_its_running_commands(platform: Platform) -> None:
     pod.destroy()
     with pytest.raises(GuestError, match="closed"):
         process.wait()
+
+
+def test_the_host_kernel_never_mounts_a_volume_a_vm_has_written(platform: Platform) -> None:
+    skip_unless_available(platform, "runc")
+    platform.create_agent(backend="runc", memory_db=True, volume="shared-notes").destroy()  # host-mounted: fine
+    platform.create_agent(backend="qemu", memory_db=True, volume="shared-notes").destroy()  # a guest kernel wrote it
+    with pytest.raises(InvalidSpec, match="written inside a VM"):
+        platform.create_agent(backend="runc", memory_db=True, volume="shared-notes")
+    assert not platform.volumes.info("shared-notes").attached, "the refused pod released the volume"
+    platform.create_agent(backend="qemu", memory_db=True, volume="shared-notes").destroy()  # VMs may go on

@@ -61,6 +61,8 @@ class Sandbox(Protocol):
 
 class Backend(Protocol):
     name: str
+    # True when the host's kernel mounts the pod's volume images (containers); False when a guest kernel does.
+    mounts_volumes_on_host: bool
 
     def availability(self) -> Availability: ...
 

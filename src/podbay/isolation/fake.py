@@ -22,6 +22,7 @@ from podbay.models import SandboxInfo
 
 class LocalProcessBackend:
     name = "local"
+    mounts_volumes_on_host = False
 
     def availability(self) -> Availability:
         return Availability(True, "test double: the agent runs on the host, unisolated")

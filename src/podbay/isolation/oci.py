@@ -318,6 +318,8 @@ class RuntimeProfile:
 class ContainerBackend:
     """A backend over one OCI runtime; RuncBackend and GvisorBackend only choose the profile."""
 
+    mounts_volumes_on_host = True  # loop-mounted by the host kernel, then bind-mounted into the container
+
     def __init__(self, paths: PodbayPaths, profile: RuntimeProfile, rootfs_dir: Path | None = None) -> None:
         self.name = profile.backend
         self._paths = paths

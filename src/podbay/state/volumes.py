@@ -78,6 +78,16 @@ class VolumeStore:
         if fd is not None:
             os.close(fd)  # closing drops the flock
 
+    def mark_guest_written(self, name: str) -> None:
+        """Record that a guest kernel mounts this volume read-write (its filesystem is no longer trusted)."""
+        self._marker(name).touch()
+
+    def guest_written(self, name: str) -> bool:
+        return self._marker(name).exists()
+
+    def _marker(self, name: str) -> Path:
+        return self.image(name).with_suffix(".guest-written")
+
     def list(self) -> list[VolumeInfo]:
         if not self.root.exists():
             return []
@@ -100,6 +110,7 @@ class VolumeStore:
             raise Conflict(f"volume {name!r} is attached to a pod; destroy that pod first")
         path.unlink()
         path.with_suffix(".lock").unlink(missing_ok=True)
+        self._marker(name).unlink(missing_ok=True)
 
     def export(self, name: str, destination: Path, file: str = DB_FILE) -> Path:
         """Copy one file out of the volume image to the host (the database by default)."""

@@ -102,6 +102,7 @@ def drives(config: SandboxConfig, rootfs: Path) -> list[Drive]:
 
 class FirecrackerBackend:
     name = "firecracker"
+    mounts_volumes_on_host = False
 
     def __init__(self, paths: PodbayPaths, images: ImageSet | None = None) -> None:
         self._paths = paths

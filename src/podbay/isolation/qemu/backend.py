@@ -40,6 +40,7 @@ class QemuBackend:
     """The microVM; a subclass changes the machine by overriding `name`, `isolation` and `command`."""
 
     name = "qemu"
+    mounts_volumes_on_host = False
     isolation = "microvm"
 
     def __init__(self, paths: PodbayPaths, images: ImageSet | None = None) -> None:
