@@ -19,6 +19,7 @@ from podbay.errors import Conflict, InvalidSpec, NotFound
 from podbay.images.ext4 import make_ext4
 from podbay.models import NAME_PATTERN
 
+SAFE_FILE = re.compile(r"^/?[A-Za-z0-9._-][A-Za-z0-9._/-]*$")
 DB_FILE = "memory.db"  # at the root of the volume, which the guest mounts at /data
 MOUNT_POINT = "/data"
 
@@ -113,21 +114,29 @@ class VolumeStore:
         self._marker(name).unlink(missing_ok=True)
 
     def export(self, name: str, destination: Path, file: str = DB_FILE) -> Path:
-        """Copy one file out of the volume image to the host (the database by default)."""
+        """Copy one file out of the volume image to the host (the database by default), without mounting it.
+
+        A guest may have crafted the image, so it is parsed by debugfs in userspace, and — when podbay runs
+        as root — as `nobody`, reading an already-open descriptor and writing the file to its stdout.
+        """
+        if not SAFE_FILE.match(file) or ".." in file.split("/"):
+            raise InvalidSpec("file", f"{file!r} is not a plain path inside the volume", "use e.g. memory.db")
         path = self._existing(name)
         if self._is_locked(name):
             raise Conflict(f"volume {name!r} is attached to a running pod; export it after the pod is gone")
+        image = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            command = ["debugfs", "-c", "-R", f"cat /{file.lstrip('/')}", f"/proc/self/fd/{image}"]
+            if os.geteuid() == 0:
+                command = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *command]
+            result = subprocess.run(command, capture_output=True, pass_fds=[image], check=False)
+        finally:
+            os.close(image)
+        errors = [line for line in result.stderr.decode(errors="replace").splitlines() if ":" in line]
+        if result.returncode != 0 or errors:
+            raise NotFound(f"cannot export {file!r} from volume {name!r}: {(errors or ['debugfs failed'])[-1]}")
         destination.parent.mkdir(parents=True, exist_ok=True)
-        result = subprocess.run(
-            ["debugfs", "-R", f"dump -p /{file} {destination}", str(path)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if result.returncode != 0 or not destination.exists():
-            destination.unlink(missing_ok=True)
-            detail = result.stderr.strip().splitlines()[-1:] or ["debugfs failed"]
-            raise NotFound(f"cannot export {file!r} from volume {name!r}: {detail[0]}")
+        destination.write_bytes(result.stdout)
         return destination
 
     def _existing(self, name: str) -> Path:
