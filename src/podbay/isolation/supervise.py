@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from podbay.errors import Timeout
+from podbay.images.ext4 import make_ext4
 from podbay.isolation.base import SandboxConfig
 
 T = TypeVar("T")
@@ -70,6 +71,14 @@ def tail(path: Path) -> str:
             return file.read().decode(errors="replace").strip()
     except OSError:
         return ""
+
+
+async def layer_disk(run_dir: Path, size_mib: int) -> Path:
+    """A VM's writable layer: a sparse ext4 disk (no journal: it dies with the pod) that the guest's init lays
+    over the read-only root with overlayfs."""
+    layer = run_dir / "layer.ext4"
+    await asyncio.to_thread(make_ext4, layer, size_mib, "podbay-layer", journal=False)
+    return layer
 
 
 def disk_device(index: int) -> str:

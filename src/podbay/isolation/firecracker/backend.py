@@ -19,12 +19,20 @@ from typing import Any, TypeVar
 
 from podbay.channel import GuestChannel
 from podbay.errors import BackendUnavailable, GuestError, Timeout
-from podbay.images import ImageSet, find_images, make_ext4
+from podbay.images import ImageSet, find_images
 from podbay.isolation.base import Availability, SandboxConfig
 from podbay.isolation.firecracker.api import FirecrackerApi, FirecrackerApiError, InstanceInfo
 from podbay.isolation.firecracker.install import VERSION, find_firecracker
 from podbay.isolation.host import hardware_kvm
-from podbay.isolation.supervise import ProcessExited, disk_device, kill_session, tail, unless_exited, volume_mounts
+from podbay.isolation.supervise import (
+    ProcessExited,
+    disk_device,
+    kill_session,
+    layer_disk,
+    tail,
+    unless_exited,
+    volume_mounts,
+)
 from podbay.models import SandboxInfo
 from podbay.paths import PodbayPaths
 
@@ -129,10 +137,7 @@ class FirecrackerBackend:
         return self._images
 
     async def prepare_layer(self, run_dir: Path, size_mib: int) -> Path:
-        """A sparse ext4 disk the guest lays over the read-only root with overlayfs."""
-        layer = run_dir / "layer.ext4"
-        await asyncio.to_thread(make_ext4, layer, size_mib, "podbay-layer", journal=False)
-        return layer
+        return await layer_disk(run_dir, size_mib)
 
     async def start(self, config: SandboxConfig) -> FirecrackerSandbox:
         available = self.availability()

@@ -19,11 +19,11 @@ from qemu.qmp import ConnectError, QMPClient, QMPError, Runstate
 
 from podbay.channel import GuestChannel
 from podbay.errors import BackendUnavailable, GuestError, Timeout
-from podbay.images import ImageSet, find_images, make_ext4
+from podbay.images import ImageSet, find_images
 from podbay.isolation.base import Availability, SandboxConfig
 from podbay.isolation.host import hardware_kvm, host_tsc_khz
 from podbay.isolation.qemu.command import QEMU_BINARY, RunFiles, build_command
-from podbay.isolation.supervise import ProcessExited, kill_session, tail, unless_exited, volume_mounts
+from podbay.isolation.supervise import ProcessExited, kill_session, layer_disk, tail, unless_exited, volume_mounts
 from podbay.models import SandboxInfo
 from podbay.paths import PodbayPaths
 
@@ -79,10 +79,7 @@ class QemuBackend:
         return build_command(config, images.kernel, images.rootfs_image, accelerator, run_as, tsc_khz=tsc_khz)
 
     async def prepare_layer(self, run_dir: Path, size_mib: int) -> Path:
-        """A sparse ext4 disk the guest lays over the read-only root with overlayfs."""
-        layer = run_dir / "layer.ext4"
-        await asyncio.to_thread(make_ext4, layer, size_mib, "podbay-layer", journal=False)
-        return layer
+        return await layer_disk(run_dir, size_mib)
 
     async def start(self, config: SandboxConfig) -> QemuSandbox:
         available = self.availability()
