@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import secrets
 import shutil
 import time
@@ -17,6 +19,7 @@ from podbay.channel import GuestChannel, GuestProcess, OutputCallback
 from podbay.errors import BackendUnavailable, InvalidSpec, NotFound, PodbayError
 from podbay.isolation.base import Availability, Backend, Sandbox, SandboxConfig
 from podbay.isolation.registry import default_backends
+from podbay.isolation.supervise import kill_processes_mentioning, process_identity
 from podbay.models import ExecResult, FileEntry, Phase, PodInfo, PodSpec, PodState
 from podbay.paths import PodbayPaths
 from podbay.state.base import StateLease, StateProvider
@@ -171,6 +174,7 @@ class AsyncPlatform:
         self._state: StateProvider = SqliteProvider(self.volumes)
         self._pods: dict[str, AsyncPod] = {}
         self._clock_offset = time.time() - time.monotonic()
+        self._reaped = False
 
     def wall_clock(self, monotonic: float) -> float:
         return monotonic + self._clock_offset
@@ -186,9 +190,12 @@ class AsyncPlatform:
         backend = self._backend(spec.backend)
         if spec.volume is not None and not spec.memory_db:
             raise InvalidSpec("volume", "a volume holds the pod's database", "also pass memory_db=True")
+        if not self._reaped:
+            await self.reap_orphans()
         pod_id = "pod-" + secrets.token_hex(6)
         run_dir = self.paths.pods / pod_id
         run_dir.mkdir(parents=True, mode=0o700)
+        _write_owner(run_dir, backend.name)
         trace = Trace()
         sandbox: Sandbox | None = None
         lease: StateLease | None = None
@@ -271,6 +278,29 @@ class AsyncPlatform:
             raise BackendUnavailable(f"{name}: {availability.reason}")
         return backend
 
+    async def reap_orphans(self) -> list[str]:
+        """Clean up pods whose controlling process died without destroying them (SIGKILL, power loss).
+
+        Runs before this platform's first create. A pod belongs to the process named in its run directory's
+        owner file (pid and start time, so a reused pid does not count); a live owner's pods are left alone.
+        """
+        self._reaped = True
+        reaped = []
+        for run_dir in sorted(self.paths.pods.glob("pod-*")) if self.paths.pods.exists() else []:
+            owner = _read_owner(run_dir)
+            if owner is not None and process_identity(int(owner["pid"])) == owner["identity"]:
+                continue
+            if owner is None and time.time() - run_dir.stat().st_mtime < UNOWNED_GRACE_S:
+                continue  # another process may be between mkdir and writing the owner file
+            backend = self.backends.get(str(owner["backend"])) if owner else None
+            if backend is not None:
+                await backend.reap(run_dir)
+            else:
+                kill_processes_mentioning(run_dir)
+            shutil.rmtree(run_dir, ignore_errors=True)
+            reaped.append(run_dir.name)
+        return reaped
+
     def get(self, pod_id: str) -> AsyncPod:
         try:
             return self._pods[pod_id]
@@ -292,3 +322,20 @@ def _check_argv(argv: Sequence[str]) -> None:
             "must be a non-empty list of strings",
             'pass e.g. ["python3", "-c", "print(1)"], or ["sh", "-c", "..."] for a shell line',
         )
+
+
+OWNER_FILE = "owner.json"
+UNOWNED_GRACE_S = 60.0
+
+
+def _write_owner(run_dir: Path, backend: str) -> None:
+    owner = {"pid": os.getpid(), "identity": process_identity(os.getpid()), "backend": backend}
+    (run_dir / OWNER_FILE).write_text(json.dumps(owner))
+
+
+def _read_owner(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        owner = json.loads((run_dir / OWNER_FILE).read_text())
+    except (OSError, ValueError):
+        return None  # half-made by a process that died at once: no owner to wait for
+    return owner if isinstance(owner, dict) and {"pid", "identity", "backend"} <= owner.keys() else None

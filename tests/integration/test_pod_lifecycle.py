@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ import pytest
 from podbay import AsyncPlatform, Conflict, GuestError, InvalidSpec, Platform, Timeout
 from podbay.images import ImageSet, find_images
 from podbay.isolation.qemu.backend import QemuBackend
+from podbay.isolation.registry import default_backends
 from podbay.paths import PodbayPaths
 
 from .conftest import ALL_BACKENDS, assert_nothing_left, skip_unless_available
@@ -164,3 +167,39 @@ def test_the_host_kernel_never_mounts_a_volume_a_vm_has_written(platform: Platfo
         platform.create_agent(backend="runc", memory_db=True, volume="shared-notes")
     assert not platform.volumes.info("shared-notes").attached, "the refused pod released the volume"
     platform.create_agent(backend="qemu", memory_db=True, volume="shared-notes").destroy()  # VMs may go on
+
+
+ORPHAN_MAKER = """
+import os, signal, sys
+from pathlib import Path
+from podbay import Platform
+from podbay.paths import PodbayPaths
+platform = Platform(PodbayPaths(cache=Path(sys.argv[1]), state=Path(sys.argv[2])))
+for backend in sys.argv[3:]:
+    pod = platform.create_agent(backend=backend, memory_db=True, volume=f"orphan-{backend}")
+    print(pod.info().sandbox.pid, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)  # the controller dies without destroying anything
+"""
+
+
+def test_pods_of_a_killed_controller_are_reaped_by_the_next_platform(vm_paths: PodbayPaths) -> None:
+    backends = ["qemu"] + [name for name in ("runc",) if default_backends(vm_paths)[name].availability().available]
+    made = subprocess.run(
+        [sys.executable, "-c", ORPHAN_MAKER, str(vm_paths.cache), str(vm_paths.state), *backends],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    pids = [int(line) for line in made.stdout.split()]
+    assert len(pids) == len(backends), made.stderr
+    assert all(Path(f"/proc/{pid}").exists() for pid in pids), "the orphans are still running"
+    assert len(list(vm_paths.pods.iterdir())) == len(backends)
+
+    with Platform(vm_paths) as platform:
+        platform.create_agent().destroy()  # the first create reaps what a dead controller left
+        for backend in backends:  # the volumes are free again, and the host never kept a mount
+            platform.create_agent(
+                backend="qemu" if backend == "qemu" else backend, memory_db=True, volume=f"orphan-{backend}"
+            ).destroy()
+    assert not any(Path(f"/proc/{pid}").exists() for pid in pids)
+    assert_nothing_left(vm_paths)

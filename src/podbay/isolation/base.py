@@ -73,3 +73,6 @@ class Backend(Protocol):
         """Make the pod's writable layer (runs concurrently with database provisioning), or None."""
 
     async def start(self, config: SandboxConfig) -> Sandbox: ...
+
+    async def reap(self, run_dir: Path) -> None:
+        """Stop whatever a sandbox left running under `run_dir` after its controlling process died."""

@@ -17,6 +17,7 @@ from typing import Any
 from podbay.channel import GuestChannel
 from podbay.guest import agent
 from podbay.isolation.base import Availability, SandboxConfig
+from podbay.isolation.supervise import kill_processes_mentioning
 from podbay.models import SandboxInfo
 
 
@@ -31,6 +32,9 @@ class LocalProcessBackend:
         return SandboxInfo(
             backend=self.name, isolation="none (test double)", accelerator="none", security_boundary=False
         )
+
+    async def reap(self, run_dir: Path) -> None:
+        kill_processes_mentioning(run_dir)
 
     async def prepare_layer(self, run_dir: Path, size_mib: int) -> None:
         return None  # the test double writes straight into its run directory

@@ -30,7 +30,7 @@ from podbay.channel import GuestChannel
 from podbay.errors import BackendUnavailable, GuestError, ImageMissing, Timeout
 from podbay.images.rootfs import rootfs_entry
 from podbay.isolation.base import Availability, SandboxConfig
-from podbay.isolation.supervise import ProcessExited, tail, unless_exited
+from podbay.isolation.supervise import ProcessExited, kill_processes_mentioning, tail, unless_exited
 from podbay.models import SandboxInfo
 from podbay.paths import PodbayPaths
 
@@ -349,6 +349,17 @@ class ContainerBackend:
                 raise ImageMissing(f"the guest rootfs is not built in {self._paths.images}: run `podbay images build`")
             self._rootfs_dir = entry.path / "tree"
         return self._rootfs_dir
+
+    async def reap(self, run_dir: Path) -> None:
+        """The runtime forgets the container (killing it), then its helpers die and its mounts go."""
+        process = await asyncio.create_subprocess_exec(
+            *self._profile.command("delete", "--force", run_dir.name),  # the container id is the pod id
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        await process.wait()
+        kill_processes_mentioning(run_dir)
+        await release_run_dir(run_dir)
 
     async def prepare_layer(self, run_dir: Path, size_mib: int) -> Path:
         # Directories on the host's disk: size_mib is not enforced (no quota on the upper directory).

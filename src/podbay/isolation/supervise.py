@@ -62,6 +62,28 @@ async def kill_session(process: asyncio.subprocess.Process) -> None:
     await process.wait()
 
 
+def kill_processes_mentioning(path: Path) -> None:
+    """SIGKILL every process whose command line names `path` (a pod's run directory): VMMs, runtimes, agents."""
+    needle = str(path).encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle in (entry / "cmdline").read_bytes():
+                os.kill(int(entry.name), signal.SIGKILL)
+        except (OSError, ValueError):
+            continue  # gone meanwhile, or not ours to kill
+
+
+def process_identity(pid: int) -> str | None:
+    """A pid plus its start time: unlike a bare pid, it is never reused for another process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return f"{pid}:{stat.rsplit(')', 1)[1].split()[19]}"  # field 22, counted after the command name
+
+
 def tail(path: Path) -> str:
     """The last LOG_TAIL bytes of a log, or '' if it cannot be read."""
     try:

@@ -27,6 +27,7 @@ from podbay.isolation.host import hardware_kvm
 from podbay.isolation.supervise import (
     ProcessExited,
     disk_device,
+    kill_processes_mentioning,
     kill_session,
     layer_disk,
     tail,
@@ -135,6 +136,9 @@ class FirecrackerBackend:
         if self._images is None:
             self._images = find_images(self._paths)
         return self._images
+
+    async def reap(self, run_dir: Path) -> None:
+        kill_processes_mentioning(run_dir)  # the VMM is the only process; its files go with the run dir
 
     async def prepare_layer(self, run_dir: Path, size_mib: int) -> Path:
         return await layer_disk(run_dir, size_mib)

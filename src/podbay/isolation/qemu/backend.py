@@ -23,7 +23,15 @@ from podbay.images import ImageSet, find_images
 from podbay.isolation.base import Availability, SandboxConfig
 from podbay.isolation.host import hardware_kvm, host_tsc_khz
 from podbay.isolation.qemu.command import QEMU_BINARY, RunFiles, build_command
-from podbay.isolation.supervise import ProcessExited, kill_session, layer_disk, tail, unless_exited, volume_mounts
+from podbay.isolation.supervise import (
+    ProcessExited,
+    kill_processes_mentioning,
+    kill_session,
+    layer_disk,
+    tail,
+    unless_exited,
+    volume_mounts,
+)
 from podbay.models import SandboxInfo
 from podbay.paths import PodbayPaths
 
@@ -77,6 +85,9 @@ class QemuBackend:
         images = self.images()
         tsc_khz = host_tsc_khz() if accelerator == "tcg" else None
         return build_command(config, images.kernel, images.rootfs_image, accelerator, run_as, tsc_khz=tsc_khz)
+
+    async def reap(self, run_dir: Path) -> None:
+        kill_processes_mentioning(run_dir)  # the VMM is the only process; its files go with the run dir
 
     async def prepare_layer(self, run_dir: Path, size_mib: int) -> Path:
         return await layer_disk(run_dir, size_mib)
