@@ -29,8 +29,7 @@ def seed(db: sqlite3.Connection, customer: int) -> None:
         )
         if customer % 2 and n == 2:  # odd customers were charged twice for one order
             db.execute(
-                "INSERT INTO transactions (order_id, amount_cents, kind, status) "
-                "VALUES (?, ?, 'charge', 'delivered')",
+                "INSERT INTO transactions (order_id, amount_cents, kind, status) VALUES (?, ?, 'charge', 'delivered')",
                 (order, amount),
             )
 
@@ -52,8 +51,7 @@ def decide(db: sqlite3.Connection, message: str) -> tuple[str, int]:
         for order, amount in duplicates:
             if order not in refunded:
                 db.execute(
-                    "INSERT INTO transactions (order_id, amount_cents, kind, status) "
-                    "VALUES (?, ?, 'refund', 'issued')",
+                    "INSERT INTO transactions (order_id, amount_cents, kind, status) VALUES (?, ?, 'refund', 'issued')",
                     (order, -amount),
                 )
                 return f"refund duplicate charge on order {order}", amount

@@ -41,6 +41,7 @@ BASE_ENV = {
     "PYTHONUNBUFFERED": "1",
 }
 DEFAULT_CWD = "/work"
+MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_NOATIME, MS_MOVE = 2, 4, 8, 1024, 8192
 STATE_DIR = "/run/podbay"  # per-boot, in memory (tmpfs): injected context lives here, never in the image
 
 
@@ -261,9 +262,10 @@ class Agent:
 
     def mount(self, source: str, target: str, fstype: str) -> None:
         os.makedirs(target, exist_ok=True)
-        code = _run(["mount", "-n", "-t", fstype, "-o", "noatime", source, target])
-        if code != 0:
-            raise RequestError("mount", f"mount {source} on {target} failed (exit {code})")
+        try:
+            mount(source, target, fstype, MS_NOATIME)
+        except OSError as exc:
+            raise RequestError("mount", str(exc)) from None
         self.mounts.append(target)
 
     def op_shutdown(self, request: Header, _: bytes) -> None:
@@ -272,7 +274,10 @@ class Agent:
             _killpg(pid, signal.SIGKILL)
         os.sync()
         for target in reversed(self.mounts):
-            _run(["umount", "-n", target])
+            try:
+                unmount(target)
+            except OSError:
+                pass  # busy: the sync above already put the data on the disk
         self.mounts.clear()
         self.result(request)
 
@@ -494,11 +499,37 @@ def _which(name: str, path: str) -> str:
     raise RequestError("not_found", f"cannot run {name!r}: not found in PATH {path!r}")
 
 
-def _run(argv: list[str]) -> int:
-    """Run a helper command to completion (mount, umount). Its status is ours alone: waitpid on its pid."""
-    pid = os.posix_spawnp(argv[0], argv, BASE_ENV)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
+def mount(source: str, target: str, fstype: str, flags: int = 0, data: str = "", busy_ok: bool = False) -> None:
+    """mount(2) itself: under TCG a fork+exec of the `mount` binary costs 0.1-0.2 s."""
+    result = _libc().mount(source.encode(), target.encode(), fstype.encode(), flags, data.encode() or None)
+    if result != 0:
+        _raise_errno(f"mount {fstype} {source} on {target}", ok=(errno.EBUSY,) if busy_ok else ())
+
+
+def unmount(target: str) -> None:
+    if _libc().umount2(target.encode(), 0) != 0:
+        _raise_errno(f"umount {target}")
+
+
+def _raise_errno(what: str, ok: tuple[int, ...] = ()) -> None:
+    import ctypes
+
+    code = ctypes.get_errno()
+    if code not in ok:  # EBUSY, when asked: already mounted (by the kernel or an initramfs)
+        raise OSError(code, f"{what}: {os.strerror(code)}")
+
+
+_LIBC: Any = None
+
+
+def _libc() -> Any:
+    """libc through ctypes, loaded on first use: only VMs mount anything, and a container's boot skips it."""
+    global _LIBC
+    if _LIBC is None:
+        import ctypes
+
+        _LIBC = ctypes.CDLL(None, use_errno=True)
+    return _LIBC
 
 
 def _killpg(pid: int, signum: int) -> None:

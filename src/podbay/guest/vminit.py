@@ -3,30 +3,19 @@
 
 The root filesystem is the shared read-only image; the pod's own writable disk (`podbay.rw=` on the kernel
 command line) is laid over it with overlayfs, the process chroots into the merged tree and becomes the agent.
-Every mount is a direct mount(2) call: under TCG each fork+exec of a `mount` binary costs ~0.1-0.2 s, so a
-shell script doing the same took well over a second of every boot.
+Every mount is a direct mount(2) call (the agent's): under TCG each fork+exec of a `mount` binary costs
+~0.1-0.2 s, so a shell script doing the same took well over a second of every boot.
 """
 
-import ctypes
-import errno
 import os
 import sys
 
-GUEST_LIB = "/usr/lib/podbay"
+sys.path.insert(0, "/usr/lib/podbay")  # the same file in the old root and, after the chroot, the new one
+import agent  # type: ignore[import-not-found]
+
 NEW_ROOT = "/mnt/root"
 LAYER = "/mnt/layer"
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_NOATIME, MS_MOVE = 1, 2, 4, 8, 1024, 8192
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def mount(source: str, target: str, fstype: str, flags: int = 0, data: str = "", busy_ok: bool = False) -> None:
-    result = _libc.mount(source.encode(), target.encode(), fstype.encode(), flags, data.encode() or None)
-    if result != 0:
-        code = ctypes.get_errno()
-        if busy_ok and code == errno.EBUSY:
-            return  # already mounted (by the kernel or an initramfs)
-        raise OSError(code, f"mount {fstype} {source} on {target}: {os.strerror(code)}")
+RESTRICTED = agent.MS_NOSUID | agent.MS_NODEV
 
 
 def kernel_options() -> dict[str, str]:
@@ -39,34 +28,33 @@ def prepare_root(options: dict[str, str]) -> None:
     """Overlay the pod's writable layer on the read-only root and move the API filesystems into it."""
     layer_disk = options.get("podbay.rw")
     if layer_disk:
-        mount(layer_disk, LAYER, "ext4", MS_NOATIME)
+        agent.mount(layer_disk, LAYER, "ext4", agent.MS_NOATIME)
     else:
-        mount("layer", LAYER, "tmpfs", 0, "mode=0755")  # no disk: the writable layer lives in memory
+        agent.mount("layer", LAYER, "tmpfs", 0, "mode=0755")  # no disk: the writable layer lives in memory
     for directory in ("upper", "work"):
         os.makedirs(f"{LAYER}/{directory}", exist_ok=True)
-    mount("overlay", NEW_ROOT, "overlay", 0, f"lowerdir=/,upperdir={LAYER}/upper,workdir={LAYER}/work")
+    agent.mount("overlay", NEW_ROOT, "overlay", 0, f"lowerdir=/,upperdir={LAYER}/upper,workdir={LAYER}/work")
     for api in ("/proc", "/sys", "/dev"):
-        mount(api, NEW_ROOT + api, "", MS_MOVE)
-    mount("tmpfs", f"{NEW_ROOT}/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
-    mount("tmpfs", f"{NEW_ROOT}/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")
+        agent.mount(api, NEW_ROOT + api, "", agent.MS_MOVE)
+    agent.mount("tmpfs", f"{NEW_ROOT}/tmp", "tmpfs", RESTRICTED, "mode=1777")
+    agent.mount("tmpfs", f"{NEW_ROOT}/run", "tmpfs", RESTRICTED, "mode=0755")
     for directory in ("pts", "shm"):
         os.makedirs(f"{NEW_ROOT}/dev/{directory}", exist_ok=True)
-    mount("devpts", f"{NEW_ROOT}/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "gid=5,mode=620,ptmxmode=666")
-    mount("shm", f"{NEW_ROOT}/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+    agent.mount(
+        "devpts", f"{NEW_ROOT}/dev/pts", "devpts", agent.MS_NOSUID | agent.MS_NOEXEC, "gid=5,mode=620,ptmxmode=666"
+    )
+    agent.mount("shm", f"{NEW_ROOT}/dev/shm", "tmpfs", RESTRICTED, "mode=1777")
     os.chdir(NEW_ROOT)
     os.chroot(".")
     os.chdir("/")
 
 
 def main() -> None:
-    mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, busy_ok=True)
-    mount("sys", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, busy_ok=True)
-    mount("dev", "/dev", "devtmpfs", MS_NOSUID, busy_ok=True)
+    agent.mount("proc", "/proc", "proc", RESTRICTED | agent.MS_NOEXEC, busy_ok=True)
+    agent.mount("sys", "/sys", "sysfs", RESTRICTED | agent.MS_NOEXEC, busy_ok=True)
+    agent.mount("dev", "/dev", "devtmpfs", agent.MS_NOSUID, busy_ok=True)
     options = kernel_options()
     prepare_root(options)
-    sys.path.insert(0, GUEST_LIB)
-    import agent  # type: ignore[import-not-found]  # from the new root, after the chroot
-
     agent.main([f"--transport={options.get('podbay.transport', 'virtio-serial')}"])
 
 
