@@ -30,7 +30,7 @@ from podbay.channel import GuestChannel
 from podbay.errors import BackendUnavailable, GuestError, ImageMissing, Timeout
 from podbay.images.rootfs import rootfs_entry
 from podbay.isolation.base import Availability, SandboxConfig
-from podbay.isolation.supervise import ProcessExited, kill_processes_mentioning, tail, unless_exited
+from podbay.isolation.supervise import ProcessExited, kill_processes_mentioning, shut_down_agent, tail, unless_exited
 from podbay.models import SandboxInfo
 from podbay.paths import PodbayPaths
 
@@ -352,12 +352,7 @@ class ContainerBackend:
 
     async def reap(self, run_dir: Path) -> None:
         """The runtime forgets the container (killing it), then its helpers die and its mounts go."""
-        process = await asyncio.create_subprocess_exec(
-            *self._profile.command("delete", "--force", run_dir.name),  # the container id is the pod id
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
-        await process.wait()
+        await _run(*self._profile.command("delete", "--force", run_dir.name))  # the container id is the pod id
         kill_processes_mentioning(run_dir)
         await release_run_dir(run_dir)
 
@@ -447,20 +442,12 @@ class ContainerSandbox:
             return
         self._destroyed = True
         try:
-            await self._shutdown_agent()
+            if self._process.returncode is None:
+                await shut_down_agent(self.channel, self.resume if self._paused else None, STOP_TIMEOUT_S)
             await self._stop_container()
             await self.channel.close()
         finally:
             await release_run_dir(self._paths.run_dir)
-
-    async def _shutdown_agent(self) -> None:
-        """Let the agent stop its children and sync, so what they wrote to volumes is on the host's disk."""
-        if self._process.returncode is not None:
-            return
-        with contextlib.suppress(Exception):  # best effort: the agent may already be gone
-            if self._paused:
-                await self.resume()
-            await self.channel.request("shutdown", timeout=STOP_TIMEOUT_S)
 
     async def _stop_container(self) -> None:
         with contextlib.suppress(GuestError, Timeout):  # the container may have ended with its agent already

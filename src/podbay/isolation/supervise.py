@@ -8,10 +8,11 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from podbay.channel import GuestChannel
 from podbay.errors import Timeout
 from podbay.images.ext4 import make_ext4
 from podbay.isolation.base import SandboxConfig
@@ -82,6 +83,17 @@ def process_identity(pid: int) -> str | None:
     except OSError:
         return None
     return f"{pid}:{stat.rsplit(')', 1)[1].split()[19]}"  # field 22, counted after the command name
+
+
+async def shut_down_agent(
+    channel: GuestChannel, resume: Callable[[], Awaitable[None]] | None, timeout: float = 10.0
+) -> None:
+    """Best effort, before a sandbox is stopped: the agent kills its commands, syncs and unmounts volumes,
+    so what the guest wrote is on the host's disk. A paused sandbox is resumed first (pass its `resume`)."""
+    with contextlib.suppress(Exception):  # the guest may already be gone
+        if resume is not None:
+            await resume()
+        await channel.request("shutdown", timeout=timeout)
 
 
 def tail(path: Path) -> str:

@@ -10,7 +10,6 @@ no privilege drop, no cgroups): the sandbox info says so.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import shutil
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from podbay.isolation.supervise import (
     kill_processes_mentioning,
     kill_session,
     layer_disk,
+    shut_down_agent,
     tail,
     unless_exited,
     volume_mounts,
@@ -288,21 +288,13 @@ class FirecrackerSandbox:
         if self._destroyed:
             return
         self._destroyed = True
-        await self._shutdown_guest()
+        if self._channel is not None and self._process.returncode is None:
+            await shut_down_agent(self._channel, self.resume if self._paused else None)
         await kill_session(self._process)
         if self._channel is not None:
             await self._channel.close()
         await self.api.close()
         shutil.rmtree(self.files.run_dir, ignore_errors=True)
-
-    async def _shutdown_guest(self) -> None:
-        """Let the agent sync and unmount volumes, so data written by the guest is on the host's disk."""
-        if self._channel is None or self._process.returncode is not None:
-            return
-        with contextlib.suppress(Exception):  # best effort: the guest may already be dead
-            if self._paused:
-                await self.resume()
-            await self._channel.request("shutdown", timeout=10.0)
 
 
 async def _open_agent_stream(vsock: Path, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from qemu.qmp import ConnectError, QMPClient, QMPError, Runstate
+from qemu.qmp import ConnectError, QMPClient, QMPError
 
 from podbay.channel import GuestChannel
 from podbay.errors import BackendUnavailable, GuestError, Timeout
@@ -28,6 +28,7 @@ from podbay.isolation.supervise import (
     kill_processes_mentioning,
     kill_session,
     layer_disk,
+    shut_down_agent,
     tail,
     unless_exited,
     volume_mounts,
@@ -130,6 +131,7 @@ class QemuSandbox:
         self._qmp = QMPClient(f"podbay-{config.pod_id}")
         self._channel: GuestChannel | None = None
         self._destroyed = False
+        self._paused = False
         self.guest_mounts: list[dict[str, Any]] = volume_mounts(config)
 
     @property
@@ -167,34 +169,24 @@ class QemuSandbox:
 
     async def pause(self) -> None:
         await self._qmp.execute("stop")
+        self._paused = True
 
     async def resume(self) -> None:
         await self._qmp.execute("cont")
+        self._paused = False
 
     async def destroy(self) -> None:
         if self._destroyed:
             return
         self._destroyed = True
-        await self._shutdown_guest()
+        if self._channel is not None and self._process.returncode is None:
+            await shut_down_agent(self._channel, self.resume if self._paused else None)
         await kill_session(self._process)
         if self._channel is not None:
             await self._channel.close()
         with contextlib.suppress(Exception):
             await self._qmp.disconnect()
         shutil.rmtree(self._files.run_dir, ignore_errors=True)
-
-    async def _shutdown_guest(self) -> None:
-        """Let the agent sync and unmount volumes, so data written by the guest is on the host's disk."""
-        if self._channel is None or self._process.returncode is not None:
-            return
-        with contextlib.suppress(Exception):  # best effort: the guest may already be dead
-            if self._qmp.runstate is Runstate.RUNNING and not await self._is_running():
-                await self._qmp.execute("cont")
-            await self._channel.request("shutdown", timeout=10.0)
-
-    async def _is_running(self) -> bool:
-        status = await self._qmp.execute("query-status")
-        return isinstance(status, dict) and bool(status.get("running"))
 
 
 def _unprivileged_user() -> str | None:
