@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections.abc import Callable, Mapping, Sequence
+import math
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from podbay.errors import GuestError, NotFound, Timeout
+from podbay.errors import GuestError, InvalidSpec, NotFound, Timeout
 from podbay.guest import protocol
 from podbay.models import ExecResult
 
@@ -21,15 +23,35 @@ Frame = tuple[Header, bytes]
 OutputCallback = Callable[[bytes], None]
 # Output kept per stream for the ExecResult; the callbacks see all of it. Bounds host memory per exec.
 OUTPUT_LIMIT = 16 << 20
+# The host's own backstop over a guest-enforced exec timeout: an agent that is stopped or starved never reports
+# the exit, so the host gives up this long after the guest should have killed the command.
+HOST_TIMEOUT_GRACE_S = 5.0
+START_TIMEOUT_S = 30.0  # for the agent to confirm that a command started
+EXPLAIN_TIMEOUT_S = 3.0
+# Says why the channel closed (the sandbox process's exit status, an out-of-memory kill, its log's tail).
+CloseExplainer = Callable[[], Awaitable[str]]
+
+
+def check_timeout(timeout: float | None, field: str = "timeout") -> float | None:
+    """None (no limit) or a finite number of seconds above zero; anything else is refused, never guessed at."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not math.isfinite(timeout) or timeout <= 0:
+        raise InvalidSpec(field, f"{timeout!r} is not a number of seconds above zero", "pass e.g. 30, or None for no limit")
+    return float(timeout)
 
 
 class GuestChannel:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, explain_close: CloseExplainer | None = None
+    ) -> None:
         self._reader = reader
         self._writer = writer
         self._ids = itertools.count(1)
         self._queues: dict[int, asyncio.Queue[Frame | None]] = {}
         self._closed_reason: str | None = None
+        self._explain_close = explain_close
+        self._explained: str | None = None
         self._read_task = asyncio.create_task(self._read_frames())
 
     # ---- plumbing --------------------------------------------------------------------------------------
@@ -51,9 +73,19 @@ class GuestChannel:
             for queue in self._queues.values():
                 queue.put_nowait(None)
 
+    async def _closed_error(self) -> GuestError:
+        """The error for a closed channel, with the sandbox's own account of why (asked once)."""
+        if self._explained is None:
+            self._explained = self._closed_reason or "guest channel closed"
+            if self._explain_close is not None:
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(EXPLAIN_TIMEOUT_S):
+                        self._explained += f"\n{await self._explain_close()}"
+        return GuestError(self._explained)
+
     def _open(self) -> tuple[int, asyncio.Queue[Frame | None]]:
         if self._closed_reason:
-            raise GuestError(self._closed_reason)
+            raise GuestError(self._explained or self._closed_reason)
         request_id = next(self._ids)
         queue: asyncio.Queue[Frame | None] = asyncio.Queue()
         self._queues[request_id] = queue
@@ -61,14 +93,23 @@ class GuestChannel:
 
     async def _send(self, header: Header, payload: bytes = b"") -> None:
         if self._closed_reason:
-            raise GuestError(self._closed_reason)
-        self._writer.write(protocol.encode(header, payload))
-        await self._writer.drain()
+            raise await self._closed_error()
+        try:
+            frame = protocol.encode(header, payload)
+        except protocol.FrameError as exc:
+            raise InvalidSpec(str(header.get("op", "request")), str(exc), "send less at once") from None
+        except (TypeError, ValueError) as exc:  # NaN, infinities, objects JSON has no form for
+            raise InvalidSpec(str(header.get("op", "request")), f"cannot be encoded: {exc}", "pass JSON values") from None
+        self._writer.write(frame)
+        try:
+            await self._writer.drain()
+        except ConnectionError:
+            raise await self._closed_error() from None
 
     async def _next(self, request_id: int, queue: asyncio.Queue[Frame | None]) -> Frame:
         frame = await queue.get()
         if frame is None:
-            raise GuestError(self._closed_reason or "guest channel closed")
+            raise await self._closed_error()
         header, _ = frame
         if header.get("event") == "error":
             raise _error_from(header)
@@ -76,6 +117,7 @@ class GuestChannel:
 
     async def request(self, op: str, payload: bytes = b"", timeout: float | None = 30.0, **fields: Any) -> Frame:
         """Send one request and wait for its single `result` frame."""
+        timeout = check_timeout(timeout)
         request_id, queue = self._open()
         try:
             await self._send({"id": request_id, "op": op, **fields}, payload)
@@ -107,15 +149,21 @@ class GuestChannel:
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
     ) -> GuestProcess:
+        timeout = check_timeout(timeout)
+        host_deadline = time.monotonic() + timeout + HOST_TIMEOUT_GRACE_S if timeout is not None else None
         request_id, queue = self._open()
         fields = {"argv": list(argv), "env": dict(env or {}), "cwd": cwd, "stdin": stdin, "timeout": timeout}
         try:
             await self._send({"id": request_id, "op": "exec", **fields})
-            header, _ = await self._next(request_id, queue)
+            async with asyncio.timeout(START_TIMEOUT_S):
+                header, _ = await self._next(request_id, queue)
+        except TimeoutError:
+            self._queues.pop(request_id, None)
+            raise Timeout(f"the guest agent did not start {argv[0]!r} within {START_TIMEOUT_S} s") from None
         except BaseException:
             self._queues.pop(request_id, None)
             raise
-        return GuestProcess(self, request_id, queue, int(header["pid"]), on_stdout, on_stderr)
+        return GuestProcess(self, request_id, queue, int(header["pid"]), on_stdout, on_stderr, host_deadline)
 
 
 class GuestProcess:
@@ -129,8 +177,10 @@ class GuestProcess:
         pid: int,
         on_stdout: OutputCallback | None,
         on_stderr: OutputCallback | None,
+        host_deadline: float | None = None,
     ) -> None:
         self._channel = channel
+        self._host_deadline = host_deadline
         self._id = request_id
         self._queue = queue
         self.pid = pid
@@ -157,7 +207,21 @@ class GuestProcess:
         await self._channel._send({"id": control_id, "op": op, "target": self._id, **fields}, payload)
 
     async def wait(self) -> ExecResult:
-        return await asyncio.shield(self._result)
+        """The command's result. With a timeout, the host gives up HOST_TIMEOUT_GRACE_S after the guest should
+        have killed it, so a stopped or starved agent cannot hold the caller forever."""
+        if self._host_deadline is None:
+            return await asyncio.shield(self._result)
+        try:
+            async with asyncio.timeout_at(_loop_time(self._host_deadline)):
+                return await asyncio.shield(self._result)
+        except TimeoutError:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(1.0):
+                    await self.signal(9)
+            raise Timeout(
+                f"the guest did not report the end of process {self.pid} within its timeout plus "
+                f"{HOST_TIMEOUT_GRACE_S} s: the guest agent is stopped or starved; destroy the pod"
+            ) from None
 
     async def _pump(self) -> ExecResult:
         """Deliver output to the callbacks as it arrives (not only when someone waits) and collect it."""
@@ -187,8 +251,16 @@ class GuestProcess:
             self._channel._queues.pop(self._id, None)
 
 
+def _loop_time(monotonic: float) -> float:
+    """A time.monotonic() moment on the running loop's clock."""
+    return asyncio.get_running_loop().time() + (monotonic - time.monotonic())
+
+
 def _error_from(header: Header) -> Exception:
     message = str(header.get("message", "guest error"))
-    if header.get("error") == "not_found":
+    kind = header.get("error")
+    if kind == "not_found":
         return NotFound(message)
+    if kind in ("invalid", "too_large"):  # the agent refused the request itself; the pod carries on
+        return InvalidSpec(str(header.get("field", "request")), message, str(header.get("fix", "check the request")))
     return GuestError(message)

@@ -27,6 +27,10 @@ class VolumeAttachment:
     name: str
     image: Path
     target: str
+    # The volume's flock, held by the controller. A backend passes it on to the process that keeps the volume
+    # open (the VMM, the runtime), so the volume stays held while that process lives, even if the controller
+    # dies. Never pass it into the guest: a guest could unlock it.
+    lock_fd: int | None = None
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,11 @@ class SqliteProvider:
             provider=self.kind,
             db_url=f"sqlite:///{db_path}",
             env={"PODBAY_DB_URL": f"sqlite:///{db_path}", "PODBAY_DB_PATH": db_path},
-            volumes=(VolumeAttachment(name=name, image=image, target=MOUNT_POINT),),
+            volumes=(
+                VolumeAttachment(
+                    name=name, image=image, target=MOUNT_POINT, lock_fd=self._volumes.lock_fd(name)
+                ),
+            ),
             volume_name=name,
             ephemeral=volume is None,
         )

@@ -74,6 +74,10 @@ class VolumeStore:
             raise Conflict(f"volume {name!r} is attached to another pod; destroy that pod first") from None
         self._locks[name] = fd
 
+    def lock_fd(self, name: str) -> int | None:
+        """The descriptor holding this process's lock on the volume (see VolumeAttachment.lock_fd)."""
+        return self._locks.get(name)
+
     def detach(self, name: str) -> None:
         fd = self._locks.pop(name, None)
         if fd is not None:
