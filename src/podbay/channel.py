@@ -37,7 +37,9 @@ def check_timeout(timeout: float | None, field: str = "timeout") -> float | None
     if timeout is None:
         return None
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not math.isfinite(timeout) or timeout <= 0:
-        raise InvalidSpec(field, f"{timeout!r} is not a number of seconds above zero", "pass e.g. 30, or None for no limit")
+        raise InvalidSpec(
+            field, f"{timeout!r} is not a number of seconds above zero", "use a number of seconds above zero, e.g. 30 (none at all: no limit)"
+        )
     return float(timeout)
 
 
@@ -99,7 +101,9 @@ class GuestChannel:
         except protocol.FrameError as exc:
             raise InvalidSpec(str(header.get("op", "request")), str(exc), "send less at once") from None
         except (TypeError, ValueError) as exc:  # NaN, infinities, objects JSON has no form for
-            raise InvalidSpec(str(header.get("op", "request")), f"cannot be encoded: {exc}", "pass JSON values") from None
+            raise InvalidSpec(
+                str(header.get("op", "request")), f"cannot be encoded: {exc}", "pass JSON values"
+            ) from None
         self._writer.write(frame)
         try:
             await self._writer.drain()

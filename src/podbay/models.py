@@ -15,6 +15,7 @@ NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 RESERVED_ENV_PREFIX = "PODBAY_"
 MAX_CONTEXT_BYTES = 256 << 10
+MAX_CONTEXT_DEPTH = 64  # nesting the guest's JSON parser handles with room to spare
 
 
 class PodState(enum.StrEnum):
@@ -67,12 +68,14 @@ class PodSpec(BaseModel):
     @field_validator("context")
     @classmethod
     def _context_is_json(cls, context: dict[str, Any]) -> dict[str, Any]:
-        try:
-            size = len(json.dumps(context))
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"must be JSON-serialisable ({exc})") from None
+        try:  # strict JSON, as the guest protocol sends it: no NaN or Infinity, no cycles, bounded depth
+            size = len(json.dumps(context, allow_nan=False))
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise ValueError(f"must be JSON-serialisable, without NaN or Infinity ({type(exc).__name__})") from None
         if size > MAX_CONTEXT_BYTES:
             raise ValueError(f"is {size} bytes of JSON; the limit is {MAX_CONTEXT_BYTES}")
+        if _depth(context) > MAX_CONTEXT_DEPTH:
+            raise ValueError(f"is nested more than {MAX_CONTEXT_DEPTH} levels deep")
         return context
 
     @classmethod
@@ -80,10 +83,24 @@ class PodSpec(BaseModel):
         """Build a spec, turning pydantic's report into InvalidSpec for the first bad field."""
         try:
             return cls(**fields)
+        except RecursionError:
+            raise InvalidSpec("context", "is nested too deeply", _fix_for("context")) from None
         except ValidationError as exc:
             error = exc.errors()[0]
             field = ".".join(str(part) for part in error["loc"]) or "spec"
             raise InvalidSpec(field, error["msg"], _fix_for(field)) from None
+
+
+def _depth(value: Any) -> int:
+    """How deeply lists and dicts nest (iterative: a hostile value must not exhaust the stack)."""
+    deepest, pending = 0, [(value, 1)]
+    while pending:
+        item, level = pending.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, level)
+            if level <= MAX_CONTEXT_DEPTH:
+                pending.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 _FIXES = {

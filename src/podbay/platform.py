@@ -6,18 +6,25 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import os
 import secrets
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Awaitable, Mapping, Sequence
 from pathlib import Path
+from types import FrameType, TracebackType
 from typing import Any, TypeVar
 
 from podbay.channel import GuestChannel, GuestProcess, OutputCallback
-from podbay.errors import BackendUnavailable, InvalidSpec, NotFound, PodbayError
+from podbay.errors import BackendUnavailable, Conflict, GuestError, InvalidSpec, NotFound, PodbayError
+from podbay.guest.protocol import MAX_PAYLOAD
 from podbay.isolation.base import Availability, Backend, Sandbox, SandboxConfig
+from podbay.isolation.oci import mounts_under
 from podbay.isolation.registry import default_backends
 from podbay.isolation.supervise import kill_processes_mentioning, process_identity
 from podbay.models import ExecResult, FileEntry, Phase, PodInfo, PodSpec, PodState
@@ -27,6 +34,8 @@ from podbay.state.sqlite import SqliteProvider
 from podbay.state.volumes import VolumeStore
 
 T = TypeVar("T")
+log = logging.getLogger("podbay")
+REAP_INTERVAL_S = 30.0  # a long-lived platform looks for orphans this often
 
 
 class Trace:
@@ -52,6 +61,10 @@ class AsyncFiles:
 
     async def write(self, path: str, data: bytes | str, mode: int = 0o644) -> int:
         payload = data.encode() if isinstance(data, str) else data
+        if len(payload) > MAX_PAYLOAD:
+            raise InvalidSpec(
+                "data", f"is {len(payload)} bytes; one write carries at most {MAX_PAYLOAD}", "write it in parts"
+            )
         header, _ = await self._pod.running_channel().request("file_write", payload, path=path, mode=mode)
         return int(header["size"])
 
@@ -60,8 +73,15 @@ class AsyncFiles:
         return payload
 
     async def list(self, path: str) -> list[FileEntry]:
-        header, _ = await self._pod.running_channel().request("file_list", path=path)
-        return [FileEntry(**entry) for entry in header["entries"]]
+        """Every entry of a directory, sorted by name (the agent answers in pages; this reads them all)."""
+        entries: list[FileEntry] = []
+        offset: int | None = 0
+        while offset is not None:
+            header, _ = await self._pod.running_channel().request("file_list", path=path, offset=offset)
+            entries += (FileEntry(**entry) for entry in header["entries"])
+            next_offset = header.get("next_offset")
+            offset = int(next_offset) if next_offset is not None and int(next_offset) > offset else None
+        return entries
 
     async def stat(self, path: str) -> FileEntry:
         header, _ = await self._pod.running_channel().request("file_stat", path=path)
@@ -104,7 +124,7 @@ class AsyncPod:
     def running_channel(self) -> GuestChannel:
         """The channel to the agent, if the pod can answer (a paused pod cannot: resume it first)."""
         if self._state is not PodState.RUNNING:
-            raise PodbayError(f"pod {self.id} is {self._state.value}; resume it or create a new one")
+            raise Conflict(f"pod {self.id} is {self._state.value}; resume it or create a new one")
         return self.sandbox.channel
 
     async def start_process(
@@ -155,15 +175,23 @@ class AsyncPod:
 
     async def resume(self) -> None:
         if self._state is not PodState.PAUSED:
-            raise PodbayError(f"pod {self.id} is {self._state.value}, not paused")
+            raise Conflict(f"pod {self.id} is {self._state.value}, not paused")
         await self.sandbox.resume()
         self._state = PodState.RUNNING
 
     async def destroy(self) -> None:
+        """Stop the sandbox and release the pod's database. If anything of the sandbox may still run, this
+        raises, the pod is FAILED and keeps its volume; calling destroy() again retries."""
         if self._state is PodState.DESTROYED:
             return
+        try:
+            await self._trace.timed(
+                "destroy", self._platform.teardown(self.id, self.sandbox, self._lease, self._run_dir)
+            )
+        except BaseException:
+            self._state = PodState.FAILED
+            raise
         self._state = PodState.DESTROYED
-        await self._trace.timed("destroy", self._platform.teardown(self.id, self.sandbox, self._lease, self._run_dir))
 
 
 class AsyncPlatform:
@@ -174,7 +202,16 @@ class AsyncPlatform:
         self._state: StateProvider = SqliteProvider(self.volumes)
         self._pods: dict[str, AsyncPod] = {}
         self._clock_offset = time.time() - time.monotonic()
-        self._reaped = False
+        self._reaper: asyncio.Task[None] | None = None
+        exit_on_termination_signals()
+
+    async def __aenter__(self) -> AsyncPlatform:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        await self.close()
 
     def wall_clock(self, monotonic: float) -> float:
         return monotonic + self._clock_offset
@@ -190,8 +227,9 @@ class AsyncPlatform:
         backend = self._backend(spec.backend)
         if spec.volume is not None and not spec.memory_db:
             raise InvalidSpec("volume", "a volume holds the pod's database", "also pass memory_db=True")
-        if not self._reaped:
+        if self._reaper is None:
             await self.reap_orphans()
+            self._reaper = asyncio.create_task(self._reap_periodically())
         pod_id = "pod-" + secrets.token_hex(6)
         run_dir = self.paths.pods / pod_id
         run_dir.mkdir(parents=True, mode=0o700)
@@ -227,8 +265,11 @@ class AsyncPlatform:
                     "init", env=env, context=spec.context, mounts=sandbox.guest_mounts, clock=time.time()
                 ),
             )
-        except BaseException:
-            await self.teardown(pod_id, sandbox, lease, run_dir)
+        except BaseException as exc:
+            try:
+                await self.teardown(pod_id, sandbox, lease, run_dir)
+            except PodbayError as cleanup:
+                exc.add_note(f"and cleaning up after it failed too: {cleanup}")
             raise
         pod = AsyncPod(self, pod_id, spec, sandbox, lease, trace, run_dir)
         self._pods[pod_id] = pod
@@ -257,15 +298,17 @@ class AsyncPlatform:
         return await self._state.provision(pod_id, spec.volume, spec.volume_mib)
 
     async def teardown(self, pod_id: str, sandbox: Sandbox | None, lease: StateLease | None, run_dir: Path) -> None:
-        """Undo whatever part of a pod exists; every failure path and destroy() end here."""
+        """Undo whatever part of a pod exists; every failure path and destroy() end here.
+
+        Fails closed: if the sandbox cannot be shown to be gone, its volume stays held (no other pod may have
+        it while something of this one may still write it) and its run directory stays for the reaper.
+        """
         self._pods.pop(pod_id, None)
-        try:
-            if sandbox is not None:
-                await sandbox.destroy()
-        finally:
-            if lease is not None:
-                await self._state.release(lease)
-            shutil.rmtree(run_dir, ignore_errors=True)
+        if sandbox is not None:
+            await sandbox.destroy()  # raises if anything of the sandbox may still run
+        if lease is not None:
+            await self._state.release(lease)
+        remove_run_dir(run_dir)
 
     def _backend(self, name: str) -> Backend:
         backend = self.backends.get(name)
@@ -281,10 +324,10 @@ class AsyncPlatform:
     async def reap_orphans(self) -> list[str]:
         """Clean up pods whose controlling process died without destroying them (SIGKILL, power loss).
 
-        Runs before this platform's first create. A pod belongs to the process named in its run directory's
-        owner file (pid and start time, so a reused pid does not count); a live owner's pods are left alone.
+        Runs before this platform's first create, then every REAP_INTERVAL_S. A pod belongs to the process
+        named in its run directory's owner file (pid and start time, so a reused pid does not count); a live
+        owner's pods are left alone. Anonymous database volumes of pods that are gone are deleted too.
         """
-        self._reaped = True
         reaped = []
         for run_dir in sorted(self.paths.pods.glob("pod-*")) if self.paths.pods.exists() else []:
             owner = _read_owner(run_dir)
@@ -293,13 +336,27 @@ class AsyncPlatform:
             if owner is None and time.time() - run_dir.stat().st_mtime < UNOWNED_GRACE_S:
                 continue  # another process may be between mkdir and writing the owner file
             backend = self.backends.get(str(owner["backend"])) if owner else None
-            if backend is not None:
-                await backend.reap(run_dir)
-            else:
-                kill_processes_mentioning(run_dir)
-            shutil.rmtree(run_dir, ignore_errors=True)
+            try:
+                if backend is not None:
+                    await backend.reap(run_dir)
+                else:
+                    kill_processes_mentioning(run_dir)
+                remove_run_dir(run_dir)
+            except PodbayError as exc:  # something survived: leave it for the next round, and say so
+                log.warning("could not reap %s: %s", run_dir.name, exc)
+                continue
             reaped.append(run_dir.name)
+        live = {path.name for path in self.paths.pods.glob("pod-*")} if self.paths.pods.exists() else set()
+        self.volumes.reap_anonymous(live)
         return reaped
+
+    async def _reap_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(REAP_INTERVAL_S)
+            try:
+                await self.reap_orphans()
+            except Exception:  # the reaper must outlive one bad round
+                log.exception("reaping orphaned pods failed")
 
     def get(self, pod_id: str) -> AsyncPod:
         try:
@@ -312,6 +369,10 @@ class AsyncPlatform:
 
     async def close(self) -> None:
         """Destroy every pod this platform still holds."""
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
         await asyncio.gather(*(pod.destroy() for pod in list(self._pods.values())), return_exceptions=True)
 
 
@@ -322,6 +383,31 @@ def _check_argv(argv: Sequence[str]) -> None:
             "must be a non-empty list of strings",
             'pass e.g. ["python3", "-c", "print(1)"], or ["sh", "-c", "..."] for a shell line',
         )
+
+
+def exit_on_termination_signals() -> None:
+    """Make SIGTERM and SIGHUP (systemctl stop, timeout(1), a closed terminal) end the process through
+    SystemExit, so `with`/`async with` blocks and atexit destroy the pods instead of leaving VMs running.
+    Only from the main thread, and only where the application kept the default (fatal) disposition."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(signum) is signal.SIG_DFL:
+            signal.signal(signum, _raise_system_exit)
+
+
+def _raise_system_exit(signum: int, _: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
+def remove_run_dir(run_dir: Path) -> None:
+    """Remove a pod's run directory, never across a mount point: a volume still mounted under it would lose
+    its data to a recursive delete. Such a directory is left for the reaper, and the caller told."""
+    if not run_dir.exists():
+        return
+    if mounts_under(run_dir):
+        raise GuestError(f"{run_dir} still has mounts under it; left in place (the reaper retries)")
+    shutil.rmtree(run_dir)
 
 
 OWNER_FILE = "owner.json"

@@ -13,10 +13,11 @@ from podbay.channel import GuestProcess, OutputCallback
 from podbay.isolation.base import Availability, Backend
 from podbay.models import ExecResult, FileEntry, PodInfo, PodSpec
 from podbay.paths import PodbayPaths
-from podbay.platform import AsyncPlatform, AsyncPod
+from podbay.platform import AsyncPlatform, AsyncPod, exit_on_termination_signals
 from podbay.state.volumes import VolumeStore
 
 T = TypeVar("T")
+CANCEL_WAIT_S = 60.0
 
 
 class _Loop:
@@ -28,7 +29,24 @@ class _Loop:
         self._thread.start()
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
+        """Run `coroutine` on the loop. If the caller is interrupted (Ctrl-C, SIGTERM), the coroutine is
+        cancelled and given time to undo what it started (a half-made pod) before the interruption goes on."""
+        finished = threading.Event()
+
+        async def tracked() -> T:
+            try:
+                return await coroutine
+            finally:
+                finished.set()
+
+        future = asyncio.run_coroutine_threadsafe(tracked(), self.loop)
+        try:
+            return future.result()
+        except BaseException:
+            if not future.done():
+                future.cancel()
+                finished.wait(CANCEL_WAIT_S)
+            raise
 
     def stop(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
@@ -141,8 +159,10 @@ class Platform:
         self._loop = _Loop()
         self._platform = self._loop.run(_construct(paths, backends))
         self._closed = False
-        # VMMs run in their own sessions, so they would outlive a script that forgot close(): not at exit.
+        # VMMs run in their own sessions, so they would outlive a script that forgot close(), or one stopped
+        # by SIGTERM/SIGHUP: not at exit.
         atexit.register(self.close)
+        exit_on_termination_signals()
 
     @property
     def paths(self) -> PodbayPaths:

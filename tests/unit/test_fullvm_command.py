@@ -23,7 +23,7 @@ def command(tmp_path: Path, run_as: str | None = "nobody") -> list[str]:
         layer=tmp_path / "layer.ext4",
         volumes=(VolumeAttachment("db", tmp_path / "db.ext4", "/data"),),
     )
-    return FullVmBackend(paths, images, kernel).command(config, "tcg", run_as)
+    return FullVmBackend(paths, images, kernel).command(config, "tcg", run_as, "console.log")
 
 
 def option(argv: list[str], name: str) -> list[str]:

@@ -8,6 +8,7 @@ from typing import BinaryIO
 
 import typer
 
+from podbay.channel import check_timeout
 from podbay.cli.common import errors, reported_errors
 from podbay.sync import Platform
 
@@ -23,6 +24,8 @@ def run(
 ) -> None:
     """Run CMD in a fresh pod; stdout/stderr stream through, and podbay exits with the command's status."""
     environment = _parse_env(env)
+    with reported_errors():
+        check_timeout(timeout, "--timeout")  # before a pod is made for nothing
     stdin = sys.stdin.buffer.read() if interactive else None
     with reported_errors(), Platform() as platform:
         pod = platform.create_agent(

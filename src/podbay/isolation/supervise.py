@@ -19,6 +19,7 @@ from podbay.isolation.base import SandboxConfig
 
 T = TypeVar("T")
 LOG_TAIL = 2000  # bytes of a log quoted in an error
+LOG_LIMIT = 1 << 20  # bytes per log file a sandbox can make the host keep; with one rotation, twice that
 
 
 class ProcessExited(Exception):
@@ -94,6 +95,55 @@ async def shut_down_agent(
         if resume is not None:
             await resume()
         await channel.request("shutdown", timeout=timeout)
+
+
+class BoundedLog:
+    """A pipe a sandbox process writes its log to (a guest-driven console, a runtime's stderr), drained into a
+    file that never grows past `limit`: when full it is rotated to `<name>.1` (the older half is dropped), so
+    the host keeps at most twice the limit and the latest lines are always in the file. Draining never stops,
+    so the writer is never blocked by the host."""
+
+    def __init__(self, path: Path, limit: int | None = None) -> None:
+        self.path = path
+        self._limit = limit or LOG_LIMIT
+        self._read_fd, self.write_fd = os.pipe2(os.O_CLOEXEC)
+        os.set_blocking(self._read_fd, False)
+        self._file = open(path, "wb", buffering=0)  # noqa: SIM115  # closed by close(), at EOF or by the owner
+        self._written = 0
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self._read_fd, self._drain)
+
+    def child_started(self) -> None:
+        """Close this process's copy of the write end (the child has its own), so EOF means the child is gone."""
+        if self.write_fd >= 0:
+            os.close(self.write_fd)
+            self.write_fd = -1
+
+    def _drain(self) -> None:
+        try:
+            data = os.read(self._read_fd, 1 << 16)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.close()
+            return
+        if self._written + len(data) > self._limit:
+            self._file.close()
+            os.replace(self.path, self.path.with_name(self.path.name + ".1"))
+            self._file = open(self.path, "wb", buffering=0)  # noqa: SIM115
+            self._written = 0
+        self._file.write(data[-self._limit :])
+        self._written += min(len(data), self._limit)
+
+    def close(self) -> None:
+        if self._read_fd >= 0:
+            self._loop.remove_reader(self._read_fd)
+            os.close(self._read_fd)
+            self._read_fd = -1
+            self._file.close()
+        self.child_started()
 
 
 def tail(path: Path) -> str:

@@ -18,12 +18,13 @@ from typing import Any, TypeVar
 from qemu.qmp import ConnectError, QMPClient, QMPError
 
 from podbay.channel import GuestChannel
-from podbay.errors import BackendUnavailable, GuestError, Timeout
+from podbay.errors import BackendUnavailable, Conflict, GuestError, Timeout
 from podbay.images import ImageSet, find_images
 from podbay.isolation.base import Availability, SandboxConfig
 from podbay.isolation.host import hardware_kvm, host_tsc_khz
 from podbay.isolation.qemu.command import QEMU_BINARY, RunFiles, build_command
 from podbay.isolation.supervise import (
+    BoundedLog,
     ProcessExited,
     kill_processes_mentioning,
     kill_session,
@@ -82,10 +83,12 @@ class QemuBackend:
             self._images = find_images(self._paths)
         return self._images
 
-    def command(self, config: SandboxConfig, accelerator: str, run_as: str | None) -> list[str]:
+    def command(self, config: SandboxConfig, accelerator: str, run_as: str | None, console: str) -> list[str]:
         images = self.images()
         tsc_khz = host_tsc_khz() if accelerator == "tcg" else None
-        return build_command(config, images.kernel, images.rootfs_image, accelerator, run_as, tsc_khz=tsc_khz)
+        return build_command(
+            config, images.kernel, images.rootfs_image, accelerator, run_as, tsc_khz=tsc_khz, console=console
+        )
 
     async def reap(self, run_dir: Path) -> None:
         kill_processes_mentioning(run_dir)  # the VMM is the only process; its files go with the run dir
@@ -102,17 +105,29 @@ class QemuBackend:
         run_as = _unprivileged_user()
         if run_as is not None:
             files.jail.mkdir(mode=0o755, exist_ok=True)  # an empty root for QEMU's -chroot
-        command = self.command(config, accelerator, run_as)
-        with open(files.stderr_log, "wb") as stderr:
+        # Both logs are pipes drained into size-capped files: the guest drives the console (and can make QEMU
+        # complain on stderr), so neither may grow without bound on the host's disk.
+        logs = (BoundedLog(files.console_log), BoundedLog(files.stderr_log))
+        console, stderr = logs
+        command = self.command(config, accelerator, run_as, console=f"/proc/self/fd/{console.write_fd}")
+        try:
             process = await asyncio.create_subprocess_exec(
                 *command,
                 stdin=asyncio.subprocess.DEVNULL,
-                stdout=stderr,
-                stderr=stderr,
+                stdout=stderr.write_fd,
+                stderr=stderr.write_fd,
+                # The volumes' locks go with QEMU: held while it runs, even if this process dies first.
+                pass_fds=[console.write_fd, *(v.lock_fd for v in config.volumes if v.lock_fd is not None)],
                 start_new_session=True,
             )
+        except BaseException:
+            for log in logs:
+                log.close()
+            raise
+        for log in logs:
+            log.child_started()
         info = self.describe().model_copy(update={"pid": process.pid, "console_log": str(files.console_log)})
-        sandbox = QemuSandbox(info, files, process, config)
+        sandbox = QemuSandbox(info, files, process, config, logs)
         try:
             await sandbox.connect(config.boot_timeout_s)
         except BaseException:
@@ -123,11 +138,17 @@ class QemuBackend:
 
 class QemuSandbox:
     def __init__(
-        self, info: SandboxInfo, files: RunFiles, process: asyncio.subprocess.Process, config: SandboxConfig
+        self,
+        info: SandboxInfo,
+        files: RunFiles,
+        process: asyncio.subprocess.Process,
+        config: SandboxConfig,
+        logs: tuple[BoundedLog, ...] = (),
     ) -> None:
         self.info = info
         self._files = files
         self._process = process
+        self._logs = logs
         self._qmp = QMPClient(f"podbay-{config.pod_id}")
         self._channel: GuestChannel | None = None
         self._destroyed = False
@@ -145,6 +166,12 @@ class QemuSandbox:
         try:
             await unless_exited(self._process, self._handshake(), timeout)
         except ProcessExited as exited:
+            stderr = tail(self._files.stderr_log)
+            if "Failed to get" in stderr and "lock" in stderr:  # another QEMU holds one of the disk images
+                raise Conflict(
+                    f"a disk of this pod is in use by another VM (QEMU: {stderr.splitlines()[-1]}); "
+                    "destroy the pod that holds its volume first"
+                ) from None
             raise GuestError(
                 f"QEMU exited with status {exited.status} before the guest agent answered.\n{self.diagnostics()}"
             ) from None
@@ -155,11 +182,18 @@ class QemuSandbox:
 
     async def _handshake(self) -> None:
         reader, writer = await _when_listening(self._files.agent_socket, asyncio.open_unix_connection)
-        self._channel = GuestChannel(reader, writer)
+        self._channel = GuestChannel(reader, writer, explain_close=self._explain_close)
         # QMP comes up while the guest boots; the health request waits in the socket until the agent reads.
         await asyncio.gather(
             _when_listening(self._files.qmp_socket, self._qmp.connect), self._channel.request("health", timeout=None)
         )
+
+    async def _explain_close(self) -> str:
+        """Why the agent's channel closed: QEMU's exit (the guest powered off, panicked or was killed)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._process.wait()), 1.0)
+        state = "is still running" if self._process.returncode is None else f"exited ({self._process.returncode})"
+        return f"QEMU {state}.\n{self.diagnostics()}"
 
     def diagnostics(self) -> str:
         return (
@@ -186,7 +220,8 @@ class QemuSandbox:
             await self._channel.close()
         with contextlib.suppress(Exception):
             await self._qmp.disconnect()
-        shutil.rmtree(self._files.run_dir, ignore_errors=True)
+        for log in self._logs:
+            log.close()
 
 
 def _unprivileged_user() -> str | None:

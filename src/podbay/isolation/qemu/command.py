@@ -67,7 +67,10 @@ def build_command(
     machine: Machine = MICROVM,
     initrd: Path | None = None,
     tsc_khz: int | None = None,
+    console: str | None = None,
 ) -> list[str]:
+    """QEMU's command line. `console`: where the serial console goes (a file path, or /proc/self/fd/N of a
+    pipe QEMU inherits); the run dir's console.log by default. `run_as`: a user name or "uid:gid"."""
     files = RunFiles(config.run_dir)
     bus = machine.virtio_bus
     cmdline = KERNEL_CMDLINE
@@ -111,7 +114,7 @@ def build_command(
         "-device",
         f"virtio-rng-{bus}",
         "-chardev",
-        f"file,id=console,path={files.console_log}",
+        f"file,id=console,path={console or files.console_log}",
         "-serial",
         "chardev:console",
         "-qmp",

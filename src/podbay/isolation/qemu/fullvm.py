@@ -36,10 +36,18 @@ class FullVmBackend(QemuBackend):
             self._kernel = find_cloud_kernel(self._paths.images)
         return self._kernel
 
-    def command(self, config: SandboxConfig, accelerator: str, run_as: str | None) -> list[str]:
+    def command(self, config: SandboxConfig, accelerator: str, run_as: str | None, console: str) -> list[str]:
         kernel = self.cloud_kernel()
         rootfs = self.images().rootfs_image
         tsc_khz = host_tsc_khz() if accelerator == "tcg" else None
         return build_command(
-            config, kernel.vmlinuz, rootfs, accelerator, run_as, machine=Q35, initrd=kernel.initrd, tsc_khz=tsc_khz
+            config,
+            kernel.vmlinuz,
+            rootfs,
+            accelerator,
+            run_as,
+            machine=Q35,
+            initrd=kernel.initrd,
+            tsc_khz=tsc_khz,
+            console=console,
         )
