@@ -227,6 +227,8 @@ class AsyncPlatform:
         backend = self._backend(spec.backend)
         if spec.volume is not None and not spec.memory_db:
             raise InvalidSpec("volume", "a volume holds the pod's database", "also pass memory_db=True")
+        if spec.volume is not None:
+            VolumeStore.check_user_name(spec.volume)
         if self._reaper is None:
             await self.reap_orphans()
             self._reaper = asyncio.create_task(self._reap_periodically())

@@ -13,32 +13,16 @@ from pathlib import Path
 import pytest
 
 from podbay import Platform
-from podbay.isolation.oci import mounts_under
+from podbay.bench.leaks import host_leaks, processes_mentioning  # noqa: F401  (test_containers imports it)
 from podbay.paths import PodbayPaths
 
 ALL_BACKENDS = ("qemu", "qemu-q35", "firecracker", "gvisor", "runc")
 
 
-def processes_mentioning(root: Path) -> list[str]:
-    """Processes whose command line mentions `root` (our pods' run directories): VMMs, runtimes, gofers."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if str(root) in cmdline:
-            found.append(f"{entry.name}: {cmdline}")
-    return found
-
-
 def assert_nothing_left(paths: PodbayPaths) -> None:
-    assert processes_mentioning(paths.state) == [], "a sandbox process outlived its pod"
-    assert mounts_under(paths.state) == [], "a root overlay or volume is still mounted on the host"
-    leftovers = list(paths.pods.iterdir()) if paths.pods.exists() else []
-    assert leftovers == [], f"pod run directories left behind: {leftovers}"
+    """No process, mount, loop device, run directory or anonymous volume of any pod under `paths.state`."""
+    leaks = {kind: found for kind, found in host_leaks(paths, pod_ids=set()).items() if found}
+    assert leaks == {}, f"pods left things behind: {leaks}"
 
 
 def skip_unless_available(platform: Platform, backend: str) -> None:

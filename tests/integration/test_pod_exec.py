@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from podbay import GuestError, NotFound, Platform, Pod, PodbayError
+from podbay import InvalidSpec, NotFound, Platform, Pod, PodbayError
 from podbay.images import find_images
 from podbay.isolation.registry import default_backends
 from podbay.paths import PodbayPaths
@@ -125,7 +125,7 @@ def test_files_write_read_list_stat(pod: Pod) -> None:
 def test_file_errors(pod: Pod) -> None:
     with pytest.raises(NotFound):
         pod.files.read("/no/such/file")
-    with pytest.raises(GuestError, match="absolute"):
+    with pytest.raises(InvalidSpec, match="absolute"):
         pod.files.write("relative.txt", b"x")
 
 

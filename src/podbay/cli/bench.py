@@ -1,7 +1,9 @@
-"""`podbay bench create | isolation`: measured figures as JSON plus a one-line summary."""
+"""`podbay bench create | isolation | soak`: `--json` prints one JSON document on stdout; the human summary
+goes to stderr."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -10,7 +12,9 @@ from rich.table import Table
 
 from podbay.bench import create as create_bench
 from podbay.bench import isolation as isolation_bench
-from podbay.cli.common import console, reported_errors
+from podbay.bench import soak as soak_bench
+from podbay.cli.common import errors, reported_errors
+from podbay.paths import PodbayPaths
 from podbay.sync import Platform
 
 app = typer.Typer(no_args_is_help=True, help="Benchmarks (JSON plus a one-line summary).")
@@ -27,7 +31,7 @@ def create(
         result = create_bench.bench_create(platform, n, backend)
     if as_json:
         print(json.dumps(result, indent=2))
-    console.print(create_bench.summary(result), highlight=False)
+    errors.print(create_bench.summary(result), highlight=False)
 
 
 @app.command("isolation")
@@ -40,8 +44,23 @@ def isolation(
         result = isolation_bench.bench_isolation(platform, n)
     if as_json:
         print(json.dumps(result, indent=2))
-    console.print(_table(result["rows"]))
-    console.print(isolation_bench.summary(result), highlight=False)
+    errors.print(_table(result["rows"]))
+    errors.print(isolation_bench.summary(result), highlight=False)
+
+
+@app.command("soak")
+def soak(
+    backend: str = typer.Option("runc", "--backend"),
+    cycles: int = typer.Option(1000, "--cycles", min=1, help="pods to create, exec in and destroy"),
+    concurrency: int = typer.Option(20, "--concurrency", min=1, help="pods alive at once"),
+    as_json: bool = typer.Option(False, "--json", help="print the JSON result"),
+) -> None:
+    """Create/exec/destroy cycles, many at once, on a private state root; then count every leak."""
+    with reported_errors():
+        result = asyncio.run(soak_bench.soak(backend, cycles, concurrency, PodbayPaths.from_env().cache))
+    if as_json:
+        print(json.dumps(result, indent=2))
+    errors.print(soak_bench.summary(result), highlight=False)
 
 
 def _table(rows: list[dict[str, Any]]) -> Table:

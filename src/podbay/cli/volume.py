@@ -39,10 +39,19 @@ def export(
     output: Path | None = typer.Option(None, "--output", "-o", help=f"where to write (default ./NAME-{DB_FILE})"),
     file: str = typer.Option(DB_FILE, "--file", help="which file of the volume to export"),
 ) -> None:
-    """Copy the volume's database (or another file) out to the host; the volume must not be attached."""
+    """Copy the volume's database (or another file) out to the host; the volume must not be attached.
+
+    The volume's filesystem is the guest's: podbay reads a private copy (its journal replayed, the volume left
+    untouched), refuses a file bigger than the volume, and checks the database (its write-ahead log
+    checkpointed in, PRAGMA integrity_check) before anything is written at the destination.
+    """
     with reported_errors():
-        path = _store().export(name, output or Path(f"{name}-{file}"), file)
-    console.print(f"exported {file} of volume {name} to {path}")
+        path = _store().export(name, output or Path(f"{name}-{file.strip('/').replace('/', '_')}"), file)
+        size = path.stat().st_size
+    checked = ", checked by SQLite" if file.strip("/") == DB_FILE else ""
+    console.print(
+        f"exported {file} of volume {name} to {path} ({size} bytes{checked})", highlight=False, soft_wrap=True
+    )
 
 
 @app.command("delete")

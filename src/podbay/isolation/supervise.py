@@ -8,17 +8,19 @@ import asyncio
 import contextlib
 import os
 import signal
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from podbay.channel import GuestChannel
-from podbay.errors import Timeout
+from podbay.errors import GuestError, Timeout
 from podbay.images.ext4 import make_ext4
 from podbay.isolation.base import SandboxConfig
 
 T = TypeVar("T")
 LOG_TAIL = 2000  # bytes of a log quoted in an error
+KILL_TIMEOUT_S = 10.0
 LOG_LIMIT = 1 << 20  # bytes per log file a sandbox can make the host keep; with one rotation, twice that
 
 
@@ -64,17 +66,31 @@ async def kill_session(process: asyncio.subprocess.Process) -> None:
     await process.wait()
 
 
-def kill_processes_mentioning(path: Path) -> None:
-    """SIGKILL every process whose command line names `path` (a pod's run directory): VMMs, runtimes, agents."""
+def kill_processes_mentioning(path: Path, timeout: float = KILL_TIMEOUT_S) -> None:
+    """SIGKILL every process whose command line names `path` (a pod's run directory): VMMs, runtimes, agents;
+    return once none is left, or raise GuestError naming the survivors (whatever they hold stays held)."""
+    deadline = time.monotonic() + timeout
+    while survivors := _processes_mentioning(path):
+        if time.monotonic() > deadline:
+            raise GuestError(f"processes of {path} survived SIGKILL for {timeout} s: {survivors}")
+        for pid in survivors:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.01)
+
+
+def _processes_mentioning(path: Path) -> list[int]:
     needle = str(path).encode()
+    found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
-            if needle in (entry / "cmdline").read_bytes():
-                os.kill(int(entry.name), signal.SIGKILL)
-        except (OSError, ValueError):
-            continue  # gone meanwhile, or not ours to kill
+            if needle in (entry / "cmdline").read_bytes():  # a zombie's is empty: it holds nothing any more
+                found.append(int(entry.name))
+        except OSError:
+            continue  # gone meanwhile
+    return found
 
 
 def process_identity(pid: int) -> str | None:

@@ -6,7 +6,7 @@ import asyncio
 
 from podbay.isolation.base import VolumeAttachment
 from podbay.state.base import StateLease
-from podbay.state.volumes import DB_FILE, MOUNT_POINT, VolumeStore
+from podbay.state.volumes import DB_FILE, MOUNT_POINT, VolumeStore, anonymous_name
 
 
 class SqliteProvider:
@@ -16,7 +16,11 @@ class SqliteProvider:
         self._volumes = volumes
 
     async def provision(self, pod_id: str, volume: str | None, size_mib: int) -> StateLease:
-        name = volume or f"{pod_id}-db"  # no name asked: a volume that lives and dies with the pod
+        if volume is not None:
+            VolumeStore.check_user_name(volume)  # InvalidSpec for a name reserved for another pod's own volume
+        # No name asked: a volume that lives and dies with the pod (VolumeStore.reap_anonymous deletes it if the
+        # controller dies first). Its database is in WAL mode (see podbay.state.volumes).
+        name = volume or anonymous_name(pod_id)
         self._volumes.attach(name)
         try:
             image, _ = await asyncio.to_thread(self._volumes.ensure, name, size_mib)
@@ -29,9 +33,7 @@ class SqliteProvider:
             db_url=f"sqlite:///{db_path}",
             env={"PODBAY_DB_URL": f"sqlite:///{db_path}", "PODBAY_DB_PATH": db_path},
             volumes=(
-                VolumeAttachment(
-                    name=name, image=image, target=MOUNT_POINT, lock_fd=self._volumes.lock_fd(name)
-                ),
+                VolumeAttachment(name=name, image=image, target=MOUNT_POINT, lock_fd=self._volumes.lock_fd(name)),
             ),
             volume_name=name,
             ephemeral=volume is None,

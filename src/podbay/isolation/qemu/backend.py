@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import pwd
 import shutil
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -34,6 +33,7 @@ from podbay.isolation.supervise import (
     unless_exited,
     volume_mounts,
 )
+from podbay.isolation.uids import UidLease, allocate_uid
 from podbay.models import SandboxInfo
 from podbay.paths import PodbayPaths
 
@@ -42,7 +42,6 @@ TCG_NOTE = (
     "functionally, but QEMU does not treat TCG as a security boundary."
 )
 KVM_NOTE = "QEMU with KVM hardware virtualization: a hardware-enforced security boundary."
-UNPRIVILEGED_USER = "nobody"
 T = TypeVar("T")
 
 
@@ -102,32 +101,39 @@ class QemuBackend:
             raise BackendUnavailable(f"{self.name}: {available.reason}")
         accelerator = self.accelerator()
         files = RunFiles(config.run_dir)
-        run_as = _unprivileged_user()
-        if run_as is not None:
-            files.jail.mkdir(mode=0o755, exist_ok=True)  # an empty root for QEMU's -chroot
-        # Both logs are pipes drained into size-capped files: the guest drives the console (and can make QEMU
-        # complain on stderr), so neither may grow without bound on the host's disk.
-        logs = (BoundedLog(files.console_log), BoundedLog(files.stderr_log))
-        console, stderr = logs
-        command = self.command(config, accelerator, run_as, console=f"/proc/self/fd/{console.write_fd}")
+        # As root, QEMU drops to a uid of its own (no other process runs as it, so a VMM escape reaches no
+        # other pod's VMM); as another user it already runs unprivileged.
+        uid = allocate_uid() if os.geteuid() == 0 else None
+        logs: tuple[BoundedLog, ...] = ()
         try:
+            run_as = None
+            if uid is not None:
+                run_as = f"{uid.uid}:{uid.gid}"
+                files.jail.mkdir(mode=0o755, exist_ok=True)  # an empty root for QEMU's -chroot
+            # Both logs are pipes drained into size-capped files: the guest drives the console (and can make
+            # QEMU complain on stderr), so neither may grow without bound on the host's disk.
+            logs = (BoundedLog(files.console_log), BoundedLog(files.stderr_log))
+            console, stderr = logs
+            command = self.command(config, accelerator, run_as, console=f"/proc/self/fd/{console.write_fd}")
             process = await asyncio.create_subprocess_exec(
                 *command,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=stderr.write_fd,
                 stderr=stderr.write_fd,
-                # The volumes' locks go with QEMU: held while it runs, even if this process dies first.
-                pass_fds=[console.write_fd, *(v.lock_fd for v in config.volumes if v.lock_fd is not None)],
+                # The volumes' locks and the uid's go with QEMU: held while it runs, even if this process dies.
+                pass_fds=[console.write_fd, *_held_locks(config, uid)],
                 start_new_session=True,
             )
         except BaseException:
             for log in logs:
                 log.close()
+            if uid is not None:
+                uid.release()
             raise
         for log in logs:
             log.child_started()
         info = self.describe().model_copy(update={"pid": process.pid, "console_log": str(files.console_log)})
-        sandbox = QemuSandbox(info, files, process, config, logs)
+        sandbox = QemuSandbox(info, files, process, config, logs, uid)
         try:
             await sandbox.connect(config.boot_timeout_s)
         except BaseException:
@@ -144,11 +150,13 @@ class QemuSandbox:
         process: asyncio.subprocess.Process,
         config: SandboxConfig,
         logs: tuple[BoundedLog, ...] = (),
+        uid: UidLease | None = None,
     ) -> None:
         self.info = info
         self._files = files
         self._process = process
         self._logs = logs
+        self._uid = uid
         self._qmp = QMPClient(f"podbay-{config.pod_id}")
         self._channel: GuestChannel | None = None
         self._destroyed = False
@@ -222,17 +230,14 @@ class QemuSandbox:
             await self._qmp.disconnect()
         for log in self._logs:
             log.close()
+        if self._uid is not None:
+            self._uid.release()  # QEMU is gone: nothing runs as the uid any more
 
 
-def _unprivileged_user() -> str | None:
-    """Drop QEMU to `nobody` when we are root; as another user QEMU already runs unprivileged."""
-    if os.geteuid() != 0:
-        return None
-    try:
-        pwd.getpwnam(UNPRIVILEGED_USER)
-    except KeyError:
-        return None
-    return UNPRIVILEGED_USER
+def _held_locks(config: SandboxConfig, uid: UidLease | None) -> list[int]:
+    """Lock descriptors the VMM inherits, so what they hold is held exactly as long as the VMM lives."""
+    fds = [volume.lock_fd for volume in config.volumes if volume.lock_fd is not None]
+    return fds + ([uid.fd] if uid is not None else [])
 
 
 async def _when_listening(path: Path, connect: Callable[[str], Awaitable[T]], interval: float = 0.002) -> T:

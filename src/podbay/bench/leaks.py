@@ -1,0 +1,90 @@
+"""What pods can leave behind on the host, looked for under one podbay state root: processes, mounts, loop
+devices, cgroups, runtime state, run directories, anonymous volumes. The tests assert it is all empty after
+every pod; `podbay bench soak` counts it after thousands."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+from podbay.isolation.oci import mounts_under
+from podbay.paths import PodbayPaths
+
+POD_ID = re.compile(r"pod-[0-9a-f]{12}")
+RUNTIME_ROOTS = {"runc": Path("/run/podbay-runc"), "runsc": Path("/run/podbay-runsc")}
+
+
+def processes_mentioning(root: Path) -> list[str]:
+    """Processes whose command line mentions `root` (pods' run directories): VMMs, runtimes, gofers."""
+    found = []
+    needle = str(root).encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if needle in cmdline:
+            found.append(f"{entry.name}: " + cmdline.replace(b"\0", b" ").decode(errors="replace"))
+    return found
+
+
+def loop_devices_under(root: Path) -> list[str]:
+    """Loop devices whose backing file lies under `root`."""
+    found = []
+    for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
+        try:
+            if backing.read_text().strip().startswith(str(root)):
+                found.append(backing.parent.parent.name)
+        except OSError:
+            continue
+    return found
+
+
+def pod_cgroups(pod_ids: set[str] | None = None) -> list[str]:
+    """Cgroup directories named after pods (any controller), optionally only those of `pod_ids`."""
+    found = []
+    for parent in Path("/sys/fs/cgroup").rglob("podbay"):
+        for child in parent.iterdir() if parent.is_dir() else []:
+            if POD_ID.fullmatch(child.name) and (pod_ids is None or child.name in pod_ids):
+                found.append(str(child))
+    return found
+
+
+def runtime_containers(pod_ids: set[str] | None = None) -> list[str]:
+    """Containers the OCI runtimes still know of, by pod id."""
+    found = []
+    for binary, root in RUNTIME_ROOTS.items():
+        if not root.exists():
+            continue
+        try:
+            listing = subprocess.run(
+                [binary, f"--root={root}", "list", "-q"], capture_output=True, text=True, timeout=30, check=False
+            ).stdout.split()
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        found += [f"{binary}:{name}" for name in listing if pod_ids is None or name in pod_ids]
+    return found
+
+
+def host_leaks(paths: PodbayPaths, pod_ids: set[str] | None = None) -> dict[str, list[str]]:
+    """Everything of pods still on the host under `paths.state`; empty lists mean nothing leaked.
+
+    Cgroups and runtime state are host-wide: pass the ids of the pods in question to look only for theirs.
+    """
+    run_dirs = sorted(str(path) for path in paths.pods.iterdir()) if paths.pods.exists() else []
+    anonymous = (
+        sorted(str(path) for path in paths.volumes.glob("pod-*-db.ext4")) if paths.volumes.exists() else []
+    )
+    return {
+        "processes": processes_mentioning(paths.state),
+        "mounts": [str(path) for path in mounts_under(paths.state)],
+        "loop_devices": loop_devices_under(paths.state),
+        "cgroups": pod_cgroups(pod_ids),
+        "runtime_containers": runtime_containers(pod_ids),
+        "run_dirs": run_dirs,
+        "anonymous_volumes": anonymous,
+    }
