@@ -38,7 +38,9 @@ def check_timeout(timeout: float | None, field: str = "timeout") -> float | None
         return None
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not math.isfinite(timeout) or timeout <= 0:
         raise InvalidSpec(
-            field, f"{timeout!r} is not a number of seconds above zero", "use a number of seconds above zero, e.g. 30 (none at all: no limit)"
+            field,
+            f"{timeout!r} is not a number of seconds above zero",
+            "use a number of seconds above zero, e.g. 30 (none at all: no limit)",
         )
     return float(timeout)
 

