@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from podbay import GuestError, Platform
+from podbay.bench.leaks import loop_devices_under
 from podbay.isolation.base import Backend
 from podbay.isolation.gvisor import GVISOR, GvisorBackend
 from podbay.isolation.oci import RuntimeProfile, mounts_under
@@ -40,7 +41,8 @@ def containers_under(profile: RuntimeProfile, root: Path) -> list[str]:
 
 def assert_no_container_left(paths: PodbayPaths, backend: str) -> None:
     assert processes_mentioning(paths.state) == [], "a runtime, sandbox or gofer process outlived its pod"
-    assert mounts_under(paths.state) == [], "a root overlay or volume is still mounted"
+    assert mounts_under(paths.state) == [], "a root overlay, layer or volume is still mounted"
+    assert loop_devices_under(paths.state) == [], "a layer's or volume's loop device is still attached"
     assert containers_under(PROFILES[backend], paths.state) == [], "the runtime still lists the container"
     assert not paths.pods.exists() or list(paths.pods.iterdir()) == []
 

@@ -4,6 +4,7 @@ starts. (Container-specific attacks â€” cgroups, layers, the runtime's stderr â€
 
 from __future__ import annotations
 
+import os
 import resource
 import time
 from pathlib import Path
@@ -20,8 +21,19 @@ VM_BACKENDS = ("qemu", "qemu-q35", "firecracker")
 
 
 def disk_usage(root: Path) -> int:
-    """Bytes the host actually allocated under `root` (sparse files count what they hold)."""
-    return sum(path.stat().st_blocks * 512 for path in root.rglob("*") if path.is_file() and not path.is_symlink())
+    """Bytes the host allocated under `root` on its own filesystem (as `du -x`: mounts under it, such as a
+    container's root overlay, are not counted; sparse files count what they hold)."""
+    device, total, pending = root.stat().st_dev, 0, [root]
+    while pending:
+        with os.scandir(pending.pop()) as entries:
+            for entry in entries:
+                st = entry.stat(follow_symlinks=False)
+                if st.st_dev != device:
+                    continue
+                total += st.st_blocks * 512
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(Path(entry.path))
+    return total
 
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS)

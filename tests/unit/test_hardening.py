@@ -84,13 +84,14 @@ def test_a_bounded_log_rotates_and_never_grows_past_its_limit(tmp_path: Path) ->
             ["sh", "-c", "head -c 100000 /dev/zero | tr '\\0' a; printf END"], stdout=log.write_fd
         )
         log.child_started()
-        while writer.poll() is None or log._read_fd >= 0:
+        while writer.poll() is None or not log.drained:
             await asyncio.sleep(0.01)
 
     asyncio.run(asyncio.wait_for(flood(), 30))
     current, rotated = tmp_path / "console.log", tmp_path / "console.log.1"
     assert current.stat().st_size <= 4096 and rotated.stat().st_size <= 4096
     assert current.read_bytes().endswith(b"END"), "the latest output is always in the log"
+    assert current.read_bytes().startswith(b"[podbay: log rotated"), "the log says that it was rotated"
 
 
 class UndyingSandbox(LocalSandbox):

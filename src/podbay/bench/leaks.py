@@ -4,6 +4,7 @@ every pod; `podbay bench soak` counts it after thousands."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -62,11 +63,16 @@ def runtime_containers(pod_ids: set[str] | None = None) -> list[str]:
             continue
         try:
             listing = subprocess.run(
-                [binary, f"--root={root}", "list", "-q"], capture_output=True, text=True, timeout=30, check=False
-            ).stdout.split()
-        except (OSError, subprocess.TimeoutExpired):
+                [binary, f"--root={root}", "list", "--format=json"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            ).stdout
+            names = [str(container["id"]) for container in json.loads(listing or "null") or []]
+        except (OSError, subprocess.TimeoutExpired, ValueError, TypeError, KeyError):
             continue
-        found += [f"{binary}:{name}" for name in listing if pod_ids is None or name in pod_ids]
+        found += [f"{binary}:{name}" for name in names if pod_ids is None or name in pod_ids]
     return found
 
 
@@ -76,9 +82,7 @@ def host_leaks(paths: PodbayPaths, pod_ids: set[str] | None = None) -> dict[str,
     Cgroups and runtime state are host-wide: pass the ids of the pods in question to look only for theirs.
     """
     run_dirs = sorted(str(path) for path in paths.pods.iterdir()) if paths.pods.exists() else []
-    anonymous = (
-        sorted(str(path) for path in paths.volumes.glob("pod-*-db.ext4")) if paths.volumes.exists() else []
-    )
+    anonymous = sorted(str(path) for path in paths.volumes.glob("pod-*-db.ext4")) if paths.volumes.exists() else []
     return {
         "processes": processes_mentioning(paths.state),
         "mounts": [str(path) for path in mounts_under(paths.state)],

@@ -26,6 +26,9 @@ GVISOR = RuntimeProfile(
         "--platform=ptrace",  # works without hardware virtualization; kvm would need /dev/kvm
         "--network=none",  # no network stack at all, only lo
         "--rootless=false",
+        # runsc logs to stdout unless told otherwise, and stdout is the agent's channel: log to stderr, the
+        # pipe the controller drains into a size-capped file (podbay.isolation.oci).
+        "--log-fd=2",
     ),
     isolation="gvisor (user-space kernel)",
     accelerator="ptrace",

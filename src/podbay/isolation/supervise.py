@@ -21,6 +21,7 @@ from podbay.isolation.base import SandboxConfig
 T = TypeVar("T")
 LOG_TAIL = 2000  # bytes of a log quoted in an error
 KILL_TIMEOUT_S = 10.0
+ROTATED_MARK = b"[podbay: log rotated; the previous part is in the .1 file, anything older was dropped]\n"
 LOG_LIMIT = 1 << 20  # bytes per log file a sandbox can make the host keep; with one rotation, twice that
 
 
@@ -129,6 +130,11 @@ class BoundedLog:
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self._read_fd, self._drain)
 
+    @property
+    def drained(self) -> bool:
+        """True once every writer is gone and everything they wrote is in the file."""
+        return self._read_fd < 0
+
     def child_started(self) -> None:
         """Close this process's copy of the write end (the child has its own), so EOF means the child is gone."""
         if self.write_fd >= 0:
@@ -149,9 +155,11 @@ class BoundedLog:
             self._file.close()
             os.replace(self.path, self.path.with_name(self.path.name + ".1"))
             self._file = open(self.path, "wb", buffering=0)  # noqa: SIM115
-            self._written = 0
-        self._file.write(data[-self._limit :])
-        self._written += min(len(data), self._limit)
+            self._file.write(ROTATED_MARK)
+            self._written = len(ROTATED_MARK)
+            data = data[-(self._limit - self._written) :]
+        self._file.write(data)
+        self._written += len(data)
 
     def close(self) -> None:
         if self._read_fd >= 0:

@@ -51,17 +51,18 @@ class UidLease:
 def allocate_uid(lock_dir: Path = LOCK_DIR, first: int = FIRST_UID, count: int = COUNT) -> UidLease:
     """Reserve the lowest uid of ``[first, first + count)`` that is neither locked, nor in use, nor an account."""
     lock_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    busy = ids_in_use()
+    busy: set[int] = set()  # from the latest scan of /proc
     for uid in range(first, first + count):
         if uid in busy or _is_account(uid):
             continue
         lease = _try_lock(lock_dir, uid)
         if lease is None:
             continue
-        # A process may have started running as the uid since the scan, without the lock (its holders dead).
-        if uid in ids_in_use():
+        # Scanned once the lock is held: a process that runs as the uid without the lock (all its holders dead)
+        # cannot be missed, and no process of ours can start as the uid from now on.
+        busy = ids_in_use()
+        if uid in busy:
             lease.release()
-            busy.add(uid)
             continue
         return lease
     raise QuotaExceeded(
