@@ -18,11 +18,13 @@ pytestmark = [pytest.mark.integration, pytest.mark.security]
 VM_BACKENDS = ("qemu", "qemu-q35", "firecracker")
 
 
-@pytest.fixture(params=ALL_BACKENDS)
+@pytest.fixture(scope="module", params=ALL_BACKENDS)
 def two_pods(request: pytest.FixtureRequest, shared_platform: Platform) -> Iterator[tuple[Pod, Pod]]:
-    skip_unless_available(shared_platform, request.param)
-    first = shared_platform.create_agent(backend=request.param, memory_db=True, volume="alpha-secret-name")
-    second = shared_platform.create_agent(backend=request.param, memory_db=True, volume="bravo-secret-name")
+    """Two pods side by side, each with a volume (a VM's volume never goes to a container: names per backend)."""
+    backend = request.param
+    skip_unless_available(shared_platform, backend)
+    first = shared_platform.create_agent(backend=backend, memory_db=True, volume=f"alpha-secret-name-{backend}")
+    second = shared_platform.create_agent(backend=backend, memory_db=True, volume=f"bravo-secret-name-{backend}")
     try:
         yield first, second
     finally:
@@ -113,10 +115,12 @@ print("host-process-visible", any(os.environ["NEEDLE"] in name for name in names
 FIND_NAMES = """
 import os, sys
 needles = [n.encode() for n in sys.argv[1:]]
-roots = ["/sys/block", "/sys/class/block", "/sys/devices/virtual/block", "/sys/dev/block", "/sys/fs/cgroup",
-         "/proc/mounts", "/proc/self/mountinfo", "/proc/partitions", "/work", "/tmp", "/run", "/data"]
+roots = ["/sys/block", "/sys/class/block", "/sys/devices/virtual/block", "/sys/dev/block", "/sys/class/bdi",
+         "/sys/devices/virtual/bdi", "/sys/fs/ext4", "/sys/fs/cgroup", "/sys/kernel/mm", "/proc/fs", "/proc/mounts",
+         "/proc/self/mountinfo", "/proc/1/mountinfo", "/proc/partitions", "/proc/diskstats", "/proc/self/cgroup",
+         "/work", "/tmp", "/run", "/data"]
 found = set()
-budget = 20000
+budget = 30000
 def check(path):
     global budget
     budget -= 1
@@ -125,14 +129,14 @@ def check(path):
             data = f.read(1 << 16)
     except OSError:
         return
-    found.update(n.decode() for n in needles if n in data)
+    found.update(f"{n.decode()} in {path}" for n in needles if n in data)
 for root in roots:
     if os.path.isfile(root):
         check(root)
         continue
     for folder, dirs, files in os.walk(root, followlinks=False):
         for name in files + dirs:
-            found.update(n.decode() for n in needles if n in name.encode())
+            found.update(f"{n.decode()} named {folder}/{name}" for n in needles if n in name.encode())
         for name in files:
             if budget > 0:
                 check(os.path.join(folder, name))
@@ -145,7 +149,8 @@ def test_a_pod_sees_nothing_of_another_pod(two_pods: tuple[Pod, Pod]) -> None:
     token = secrets.token_hex(16)
     second.files.write("/work/secret.txt", token)
     second.exec(["sh", "-c", f"echo {token} > /tmp/secret; sleep 600 > /dev/null 2>&1 &"])
-    result = first.exec(["python3", "-c", FIND_NAMES, token, "bravo-secret-name", second.id], timeout=120)
+    needles = [token, "bravo-secret-name", second.id]
+    result = first.exec(["python3", "-c", FIND_NAMES, *needles], timeout=120)
     assert result.stdout.strip() == "[]", f"pod {first.id} found traces of pod {second.id}: {result.stdout}"
     processes = first.exec(["sh", "-c", "cat /proc/[0-9]*/cmdline | tr '\\0' ' '"]).stdout
     assert "sleep 600" not in processes

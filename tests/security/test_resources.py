@@ -75,10 +75,11 @@ def test_the_console_log_is_bounded(
 def test_a_full_disk_stays_inside_the_pod(platform: Platform, vm_paths: PodbayPaths, backend: str) -> None:
     skip_unless_available(platform, backend)
     pod = platform.create_agent(backend=backend, disk_mib=64)
+    assert disk_usage(vm_paths.pods / pod.id) >> 20 <= 8, "an empty layer takes next to nothing (it is sparse)"
     result = pod.exec(["sh", "-c", "dd if=/dev/zero of=/work/fill bs=1M count=200 2>&1; sync"], timeout=240)
     assert "No space left on device" in result.stdout, result.stdout
     used_mib = disk_usage(vm_paths.pods / pod.id) >> 20
-    assert used_mib <= 80, f"the pod's run directory holds {used_mib} MiB with disk_mib=64"
+    assert used_mib <= 72, f"the pod's run directory holds {used_mib} MiB with disk_mib=64"
     assert pod.exec(["rm", "/work/fill"]).exit_code == 0
     assert pod.exec(["echo", "ok"]).stdout == "ok\n"
     pod.destroy()
