@@ -16,6 +16,7 @@ import pytest
 from podbay import InvalidSpec, NotFound, Platform, Pod
 from tests.integration.conftest import ALL_BACKENDS, skip_unless_available
 from tests.unit.test_agent_hostile import (
+    EXEC_REFUSALS,
     RAW_ID,
     assert_alive,
     assert_invalid,
@@ -65,13 +66,7 @@ def still_answers(pod: Pod) -> Iterator[None]:
 
 @pytest.mark.parametrize(
     ("argv", "options", "field"),
-    [
-        (["echo", "a\0b"], {}, "argv"),
-        (["true"], {"env": {"A": "x\0y"}}, "env"),
-        (["true"], {"env": {"A\0": "x"}}, "env"),
-        (["true"], {"env": {"A=B": "x"}}, "env"),
-        (["true"], {"cwd": "/tmp\0x"}, "cwd"),
-    ],
+    EXEC_REFUSALS,
     ids=["nul-argv", "nul-env-value", "nul-env-key", "equals-env-key", "nul-cwd"],
 )
 def test_exec_refuses_what_the_kernel_cannot_take(pod: Pod, argv: list[str], options: Any, field: str) -> None:

@@ -5,12 +5,12 @@ every pod; `podbay bench soak` counts it after thousands."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 from pathlib import Path
 
 from podbay.isolation.oci import mounts_under
+from podbay.isolation.supervise import command_lines_mentioning
 from podbay.paths import PodbayPaths
 
 POD_ID = re.compile(r"pod-[0-9a-f]{12}")
@@ -19,18 +19,10 @@ RUNTIME_ROOTS = {"runc": Path("/run/podbay-runc"), "runsc": Path("/run/podbay-ru
 
 def processes_mentioning(root: Path) -> list[str]:
     """Processes whose command line mentions `root` (pods' run directories): VMMs, runtimes, gofers."""
-    found = []
-    needle = str(root).encode()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if needle in cmdline:
-            found.append(f"{entry.name}: " + cmdline.replace(b"\0", b" ").decode(errors="replace"))
-    return found
+    return [
+        f"{pid}: " + cmdline.replace(b"\0", b" ").decode(errors="replace")
+        for pid, cmdline in command_lines_mentioning(root).items()
+    ]
 
 
 def loop_devices_under(root: Path) -> list[str]:

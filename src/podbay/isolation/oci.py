@@ -44,6 +44,7 @@ from podbay.isolation.base import Availability, SandboxConfig
 from podbay.isolation.supervise import (
     BoundedLog,
     ProcessExited,
+    command_lines_mentioning,
     layer_disk,
     shut_down_agent,
     tail,
@@ -586,18 +587,11 @@ def limits_in_kernel_log(pod_id: str, records: int = 100_000) -> set[str]:
 def processes_mentioning(path: Path, keeper: bool = False) -> list[int]:
     """Processes whose command line names `path` (a run directory): runtimes, sandboxes, gofers; with
     `keeper`, only the volume locks' keeper, else everything but it."""
-    needle = str(path).encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if needle in cmdline and (KEEPER_MARK.encode() in cmdline.split(b"\0")) == keeper:
-            found.append(int(entry.name))
-    return found
+    return [
+        pid
+        for pid, cmdline in command_lines_mentioning(path).items()
+        if (KEEPER_MARK.encode() in cmdline.split(b"\0")) == keeper
+    ]
 
 
 async def kill_processes(pids_of: Callable[[], list[int]], timeout: float = VERIFY_WAIT_S) -> list[int]:

@@ -71,7 +71,7 @@ def kill_processes_mentioning(path: Path, timeout: float = KILL_TIMEOUT_S) -> No
     """SIGKILL every process whose command line names `path` (a pod's run directory): VMMs, runtimes, agents;
     return once none is left, or raise GuestError naming the survivors (whatever they hold stays held)."""
     deadline = time.monotonic() + timeout
-    while survivors := _processes_mentioning(path):
+    while survivors := list(command_lines_mentioning(path)):
         if time.monotonic() > deadline:
             raise GuestError(f"processes of {path} survived SIGKILL for {timeout} s: {survivors}")
         for pid in survivors:
@@ -80,17 +80,20 @@ def kill_processes_mentioning(path: Path, timeout: float = KILL_TIMEOUT_S) -> No
         time.sleep(0.01)
 
 
-def _processes_mentioning(path: Path) -> list[int]:
+def command_lines_mentioning(path: Path) -> dict[int, bytes]:
+    """Processes (other than this one) whose command line names `path`, with their NUL-separated command
+    lines. A zombie's command line is empty: it holds nothing any more."""
     needle = str(path).encode()
-    found = []
+    found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
-            if needle in (entry / "cmdline").read_bytes():  # a zombie's is empty: it holds nothing any more
-                found.append(int(entry.name))
+            cmdline = (entry / "cmdline").read_bytes()
         except OSError:
             continue  # gone meanwhile
+        if needle in cmdline:
+            found[int(entry.name)] = cmdline
     return found
 
 

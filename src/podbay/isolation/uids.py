@@ -15,8 +15,6 @@ account of the host has it.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import grp
 import os
 import pwd
@@ -24,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from podbay.errors import QuotaExceeded
+from podbay.flock import try_flock
 
 FIRST_UID = 1_000_000
 COUNT = 65_536
@@ -98,14 +97,5 @@ def _is_account(uid: int) -> bool:
 
 def _try_lock(lock_dir: Path, uid: int) -> UidLease | None:
     path = lock_dir / f"{uid}.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.close(fd)
-        raise
-    return UidLease(uid=uid, gid=uid, fd=fd, lock_path=path)
+    fd = try_flock(path)
+    return UidLease(uid=uid, gid=uid, fd=fd, lock_path=path) if fd is not None else None

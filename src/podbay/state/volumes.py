@@ -57,6 +57,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from podbay.errors import Conflict, GuestError, InvalidSpec, NotFound, PodbayError, Timeout
+from podbay.flock import try_flock
 from podbay.images.ext4 import make_ext4
 from podbay.models import NAME_PATTERN
 
@@ -324,15 +325,8 @@ class VolumeStore:
 
     def _try_lock(self, name: str) -> int | None:
         """A descriptor holding the volume's flock, or None when another holder has it."""
-        lock_path = self.image(name).with_suffix(".lock")
         self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return None
-        return fd
+        return try_flock(self.image(name).with_suffix(".lock"))
 
     def _remove_files(self, name: str) -> None:
         self.image(name).unlink()
