@@ -202,6 +202,7 @@ class AsyncPlatform:
         self._state: StateProvider = SqliteProvider(self.volumes)
         self._pods: dict[str, AsyncPod] = {}
         self._clock_offset = time.time() - time.monotonic()
+        self._first_reap: asyncio.Task[list[str]] | None = None
         self._reaper: asyncio.Task[None] | None = None
         exit_on_termination_signals()
 
@@ -229,9 +230,10 @@ class AsyncPlatform:
             raise InvalidSpec("volume", "a volume holds the pod's database", "also pass memory_db=True")
         if spec.volume is not None:
             VolumeStore.check_user_name(spec.volume)
-        if self._reaper is None:
-            await self.reap_orphans()
+        if self._first_reap is None:  # once, before this platform's first pod: shared by concurrent creates
+            self._first_reap = asyncio.create_task(self.reap_orphans())
             self._reaper = asyncio.create_task(self._reap_periodically())
+        await self._first_reap
         pod_id = "pod-" + secrets.token_hex(6)
         run_dir = self.paths.pods / pod_id
         run_dir.mkdir(parents=True, mode=0o700)
@@ -344,7 +346,7 @@ class AsyncPlatform:
                 else:
                     kill_processes_mentioning(run_dir)
                 remove_run_dir(run_dir)
-            except PodbayError as exc:  # something survived: leave it for the next round, and say so
+            except (PodbayError, OSError) as exc:  # something survived: leave it for the next round, say so
                 log.warning("could not reap %s: %s", run_dir.name, exc)
                 continue
             reaped.append(run_dir.name)

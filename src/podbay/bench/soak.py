@@ -20,7 +20,7 @@ from podbay.bench.create import percentile
 from podbay.bench.leaks import host_leaks
 from podbay.errors import PodbayError
 from podbay.paths import PodbayPaths
-from podbay.platform import AsyncPlatform
+from podbay.platform import AsyncPlatform, remove_run_dir
 
 WITH_DATABASE_EVERY = 5
 
@@ -28,7 +28,9 @@ WITH_DATABASE_EVERY = 5
 async def _cycle(platform: AsyncPlatform, backend: str, index: int) -> tuple[str, float]:
     """One pod's life; returns its id and how long it took."""
     started = time.perf_counter()
-    pod = await platform.create_agent(backend=backend, memory_db=index % WITH_DATABASE_EVERY == 0)
+    # Generous boot timeout: with many pods booting at once on few cores, a boot waits for CPU, not for a fault.
+    database = index % WITH_DATABASE_EVERY == 0
+    pod = await platform.create_agent(backend=backend, memory_db=database, boot_timeout_s=600)
     try:
         result = await pod.exec(["echo", str(index)], timeout=60)
         if result.stdout != f"{index}\n":
@@ -39,30 +41,32 @@ async def _cycle(platform: AsyncPlatform, backend: str, index: int) -> tuple[str
 
 
 async def soak(backend: str, cycles: int, concurrency: int, cache: Path) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="podbay-soak-") as state:
-        paths = PodbayPaths(cache=cache, state=Path(state))
-        gate = asyncio.Semaphore(concurrency)
-        failures: list[str] = []
-        pod_ids: set[str] = set()
-        cycle_ms: list[float] = []
-        fds_before = len(os.listdir("/proc/self/fd"))
-        started = time.perf_counter()
-        async with AsyncPlatform(paths) as platform:
+    paths = PodbayPaths(cache=cache, state=Path(tempfile.mkdtemp(prefix="podbay-soak-")))
+    gate = asyncio.Semaphore(concurrency)
+    failures: list[str] = []
+    pod_ids: set[str] = set()
+    cycle_ms: list[float] = []
+    fds_before = len(os.listdir("/proc/self/fd"))
+    started = time.perf_counter()
+    async with AsyncPlatform(paths) as platform:
 
-            async def guarded(index: int) -> None:
-                async with gate:
-                    try:
-                        pod_id, elapsed = await _cycle(platform, backend, index)
-                    except PodbayError as exc:
-                        failures.append(f"cycle {index}: {type(exc).__name__}: {exc}"[:500])
-                        return
-                    pod_ids.add(pod_id)
-                    cycle_ms.append(elapsed)
+        async def guarded(index: int) -> None:
+            async with gate:
+                try:
+                    pod_id, elapsed = await _cycle(platform, backend, index)
+                except Exception as exc:  # anything outside PodbayError is a finding too
+                    failures.append(f"cycle {index}: {type(exc).__name__}: {exc}"[:500])
+                    return
+                pod_ids.add(pod_id)
+                cycle_ms.append(elapsed)
 
-            await asyncio.gather(*(guarded(index) for index in range(cycles)))
-        elapsed_s = time.perf_counter() - started
-        leaks = host_leaks(paths, pod_ids)
-        fds_after = len(os.listdir("/proc/self/fd"))
+        await asyncio.gather(*(guarded(index) for index in range(cycles)))
+    elapsed_s = time.perf_counter() - started
+    leaks = host_leaks(paths, pod_ids)
+    fds_after = len(os.listdir("/proc/self/fd"))
+    kept = any(leaks.values())
+    if not kept:
+        remove_run_dir(paths.state)  # never across a mount point: what leaked stays for a look (and the reaper)
     return {
         "benchmark": "soak",
         "backend": backend,
@@ -79,6 +83,7 @@ async def soak(backend: str, cycles: int, concurrency: int, cache: Path) -> dict
         "leaked": {kind: found[:5] for kind, found in leaks.items() if found},
         "controller_fds_leaked": fds_after - fds_before,
         "controller_peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "state_kept": str(paths.state) if kept else None,
     }
 
 

@@ -45,6 +45,7 @@ from podbay.isolation.supervise import (
     BoundedLog,
     ProcessExited,
     command_lines_mentioning,
+    is_gone,
     layer_disk,
     shut_down_agent,
     tail,
@@ -595,17 +596,20 @@ def processes_mentioning(path: Path, keeper: bool = False) -> list[int]:
 
 
 async def kill_processes(pids_of: Callable[[], list[int]], timeout: float = VERIFY_WAIT_S) -> list[int]:
-    """SIGKILL what `pids_of` names until it names nothing; returns what is still there after `timeout`."""
+    """SIGKILL what `pids_of` names until it names nothing and each process it named is gone for good (see
+    supervise.is_gone: a volume lock is released only then); returns what is still there after `timeout`."""
+    targets: set[int] = set()
 
     def kill_all() -> bool:
-        pids = pids_of()
-        for pid in pids:
+        targets.update(pids_of())
+        targets.difference_update([pid for pid in targets if is_gone(pid)])
+        for pid in targets:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
-        return not pids
+        return not targets
 
     await _until(kill_all, timeout)
-    return pids_of()
+    return sorted(targets)
 
 
 # ---- the runtime and its sandboxes -----------------------------------------------------------------------
@@ -663,9 +667,15 @@ async def runtime_command(profile: RuntimeProfile, *arguments: str) -> str:
 
 
 async def runtime_knows(profile: RuntimeProfile, container_id: str) -> bool:
-    """Whether the runtime still has state for the container (raises if it cannot say)."""
-    listing = json.loads(await runtime_command(profile, "list", "--format=json") or "null") or []
-    return any(container.get("id") == container_id for container in listing)
+    """Whether the runtime still has state for the container (raises if it cannot say). `state` of one
+    container, not `list`: a listing fails when another container is deleted while it runs."""
+    try:
+        await runtime_command(profile, "state", container_id)
+    except GuestError as exc:
+        if "does not exist" in str(exc):
+            return False
+        raise
+    return True
 
 
 def recorded_cgroups(run_dir: Path) -> list[Path]:

@@ -71,13 +71,29 @@ def kill_processes_mentioning(path: Path, timeout: float = KILL_TIMEOUT_S) -> No
     """SIGKILL every process whose command line names `path` (a pod's run directory): VMMs, runtimes, agents;
     return once none is left, or raise GuestError naming the survivors (whatever they hold stays held)."""
     deadline = time.monotonic() + timeout
-    while survivors := list(command_lines_mentioning(path)):
+    targets: set[int] = set()
+    while True:
+        # A dying process drops its command line before its descriptors (and the locks they hold): keep
+        # every process seen until it is gone for good.
+        targets = {pid for pid in targets | set(command_lines_mentioning(path)) if not is_gone(pid)}
+        if not targets:
+            return
         if time.monotonic() > deadline:
-            raise GuestError(f"processes of {path} survived SIGKILL for {timeout} s: {survivors}")
-        for pid in survivors:
+            raise GuestError(f"processes of {path} survived SIGKILL for {timeout} s: {sorted(targets)}")
+        for pid in targets:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
         time.sleep(0.01)
+
+
+def is_gone(pid: int) -> bool:
+    """True once the process has exited and let go of everything it held: it no longer exists, or it is a
+    zombie (past closing its descriptors), never merely because its command line reads empty."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
 
 
 def command_lines_mentioning(path: Path) -> dict[int, bytes]:
