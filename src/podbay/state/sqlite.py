@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
+from podbay.errors import Conflict
 from podbay.isolation.base import VolumeAttachment
 from podbay.state.base import StateLease
 from podbay.state.volumes import DB_FILE, MOUNT_POINT, VolumeStore, anonymous_name
+
+DELETE_RETRY_S = 2.0
 
 
 class SqliteProvider:
@@ -43,4 +46,18 @@ class SqliteProvider:
         if lease.volume_name is not None:
             self._volumes.detach(lease.volume_name)
             if lease.ephemeral:
-                self._volumes.delete(lease.volume_name)
+                await self._delete_once_free(lease.volume_name)
+
+    async def _delete_once_free(self, name: str) -> None:
+        """Delete a pod's own volume. Its lock may still be held for a moment after the pod is gone: a process
+        this controller is starting for another pod holds copies of every descriptor between its fork and its
+        exec, so a refusal is retried briefly before it counts."""
+        deadline = asyncio.get_running_loop().time() + DELETE_RETRY_S
+        while True:
+            try:
+                self._volumes.delete(name)
+                return
+            except Conflict:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
+                await asyncio.sleep(0.01)
