@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from podbay.errors import Conflict
 from podbay.isolation.base import VolumeAttachment
 from podbay.state.base import StateLease
 from podbay.state.volumes import DB_FILE, MOUNT_POINT, VolumeStore, anonymous_name
 
-DELETE_RETRY_S = 2.0
+# A volume's lock can stay held for a moment after its pod is gone: a process the controller is starting for
+# another pod holds copies of every descriptor between its fork and its exec. A refusal is retried this long.
+LOCK_RETRY_S = 1.0
 
 
 class SqliteProvider:
@@ -24,7 +27,7 @@ class SqliteProvider:
         # No name asked: a volume that lives and dies with the pod (VolumeStore.reap_anonymous deletes it if the
         # controller dies first). Its database is in WAL mode (see podbay.state.volumes).
         name = volume or anonymous_name(pod_id)
-        self._volumes.attach(name)
+        await _retrying_conflict(lambda: self._volumes.attach(name))
         try:
             image, _ = await asyncio.to_thread(self._volumes.ensure, name, size_mib)
         except BaseException:
@@ -46,18 +49,16 @@ class SqliteProvider:
         if lease.volume_name is not None:
             self._volumes.detach(lease.volume_name)
             if lease.ephemeral:
-                await self._delete_once_free(lease.volume_name)
+                await _retrying_conflict(lambda: self._volumes.delete(lease.volume_name or ""))
 
-    async def _delete_once_free(self, name: str) -> None:
-        """Delete a pod's own volume. Its lock may still be held for a moment after the pod is gone: a process
-        this controller is starting for another pod holds copies of every descriptor between its fork and its
-        exec, so a refusal is retried briefly before it counts."""
-        deadline = asyncio.get_running_loop().time() + DELETE_RETRY_S
-        while True:
-            try:
-                self._volumes.delete(name)
-                return
-            except Conflict:
-                if asyncio.get_running_loop().time() > deadline:
-                    raise
-                await asyncio.sleep(0.01)
+
+async def _retrying_conflict(take: Callable[[], None]) -> None:
+    """`take` a volume (attach, delete), retrying a Conflict for LOCK_RETRY_S before it counts."""
+    deadline = asyncio.get_running_loop().time() + LOCK_RETRY_S
+    while True:
+        try:
+            return take()
+        except Conflict:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.01)
