@@ -1,5 +1,5 @@
-"""`podbay bench create | isolation | soak`: `--json` prints one JSON document on stdout; the human summary
-goes to stderr."""
+"""`podbay bench create | isolation | soak | reliability`: `--json` prints one JSON document on stdout;
+the human summary goes to stderr."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from rich.table import Table
 
 from podbay.bench import create as create_bench
 from podbay.bench import isolation as isolation_bench
+from podbay.bench import reliability as reliability_bench
 from podbay.bench import soak as soak_bench
 from podbay.cli.common import errors, reported_errors
 from podbay.paths import PodbayPaths
@@ -61,6 +62,21 @@ def soak(
     if as_json:
         print(json.dumps(result, indent=2))
     errors.print(soak_bench.summary(result), highlight=False)
+
+
+@app.command("reliability")
+def reliability(
+    backend: str = typer.Option("qemu", "--backend"),
+    rounds: int = typer.Option(5, "--rounds", min=1, help="kill -9 rounds, each mid-way through a commit stream"),
+    flood_mib: int = typer.Option(256, "--flood-mib", min=1, help="MiB of output for the flood"),
+    as_json: bool = typer.Option(False, "--json", help="print the JSON result"),
+) -> None:
+    """Rows lost when the sandbox is killed mid-write (goal 0); controller memory during an output flood."""
+    with reported_errors():
+        result = reliability_bench.bench_reliability(backend, rounds, flood_mib, PodbayPaths.from_env().cache)
+    if as_json:
+        print(json.dumps(result, indent=2))
+    errors.print(reliability_bench.summary(result), highlight=False)
 
 
 def _table(rows: list[dict[str, Any]]) -> Table:
