@@ -4,6 +4,7 @@ teardown, run directories never removed across a mount point."""
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import subprocess
 import time
@@ -140,3 +141,24 @@ def test_a_run_directory_is_never_removed_across_a_mount_point(tmp_path: Path) -
         subprocess.run(["umount", str(volume)], check=True)
     remove_run_dir(run_dir)
     assert not run_dir.exists()
+
+
+def test_a_long_lived_platform_keeps_reaping(paths: PodbayPaths, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("podbay.platform.REAP_INTERVAL_S", 0.2)
+
+    async def scenario() -> None:
+        async with AsyncPlatform(paths, backends={"local": LocalProcessBackend()}) as platform:
+            pod = await platform.create_agent(backend="local")  # the first create starts the reaper
+            dead = subprocess.Popen(["true"])
+            dead.wait()
+            orphan = paths.pods / "pod-0123456789ab"
+            orphan.mkdir()
+            (orphan / "owner.json").write_text(json.dumps({"pid": dead.pid, "identity": "gone", "backend": "local"}))
+            platform.volumes.ensure("pod-0123456789ab-db", 16)  # its anonymous database volume
+            await asyncio.sleep(1.0)
+            assert not orphan.exists(), "a later round reaped the orphan without any create"
+            assert platform.volumes.list() == []
+            assert (paths.pods / pod.id).exists(), "a live pod is never reaped"
+            await pod.destroy()
+
+    asyncio.run(scenario())
