@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import resource
 import statistics
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ from podbay.paths import PodbayPaths
 from podbay.platform import AsyncPlatform, remove_run_dir
 
 WITH_DATABASE_EVERY = 5
+POD_ID = re.compile(r"pod-[0-9a-f]{12}")
 
 
 async def _cycle(platform: AsyncPlatform, backend: str, index: int) -> tuple[str, float]:
@@ -74,6 +77,7 @@ async def soak(backend: str, cycles: int, concurrency: int, cache: Path) -> dict
         "concurrency": concurrency,
         "failed": len(failures),
         "failures": failures[:10],
+        "failure_kinds": dict(Counter(_kind(failure) for failure in failures).most_common()),
         "elapsed_s": elapsed_s,
         "cycle_ms": {
             "median": statistics.median(cycle_ms) if cycle_ms else None,
@@ -85,6 +89,12 @@ async def soak(backend: str, cycles: int, concurrency: int, cache: Path) -> dict
         "controller_peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "state_kept": str(paths.state) if kept else None,
     }
+
+
+def _kind(failure: str) -> str:
+    """A failure without its cycle number and pod ids: its first line and its last (a console's last words)."""
+    lines = failure.split(": ", 1)[-1].splitlines() or [""]
+    return POD_ID.sub("pod-…", " | ".join(dict.fromkeys([lines[0], lines[-1]])))[:240]
 
 
 def summary(result: dict[str, Any]) -> str:
