@@ -43,6 +43,13 @@ BASE_ENV = {
 DEFAULT_CWD = "/work"
 MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_NOATIME, MS_MOVE = 2, 4, 8, 1024, 8192
 STATE_DIR = "/run/podbay"  # per-boot, in memory (tmpfs): injected context lives here, never in the image
+# A restored clone (podbay.isolation.qemu.template) starts with its template's kernel state: `reseed` and the
+# `size` of a mount make it its own machine with its own disks.
+RNDRESEEDCRNG = 0x5207  # _IO('R', 0x07): reseed the kernel's CRNG from its input pool now (CAP_SYS_ADMIN)
+BLKFLSBUF = 0x1261  # _IO(0x12, 97): write back and drop a block device's cached blocks
+MIN_SEED = 32  # bytes of host randomness a reseed needs, at least
+MAX_HOSTNAME = 64  # bytes (the kernel's __NEW_UTS_LEN)
+DISK_WAIT_S = 5.0  # for a restored clone's kernel to see a volume's real size
 
 
 MAX_LIST_PAGE = 1000  # entries in one file_list answer, at most
@@ -197,6 +204,7 @@ class Agent:
             "file_list": self.op_file_list,
             "file_stat": self.op_file_stat,
             "shutdown": self.op_shutdown,
+            "reseed": self.op_reseed,
         }
 
     # ---- main loop -------------------------------------------------------------------------------------
@@ -331,7 +339,9 @@ class Agent:
                 time.clock_settime(time.CLOCK_REALTIME, clock)
             except PermissionError:
                 pass  # a container shares the host's clock anyway
-        for source, target, fstype in mounts:
+        for source, target, fstype, size in mounts:
+            if size is not None:
+                _refresh_disk(source, size)
             self.mount(source, target, fstype)
         self.env.update(env)
         context = request.get("context")
@@ -351,6 +361,35 @@ class Agent:
         except OSError as exc:
             raise RequestError("mount", str(exc)) from None
         self.mounts.append(target)
+
+    def op_reseed(self, request: Header, payload: bytes) -> None:
+        """A restored clone starts with its template's RNG state, clock and name: make it its own machine.
+
+        The payload (host randomness) is written to /dev/urandom, which mixes it into the input pool without
+        crediting it; RNDRESEEDCRNG then rekeys the CRNG from that pool at once (a write alone would reach
+        getrandom() only at the next scheduled reseed, up to a minute later). The boot id is made by the kernel
+        on its first read, so reading it after the reseed gives this clone its own."""
+        if len(payload) < MIN_SEED:
+            raise invalid("payload", f"{len(payload)} bytes of randomness, at least {MIN_SEED} needed", "send more")
+        clock = _number(request, "clock", "pass the host's time.time()")
+        hostname = _optional_text(request, "hostname", f"pass a name of 1 to {MAX_HOSTNAME} bytes")
+        if hostname is not None and not 0 < len(os.fsencode(hostname)) <= MAX_HOSTNAME:
+            raise invalid("hostname", f"{_show(hostname)} is not 1 to {MAX_HOSTNAME} bytes", "pass a shorter name")
+        reseeded, why = _reseed(payload)
+        if clock is not None:
+            try:
+                time.clock_settime(time.CLOCK_REALTIME, clock)
+            except PermissionError:
+                pass  # a container shares the host's clock anyway
+        if hostname is not None:
+            with open("/proc/sys/kernel/hostname", "w") as file:
+                file.write(hostname)
+        try:
+            with open("/proc/sys/kernel/random/boot_id") as file:
+                boot_id: str | None = file.read().strip()
+        except OSError:
+            boot_id = None
+        self.result(request, reseeded=reseeded, why=why, boot_id=boot_id)
 
     def op_shutdown(self, request: Header, _: bytes) -> None:
         """Make volumes consistent before the host stops the sandbox: stop children, sync, unmount."""
@@ -644,6 +683,51 @@ def _which(name: str, path: str) -> str:
     raise RequestError("not_found", f"cannot run {_show(name)}: not found in PATH {_show(path)}")
 
 
+def _reseed(seed: bytes) -> tuple[bool, str | None]:
+    """Mix `seed` into the kernel's input pool and rekey the CRNG from it: (reseeded, why not)."""
+    import fcntl  # a C module, loaded only by a clone's first request
+
+    fd = os.open("/dev/urandom", os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        view = memoryview(seed)
+        while view:
+            view = view[os.write(fd, view) :]
+        try:
+            fcntl.ioctl(fd, RNDRESEEDCRNG)
+        except OSError as exc:  # EPERM: no CAP_SYS_ADMIN (a container); ENODATA: the CRNG is not ready yet
+            return False, f"RNDRESEEDCRNG: {exc.strerror}"
+    finally:
+        os.close(fd)
+    return True, None
+
+
+def _refresh_disk(source: str, size: int) -> None:
+    """Before mounting a disk a restored clone got in place of its template's placeholder: wait until the kernel
+    reports the disk's real size (the host signals the change), then drop the blocks it cached of the old one."""
+    import fcntl
+
+    name = os.path.basename(os.path.realpath(source))
+    deadline = time.monotonic() + DISK_WAIT_S
+    while True:
+        try:
+            with open(f"/sys/class/block/{name}/size") as file:
+                sectors = int(file.read())
+        except (OSError, ValueError) as exc:
+            raise RequestError("mount", f"cannot read the size of {source}: {exc}") from None
+        if sectors == size // 512:
+            break
+        if time.monotonic() > deadline:
+            raise RequestError(
+                "mount", f"{source} still reports {sectors * 512} bytes after {DISK_WAIT_S} s, not {size}"
+            )
+        time.sleep(0.002)
+    fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(fd, BLKFLSBUF)
+    finally:
+        os.close(fd)
+
+
 def mount(source: str, target: str, fstype: str, flags: int = 0, data: str = "", busy_ok: bool = False) -> None:
     """mount(2) itself: under TCG a fork+exec of the `mount` binary costs 0.1-0.2 s."""
     result = _libc().mount(source.encode(), target.encode(), fstype.encode(), flags, data.encode() or None)
@@ -816,7 +900,7 @@ def _mode(request: Header) -> int:
     return mode
 
 
-def _mounts(request: Header) -> list[tuple[str, str, str]]:
+def _mounts(request: Header) -> list[tuple[str, str, str, int | None]]:
     mounts = request.get("mounts")
     fix = 'pass e.g. [{"source": "/dev/vdb", "target": "/data", "fstype": "ext4"}]'
     if mounts is None:
@@ -830,7 +914,10 @@ def _mounts(request: Header) -> list[tuple[str, str, str]]:
         fstype = _check_text(mount.get("fstype", "ext4"), "mounts", fix)
         if not target.startswith("/"):
             raise invalid("mounts", f"target {_show(target)} is not an absolute path", fix)
-        found.append((source, target, fstype))
+        size = mount.get("size")  # a restored clone's volume: its size, see _refresh_disk
+        if size is not None and (not _is_int(size) or not 0 < size <= MAX_OFFSET):
+            raise invalid("mounts", f"size {_show(size)} is not a number of bytes above zero", fix)
+        found.append((source, target, fstype, size))
     return found
 
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 
-from podbay.errors import Conflict
+from podbay.errors import Conflict, NotFound
 from podbay.isolation.base import VolumeAttachment
 from podbay.state.base import StateLease
 from podbay.state.volumes import DB_FILE, MOUNT_POINT, VolumeStore, anonymous_name
@@ -49,7 +50,8 @@ class SqliteProvider:
         if lease.volume_name is not None:
             self._volumes.detach(lease.volume_name)
             if lease.ephemeral:
-                await _retrying_conflict(lambda: self._volumes.delete(lease.volume_name or ""))
+                with contextlib.suppress(NotFound):  # released before (a destroy retried after a failure)
+                    await _retrying_conflict(lambda: self._volumes.delete(lease.volume_name or ""))
 
 
 async def _retrying_conflict(take: Callable[[], None]) -> None:
