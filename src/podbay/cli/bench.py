@@ -1,4 +1,4 @@
-"""`podbay bench create | isolation | soak | reliability`: `--json` prints one JSON document on stdout;
+"""`podbay bench create | isolation | soak | reliability | clone`: `--json` prints one JSON document on stdout;
 the human summary goes to stderr."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
+from podbay.bench import clone as clone_bench
 from podbay.bench import create as create_bench
 from podbay.bench import isolation as isolation_bench
 from podbay.bench import reliability as reliability_bench
@@ -77,6 +78,20 @@ def reliability(
     if as_json:
         print(json.dumps(result, indent=2))
     errors.print(reliability_bench.summary(result), highlight=False)
+
+
+@app.command("clone")
+def clone(
+    n: int = typer.Option(10, "--n", min=1, help="clones to start, one after another, per template"),
+    runs: int = typer.Option(1, "--runs", min=1, help="repeat everything (template builds included); report medians"),
+    as_json: bool = typer.Option(False, "--json", help="print the JSON result"),
+) -> None:
+    """QEMU template clones: template build, clone → agent answers / first exec, idle USS/PSS, 256 vs 1024 MiB."""
+    with reported_errors():
+        result = clone_bench.bench_clone(PodbayPaths.from_env(), n, runs)
+    if as_json:
+        print(json.dumps(result, indent=2))
+    errors.print(clone_bench.summary(result), highlight=False)
 
 
 def _table(rows: list[dict[str, Any]]) -> Table:
