@@ -5,6 +5,7 @@ left once it is destroyed or reaped, and its volume is never shown free while so
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from podbay import Conflict, GuestError, Platform, Timeout
+from podbay.isolation.base import SandboxConfig, VolumeAttachment
 from podbay.paths import PodbayPaths
 from podbay.state.volumes import VolumeStore
 from tests.integration.conftest import ALL_BACKENDS, assert_nothing_left, skip_unless_available
@@ -177,3 +179,30 @@ def test_destroy_ends_a_paused_pod_and_detached_processes(
     pod.destroy()
     assert_nothing_left(vm_paths)
     assert platform.volumes.list() == []
+
+
+@pytest.mark.parametrize("backend", ["qemu", "qemu-q35"])
+def test_a_vm_that_cannot_lock_a_disk_another_vm_holds_gets_conflict(
+    platform: Platform, vm_paths: PodbayPaths, backend: str
+) -> None:
+    """Past podbay's own lock (as a second state root, or a bug, would be): QEMU's image lock refuses the
+    disk, and the caller hears Conflict, not QEMU's words as a GuestError."""
+    skip_unless_available(platform, backend)
+    holder = platform.create_agent(backend=backend, memory_db=True, volume="contended")
+    intruder_dir = vm_paths.pods / "pod-00000000c0de"
+    intruder_dir.mkdir(mode=0o700)
+    try:
+        image = platform.volumes.image("contended")
+        config = SandboxConfig(
+            pod_id="pod-00000000c0de",
+            run_dir=intruder_dir,
+            vcpus=1,
+            memory_mib=256,
+            layer=None,
+            volumes=(VolumeAttachment(name="contended", image=image, target="/data"),),
+        )
+        with pytest.raises(Conflict, match="in use by another VM"):
+            platform._loop.run(platform._platform.backends[backend].start(config))
+    finally:
+        shutil.rmtree(intruder_dir, ignore_errors=True)
+        holder.destroy()
