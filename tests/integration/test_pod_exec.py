@@ -8,6 +8,7 @@ import hashlib
 import json
 import signal
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -151,3 +152,29 @@ def test_pause_and_resume(pod: Pod) -> None:
         pod.files.read("/etc/hostname")
     pod.resume()
     assert pod.exec(["echo", "back"]).stdout == "back\n"
+
+
+def test_a_paused_guest_really_stops(pod: Pod) -> None:
+    """Not only the host's bookkeeping: a counter running in the guest does not advance while paused."""
+    counts: list[int] = []
+
+    def seen(chunk: bytes) -> None:
+        counts.extend(int(number) for number in chunk.split())
+
+    ticker = "import time\nn = 0\nwhile True:\n    n += 1\n    print(n, flush=True)\n    time.sleep(0.01)"
+    process = pod.start_process(["python3", "-c", ticker], on_stdout=seen)
+    deadline = time.monotonic() + 30
+    while len(counts) < 5 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    pod.pause()
+    time.sleep(0.3)  # whatever was already on its way arrives
+    at_pause = len(counts)
+    time.sleep(1.0)
+    assert len(counts) == at_pause, f"the guest printed {len(counts) - at_pause} lines while paused"
+    pod.resume()
+    deadline = time.monotonic() + 30
+    while len(counts) <= at_pause and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(counts) > at_pause, "the guest runs again after resume"
+    process.signal(9)
+    process.wait()
