@@ -101,37 +101,9 @@ class QemuBackend:
             raise BackendUnavailable(f"{self.name}: {available.reason}")
         accelerator = self.accelerator()
         files = RunFiles(config.run_dir)
-        # As root, QEMU drops to a uid of its own (no other process runs as it, so a VMM escape reaches no
-        # other pod's VMM); as another user it already runs unprivileged.
-        uid = allocate_uid() if os.geteuid() == 0 else None
-        logs: tuple[BoundedLog, ...] = ()
-        try:
-            run_as = None
-            if uid is not None:
-                run_as = f"{uid.uid}:{uid.gid}"
-                files.jail.mkdir(mode=0o755, exist_ok=True)  # an empty root for QEMU's -chroot
-            # Both logs are pipes drained into size-capped files: the guest drives the console (and can make
-            # QEMU complain on stderr), so neither may grow without bound on the host's disk.
-            logs = (BoundedLog(files.console_log), BoundedLog(files.stderr_log))
-            console, stderr = logs
-            command = self.command(config, accelerator, run_as, console=f"/proc/self/fd/{console.write_fd}")
-            process = await asyncio.create_subprocess_exec(
-                *command,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=stderr.write_fd,
-                stderr=stderr.write_fd,
-                # The volumes' locks and the uid's go with QEMU: held while it runs, even if this process dies.
-                pass_fds=[console.write_fd, *_held_locks(config, uid)],
-                start_new_session=True,
-            )
-        except BaseException:
-            for log in logs:
-                log.close()
-            if uid is not None:
-                uid.release()
-            raise
-        for log in logs:
-            log.child_started()
+        process, logs, uid = await spawn_qemu(
+            config, files, lambda run_as, console: self.command(config, accelerator, run_as, console=console)
+        )
         info = self.describe().model_copy(update={"pid": process.pid, "console_log": str(files.console_log)})
         sandbox = QemuSandbox(info, files, process, config, logs, uid)
         try:
@@ -140,6 +112,45 @@ class QemuBackend:
             await sandbox.destroy()
             raise
         return sandbox
+
+
+async def spawn_qemu(
+    config: SandboxConfig, files: RunFiles, command_for: Callable[[str | None, str], list[str]]
+) -> tuple[asyncio.subprocess.Process, tuple[BoundedLog, ...], UidLease | None]:
+    """Start QEMU with least privilege: `command_for(run_as, console)` gives its command line.
+
+    As root, QEMU drops to a uid of its own (no other process runs as it, so a VMM escape reaches no other
+    pod's VMM) and chroots into an empty directory; as another user it already runs unprivileged. Both logs
+    are pipes drained into size-capped files: the guest drives the console (and can make QEMU complain on
+    stderr), so neither may grow without bound on the host's disk.
+    """
+    uid = allocate_uid() if os.geteuid() == 0 else None
+    logs: tuple[BoundedLog, ...] = ()
+    try:
+        run_as = None
+        if uid is not None:
+            run_as = f"{uid.uid}:{uid.gid}"
+            files.jail.mkdir(mode=0o755, exist_ok=True)
+        logs = (BoundedLog(files.console_log), BoundedLog(files.stderr_log))
+        console, stderr = logs
+        process = await asyncio.create_subprocess_exec(
+            *command_for(run_as, f"/proc/self/fd/{console.write_fd}"),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=stderr.write_fd,
+            stderr=stderr.write_fd,
+            # The volumes' locks and the uid's go with QEMU: held while it runs, even if this process dies.
+            pass_fds=[console.write_fd, *_held_locks(config, uid)],
+            start_new_session=True,
+        )
+    except BaseException:
+        for log in logs:
+            log.close()
+        if uid is not None:
+            uid.release()
+        raise
+    for log in logs:
+        log.child_started()
+    return process, logs, uid
 
 
 class QemuSandbox:

@@ -79,15 +79,13 @@ from podbay.images.ext4 import make_ext4
 from podbay.images.rootfs import guest_files
 from podbay.isolation.base import SandboxConfig, VolumeAttachment
 from podbay.isolation.host import host_tsc_khz
-from podbay.isolation.qemu.backend import QemuBackend, QemuSandbox, _held_locks, _when_listening
+from podbay.isolation.qemu.backend import QemuBackend, QemuSandbox, _when_listening, spawn_qemu
 from podbay.isolation.qemu.command import MICROVM, QEMU_BINARY, Machine, RunFiles, build_command
 from podbay.isolation.supervise import (
-    BoundedLog,
     kill_processes_mentioning,
     kill_session,
     volume_mounts,
 )
-from podbay.isolation.uids import allocate_uid
 from podbay.paths import PodbayPaths
 
 # Bump when the build procedure changes in a way the hashed inputs do not show: every key changes with it.
@@ -607,16 +605,10 @@ async def _start(template: Template, config: SandboxConfig, clone: bool) -> Clon
     """Start QEMU for the template (clone=False) or a clone, the way QemuBackend.start does, and wait for the
     agent (a clone: once its device state is loaded)."""
     files = RunFiles(config.run_dir)
-    uid = allocate_uid() if os.geteuid() == 0 else None
-    logs: tuple[BoundedLog, ...] = ()
-    try:
-        run_as = None
-        if uid is not None:
-            run_as = f"{uid.uid}:{uid.gid}"
-            files.jail.mkdir(mode=0o755, exist_ok=True)
-        logs = (BoundedLog(files.console_log), BoundedLog(files.stderr_log))
-        console, stderr = logs
-        command = template_command(
+    process, logs, uid = await spawn_qemu(
+        config,
+        files,
+        lambda run_as, console: template_command(
             config,
             template.kernel,
             template.rootfs,
@@ -625,24 +617,9 @@ async def _start(template: Template, config: SandboxConfig, clone: bool) -> Clon
             memory=template.memory,
             clone=clone,
             tsc_khz=template.tsc_khz,
-            console=f"/proc/self/fd/{console.write_fd}",
-        )
-        process = await asyncio.create_subprocess_exec(
-            *command,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=stderr.write_fd,
-            stderr=stderr.write_fd,
-            pass_fds=[console.write_fd, *_held_locks(config, uid)],
-            start_new_session=True,
-        )
-    except BaseException:
-        for log in logs:
-            log.close()
-        if uid is not None:
-            uid.release()
-        raise
-    for log in logs:
-        log.child_started()
+            console=console,
+        ),
+    )
     # describe() reads host facts only (the accelerator): the paths of this throwaway backend are never used.
     described = QemuBackend(PodbayPaths(cache=template.path, state=config.run_dir)).describe()
     info = described.model_copy(update={"pid": process.pid, "console_log": str(files.console_log)})
