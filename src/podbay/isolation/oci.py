@@ -327,13 +327,6 @@ async def unmount_all(root: Path) -> None:
             await _run("umount", "--lazy", str(target))
 
 
-async def release_run_dir(run_dir: Path) -> None:
-    """Unmount everything under the run directory, then remove it (never while it still reaches a volume)."""
-    await unmount_all(run_dir)
-    if not mounts_under(run_dir):
-        shutil.rmtree(run_dir, ignore_errors=True)
-
-
 async def protect_mounts(run_dir: Path) -> None:
     """Make the host's view of every mount under the run directory read-only, and leave them mounted.
 
