@@ -38,7 +38,10 @@ CONTROLLER = textwrap.dedent(
         platform.create_agent(backend=backend, memory_db=True)  # an anonymous database volume
         pod.exec(["sh", "-c", "sleep 1000 > /dev/null 2>&1 &"])  # a detached process of the pod's own
         print("ready", flush=True)
-        time.sleep(600)
+        # Short sleeps: a signal that lands between Python's check for signals and the start of a long
+        # sleep(2) is only acted on when that sleep ends (CPython's own race, not podbay's).
+        for _ in range(3000):
+            time.sleep(0.2)
     """
 )
 
