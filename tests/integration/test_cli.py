@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 import sys
@@ -68,3 +69,12 @@ def test_demo_intervenes_in_fresh_pods_and_logs_to_each_customers_database(vm_pa
     assert "interventions" in text.lower()
     volumes = sorted(path.stem for path in vm_paths.volumes.glob("*.ext4"))
     assert volumes == ["customer-19", "customer-23", "customer-7"]
+
+
+def test_doctor_json_is_one_document_on_stdout(vm_paths: PodbayPaths) -> None:
+    result = podbay(vm_paths, "doctor", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert {row["name"] for row in report["backends"]} == {"qemu", "qemu-q35", "firecracker", "gvisor", "runc"}
+    assert report["ready"] is True and report["images"]["error"] is None
+    assert b"backend" in result.stderr, "the human tables go to stderr"

@@ -1,14 +1,21 @@
-"""`podbay doctor`: every backend on this host — available or not and why, with which accelerator."""
+"""`podbay doctor`: every backend on this host — available or not and why, with which accelerator.
+
+With `--json` the report is one JSON document on stdout and the tables go to stderr, so
+`podbay doctor --json | jq` works.
+"""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
+from typing import Any
 
 import typer
+from rich.console import Console
 from rich.table import Table
 
-from podbay.cli.common import console
+from podbay.cli.common import console, errors
 from podbay.errors import ImageMissing
 from podbay.images import find_images
 from podbay.isolation.host import hardware_kvm
@@ -18,31 +25,71 @@ from podbay.paths import PodbayPaths
 DEFAULT_BACKEND = "qemu"
 
 
-def doctor() -> None:
+def doctor(as_json: bool = typer.Option(False, "--json", help="print the report as JSON on stdout")) -> None:
     """Report the backends, the accelerator and the images; exit 1 if the default backend cannot start a pod."""
-    paths = PodbayPaths.from_env()
-    kvm = hardware_kvm()
-    console.print(f"[bold]hardware KVM:[/] {'yes' if kvm.available else 'no'} — {kvm.reason}")
-    console.print(f"[bold]qemu:[/] {_qemu_version()}")
-    table = Table("backend", "available", "isolation", "accelerator", "security boundary", "reason / note")
-    backends = default_backends(paths)
-    for name, backend in backends.items():
-        availability, info = backend.availability(), backend.describe()
-        detail = availability.reason if not availability.available else f"{availability.reason}. {info.note}"
-        table.add_row(
-            name, _yes(availability.available), info.isolation, info.accelerator, _yes(info.security_boundary), detail
-        )
-    console.print(table)
-    images_ok = True
-    try:
-        images = find_images(paths)
-        console.print(f"[bold]images:[/] kernel {images.kernel}\n        rootfs {images.rootfs_image}")
-    except ImageMissing as exc:
-        images_ok = False
-        console.print(f"[bold]images:[/] [red]{exc}[/]")
-    console.print(f"[bold]state:[/] {paths.state}   [bold]cache:[/] {paths.cache}")
-    if not (backends[DEFAULT_BACKEND].availability().available and images_ok):
+    report = _report(PodbayPaths.from_env())
+    _show(report, errors if as_json else console)
+    if as_json:
+        print(json.dumps(report, indent=2))
+    if not report["ready"]:
         raise typer.Exit(1)
+
+
+def _report(paths: PodbayPaths) -> dict[str, Any]:
+    kvm = hardware_kvm()
+    backends = []
+    for name, backend in default_backends(paths).items():
+        availability, info = backend.availability(), backend.describe()
+        backends.append(
+            {
+                "name": name,
+                "available": availability.available,
+                "reason": availability.reason,
+                "isolation": info.isolation,
+                "accelerator": info.accelerator,
+                "security_boundary": info.security_boundary,
+                "note": info.note,
+            }
+        )
+    try:
+        found = find_images(paths)
+        images: dict[str, str | None] = {"kernel": str(found.kernel), "rootfs": str(found.rootfs_image), "error": None}
+    except ImageMissing as exc:
+        images = {"kernel": None, "rootfs": None, "error": str(exc)}
+    default_ready = any(row["name"] == DEFAULT_BACKEND and row["available"] for row in backends)
+    return {
+        "hardware_kvm": {"available": kvm.available, "reason": kvm.reason},
+        "qemu": _qemu_version(),
+        "backends": backends,
+        "images": images,
+        "state": str(paths.state),
+        "cache": str(paths.cache),
+        "ready": default_ready and images["error"] is None,
+    }
+
+
+def _show(report: dict[str, Any], out: Console) -> None:
+    kvm = report["hardware_kvm"]
+    out.print(f"[bold]hardware KVM:[/] {'yes' if kvm['available'] else 'no'} — {kvm['reason']}")
+    out.print(f"[bold]qemu:[/] {report['qemu']}")
+    table = Table("backend", "available", "isolation", "accelerator", "security boundary", "reason / note")
+    for row in report["backends"]:
+        detail = row["reason"] if not row["available"] else f"{row['reason']}. {row['note']}"
+        table.add_row(
+            row["name"],
+            _yes(row["available"]),
+            row["isolation"],
+            row["accelerator"],
+            _yes(row["security_boundary"]),
+            detail,
+        )
+    out.print(table)
+    images = report["images"]
+    if images["error"] is None:
+        out.print(f"[bold]images:[/] kernel {images['kernel']}\n        rootfs {images['rootfs']}")
+    else:
+        out.print(f"[bold]images:[/] [red]{images['error']}[/]")
+    out.print(f"[bold]state:[/] {report['state']}   [bold]cache:[/] {report['cache']}")
 
 
 def _yes(flag: bool) -> str:
