@@ -428,4 +428,6 @@ def _read_owner(run_dir: Path) -> dict[str, Any] | None:
         owner = json.loads((run_dir / OWNER_FILE).read_text())
     except (OSError, ValueError):
         return None  # half-made by a process that died at once: no owner to wait for
-    return owner if isinstance(owner, dict) and {"pid", "identity", "backend"} <= owner.keys() else None
+    if not isinstance(owner, dict) or not isinstance(owner.get("pid"), int):
+        return None
+    return owner if isinstance(owner.get("identity"), str) and isinstance(owner.get("backend"), str) else None

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from podbay import Conflict, GuestError, Platform, Timeout
+from podbay.bench.reliability import COMMIT_LOOP
 from podbay.isolation.base import SandboxConfig, VolumeAttachment
 from podbay.paths import PodbayPaths
 from podbay.state.volumes import VolumeStore
@@ -96,18 +97,6 @@ def test_a_killed_controllers_volume_stays_held_until_its_pod_is_reaped(
     assert_nothing_left(vm_paths)
     assert not volumes.info("held").attached
     assert [volume.name for volume in volumes.list()] == ["held"], "the anonymous volume went with its pod"
-
-
-COMMIT_LOOP = """
-import os, sqlite3
-db = sqlite3.connect(os.environ["PODBAY_DB_PATH"], isolation_level=None)
-db.execute("CREATE TABLE IF NOT EXISTS rows (n INTEGER)")
-n = 0
-while True:
-    db.execute("INSERT INTO rows VALUES (?)", (n,))  # autocommit: every statement is one transaction
-    n += 1
-    print(n, flush=True)
-"""
 
 
 @pytest.mark.parametrize("backend", VM_BACKENDS)

@@ -39,6 +39,8 @@ def loop_devices_under(root: Path) -> list[str]:
 
 def pod_cgroups(pod_ids: set[str] | None = None) -> list[str]:
     """Cgroup directories named after pods (any controller), optionally only those of `pod_ids`."""
+    if pod_ids is not None and not pod_ids:
+        return []  # none asked for: skip walking every hierarchy
     found = []
     for parent in Path("/sys/fs/cgroup").rglob("podbay"):
         for child in parent.iterdir() if parent.is_dir() else []:
@@ -49,7 +51,9 @@ def pod_cgroups(pod_ids: set[str] | None = None) -> list[str]:
 
 def runtime_containers(pod_ids: set[str] | None = None) -> list[str]:
     """Containers the OCI runtimes still know of, by pod id."""
-    found = []
+    if pod_ids is not None and not pod_ids:
+        return []  # none asked for: skip asking every runtime
+    found: list[str] = []
     for binary, root in RUNTIME_ROOTS.items():
         if not root.exists():
             continue

@@ -336,16 +336,12 @@ class VolumeStore:
     def _is_locked(self, name: str) -> bool:
         if name in self._locks:
             return True
-        lock_path = self.image(name).with_suffix(".lock")
-        if not lock_path.exists():
+        if not self.image(name).with_suffix(".lock").exists():
             return False
-        fd = os.open(lock_path, os.O_RDWR | os.O_CLOEXEC)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        fd = self._try_lock(name)
+        if fd is None:
             return True
-        finally:
-            os.close(fd)
+        os.close(fd)
         return False
 
 
