@@ -50,6 +50,10 @@ BLKFLSBUF = 0x1261  # _IO(0x12, 97): write back and drop a block device's cached
 MIN_SEED = 32  # bytes of host randomness a reseed needs, at least
 MAX_HOSTNAME = 64  # bytes (the kernel's __NEW_UTS_LEN)
 DISK_WAIT_S = 5.0  # for a restored clone's kernel to see a volume's real size
+# `freeze`/`thaw` quiesce the pod's disks for a snapshot (podbay.isolation.qemu.snapshot).
+FIFREEZE = 0xC0045877  # _IOWR('X', 119, int): flush a filesystem and block every write to it
+FITHAW = 0xC0045878  # _IOWR('X', 120, int)
+FREEZE_LIMIT_S = 30.0  # a freeze the host never undoes (it died mid-snapshot) thaws itself after this
 
 
 MAX_LIST_PAGE = 1000  # entries in one file_list answer, at most
@@ -182,8 +186,14 @@ class Process:
 
 
 class Agent:
-    def __init__(self, port: Port, state_dir: str = STATE_DIR, workdir: str = DEFAULT_CWD) -> None:
+    def __init__(
+        self, port: Port, state_dir: str = STATE_DIR, workdir: str = DEFAULT_CWD, layer_fd: int | None = None
+    ) -> None:
         self.port = port
+        # The writable layer's ext4, mounted outside the chroot: vminit keeps a descriptor of it for `freeze`.
+        self.layer_fd = layer_fd
+        self.frozen: list[tuple[str, int | None]] = []  # (name, descriptor or None: open the mount by name)
+        self.thaw_at: float | None = None
         self.state_dir = state_dir
         self.workdir = workdir
         self.selector = selectors.DefaultSelector()
@@ -205,6 +215,8 @@ class Agent:
             "file_stat": self.op_file_stat,
             "shutdown": self.op_shutdown,
             "reseed": self.op_reseed,
+            "freeze": self.op_freeze,
+            "thaw": self.op_thaw,
         }
 
     # ---- main loop -------------------------------------------------------------------------------------
@@ -223,6 +235,8 @@ class Agent:
                     self.drop_stream(key, exc)
             self.reap()
             self.enforce_deadlines()
+            if self.thaw_at is not None and time.monotonic() >= self.thaw_at:
+                self.thaw_all()
             self.maybe_retry_port()
 
     def dispatch(self, key: selectors.SelectorKey, events: int) -> None:
@@ -257,6 +271,8 @@ class Agent:
         moments = [p.deadline for p in self.processes.values() if p.deadline and not p.timed_out]
         if self.retry_port_at is not None:
             moments.append(self.retry_port_at)
+        if self.thaw_at is not None:
+            moments.append(self.thaw_at)
         return min(MAX_WAIT_S, max(0.0, min(moments) - time.monotonic())) if moments else None
 
     def read_port(self) -> None:
@@ -331,6 +347,7 @@ class Agent:
 
     def op_init(self, request: Header, _: bytes) -> None:
         """Inject environment, task context and volume mounts: everything secret arrives here, at start."""
+        self.refuse_if_frozen()
         clock = _number(request, "clock", "pass the host's time.time()")
         env = _env(request)
         mounts = _mounts(request)
@@ -391,8 +408,61 @@ class Agent:
             boot_id = None
         self.result(request, reseeded=reseeded, why=why, boot_id=boot_id)
 
+    def op_freeze(self, request: Header, _: bytes) -> None:
+        """Quiesce the disks for a snapshot: sync, then FIFREEZE the writable layer and every volume, so their
+        images on the host are consistent filesystems and nothing writes them until `thaw`. A freeze that fails
+        half-way thaws what it froze; one the host never undoes thaws itself after `timeout` seconds."""
+        timeout = _seconds(request, "timeout") or FREEZE_LIMIT_S
+        if self.frozen:
+            raise invalid("op", "the filesystems are already frozen", "send thaw first")
+        import fcntl
+
+        os.sync()
+        targets: list[tuple[str, int | None]] = [("layer", self.layer_fd)] if self.layer_fd is not None else []
+        targets += [(target, None) for target in self.mounts]
+        try:
+            for name, fd in targets:
+                _on_mount(name, fd, lambda descriptor: fcntl.ioctl(descriptor, FIFREEZE, 0))
+                self.frozen.append((name, fd))
+        except OSError:
+            self.thaw_all()
+            raise
+        self.thaw_at = time.monotonic() + timeout
+        self.result(request, frozen=[name for name, _ in self.frozen])
+
+    def op_thaw(self, request: Header, _: bytes) -> None:
+        thawed, failed = self.thaw_all()
+        if failed:
+            raise RequestError("os", "thaw failed: " + "; ".join(failed))
+        self.result(request, thawed=thawed)
+
+    def thaw_all(self) -> tuple[list[str], list[str]]:
+        """FITHAW whatever is frozen, newest first: (thawed names, failures). A filesystem that is no longer
+        frozen (EINVAL) counts as thawed."""
+        import fcntl
+
+        thawed: list[str] = []
+        failed: list[str] = []
+        while self.frozen:
+            name, fd = self.frozen.pop()
+            try:
+                _on_mount(name, fd, lambda descriptor: fcntl.ioctl(descriptor, FITHAW, 0))
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    failed.append(f"{name}: {exc}")
+                    continue
+            thawed.append(name)
+        self.thaw_at = None
+        return thawed, failed
+
+    def refuse_if_frozen(self) -> None:
+        """The agent's own writes to a frozen filesystem would block its only thread, and with it `thaw`."""
+        if self.frozen:
+            raise invalid("op", "the disks are frozen for a snapshot", "send thaw first, or retry in a moment")
+
     def op_shutdown(self, request: Header, _: bytes) -> None:
         """Make volumes consistent before the host stops the sandbox: stop children, sync, unmount."""
+        self.thaw_all()
         for pid in list(self.processes):
             _killpg(pid, signal.SIGKILL)
         os.sync()
@@ -560,6 +630,7 @@ class Agent:
     # ---- files -----------------------------------------------------------------------------------------
 
     def op_file_write(self, request: Header, payload: bytes) -> None:
+        self.refuse_if_frozen()
         path = _absolute(request)
         mode = _mode(request)
         parents = _flag(request, "parents", True)
@@ -699,6 +770,18 @@ def _reseed(seed: bytes) -> tuple[bool, str | None]:
     finally:
         os.close(fd)
     return True, None
+
+
+def _on_mount(target: str, fd: int | None, call: Callable[[int], object]) -> None:
+    """`call` with a descriptor of the filesystem: `fd` itself, or the mount point `target` opened for it."""
+    if fd is not None:
+        call(fd)
+        return
+    own = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        call(own)
+    finally:
+        os.close(own)
 
 
 def _refresh_disk(source: str, size: int) -> None:
@@ -1058,7 +1141,7 @@ def open_port(transport: str) -> Port:
 
 
 def main(argv: list[str]) -> None:
-    options = {"transport": "virtio-serial", "state-dir": STATE_DIR, "workdir": DEFAULT_CWD}
+    options = {"transport": "virtio-serial", "state-dir": STATE_DIR, "workdir": DEFAULT_CWD, "layer-fd": ""}
     for arg in argv:
         name, _, value = arg.removeprefix("--").partition("=")
         if name not in options:
@@ -1070,7 +1153,8 @@ def main(argv: list[str]) -> None:
         null = os.open(os.devnull, os.O_RDWR)
         os.dup2(null, 0)
         os.dup2(null, 1)
-    Agent(port, options["state-dir"], options["workdir"]).serve()
+    layer_fd = int(options["layer-fd"]) if options["layer-fd"] else None
+    Agent(port, options["state-dir"], options["workdir"], layer_fd).serve()
 
 
 if __name__ == "__main__":

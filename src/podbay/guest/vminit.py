@@ -24,11 +24,15 @@ def kernel_options() -> dict[str, str]:
     return dict(word.split("=", 1) for word in words if word.startswith("podbay.") and "=" in word)
 
 
-def prepare_root(options: dict[str, str]) -> None:
-    """Overlay the pod's writable layer on the read-only root and move the API filesystems into it."""
+def prepare_root(options: dict[str, str]) -> int | None:
+    """Overlay the pod's writable layer on the read-only root and move the API filesystems into it. Return a
+    descriptor of the layer's ext4 (None without a layer disk): after the chroot the agent can reach it only
+    so, and `freeze` needs it (FIFREEZE on the overlay itself is not supported)."""
     layer_disk = options.get("podbay.rw")
+    layer_fd = None
     if layer_disk:
         agent.mount(layer_disk, LAYER, "ext4", agent.MS_NOATIME)
+        layer_fd = os.open(LAYER, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     else:
         agent.mount("layer", LAYER, "tmpfs", 0, "mode=0755")  # no disk: the writable layer lives in memory
     for directory in ("upper", "work"):
@@ -47,6 +51,7 @@ def prepare_root(options: dict[str, str]) -> None:
     os.chdir(NEW_ROOT)
     os.chroot(".")
     os.chdir("/")
+    return layer_fd
 
 
 def main() -> None:
@@ -54,8 +59,9 @@ def main() -> None:
     agent.mount("sys", "/sys", "sysfs", RESTRICTED | agent.MS_NOEXEC, busy_ok=True)
     agent.mount("dev", "/dev", "devtmpfs", agent.MS_NOSUID, busy_ok=True)
     options = kernel_options()
-    prepare_root(options)
-    agent.main([f"--transport={options.get('podbay.transport', 'virtio-serial')}"])
+    layer_fd = prepare_root(options)
+    arguments = [f"--transport={options.get('podbay.transport', 'virtio-serial')}"]
+    agent.main(arguments + ([f"--layer-fd={layer_fd}"] if layer_fd is not None else []))
 
 
 if __name__ == "__main__":
