@@ -6,6 +6,7 @@ PodbayError                 root: catch this to catch everything podbay raises
 ├── Conflict                the name is taken, or the resource is in use (a volume attached elsewhere)
 ├── InvalidSpec             bad input; the message names the field and the fix
 ├── BackendUnavailable      the isolation backend cannot run on this host (the reason says why)
+│   └── Unsupported         the backend cannot do this operation (names the backend and the alternative)
 ├── GuestError              the sandbox or its agent failed (crash, protocol error, command refused)
 ├── Timeout                 an operation did not finish in time
 └── QuotaExceeded           a limit was hit
@@ -42,6 +43,16 @@ class InvalidSpec(PodbayError):
 
 class BackendUnavailable(PodbayError):
     """The isolation backend cannot run here; the message gives the reason."""
+
+
+class Unsupported(BackendUnavailable):
+    """The backend runs here but cannot do this (template clone, snapshot, fork); the message names the
+    backend and the alternative."""
+
+    def __init__(self, backend: str, operation: str, alternative: str) -> None:
+        self.backend = backend
+        self.operation = operation
+        super().__init__(f"{backend} cannot {operation}; {alternative}")
 
 
 class GuestError(PodbayError):

@@ -42,6 +42,7 @@ class PodSpec(BaseModel):
     context: dict[str, Any] = Field(default_factory=dict)
     network: bool = False
     boot_timeout_s: float = Field(60.0, gt=0, le=600)
+    cold: bool = Field(False, description="boot a fresh sandbox: no warm pool, no template clone")
 
     @field_validator("env")
     @classmethod
@@ -126,6 +127,7 @@ class Phase(BaseModel):
     name: str
     start_s: float
     end_s: float
+    detail: str = ""  # e.g. why the sandbox came from where it did
 
     @property
     def duration_ms(self) -> float:
@@ -150,6 +152,7 @@ class PodInfo(BaseModel):
     volume: str | None = None
     db_url: str | None = None
     created_at: float
+    origin: str | None = None  # how the sandbox was obtained: pool claim, template clone, snapshot restore, cold boot
     trace: list[Phase] = Field(default_factory=list)
     error: str | None = None
 

@@ -7,28 +7,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import os
-import secrets
-import shutil
 import signal
 import threading
 import time
 from collections.abc import Awaitable, Mapping, Sequence
-from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any, TypeVar
 
 from podbay.channel import GuestChannel, GuestProcess, OutputCallback
-from podbay.errors import BackendUnavailable, Conflict, GuestError, InvalidSpec, NotFound, PodbayError
+from podbay.errors import BackendUnavailable, Conflict, InvalidSpec, NotFound, PodbayError
 from podbay.guest.protocol import MAX_PAYLOAD
-from podbay.isolation.base import Availability, Backend, Sandbox, SandboxConfig
-from podbay.isolation.oci import mounts_under
+from podbay.isolation.base import Availability, Backend, PodAssignment, Sandbox
 from podbay.isolation.registry import default_backends
 from podbay.isolation.supervise import kill_processes_mentioning, process_identity
 from podbay.models import ExecResult, FileEntry, Phase, PodInfo, PodSpec, PodState
 from podbay.paths import PodbayPaths
+from podbay.pool.factory import Origin, PoolClaim, SandboxFactory, Start
+from podbay.pool.pools import Pools, shape_of
+from podbay.rundir import RunDir, read_owner, remove_run_dir
 from podbay.state.base import StateLease, StateProvider
 from podbay.state.sqlite import SqliteProvider
 from podbay.state.volumes import VolumeStore
@@ -45,12 +42,13 @@ class Trace:
         self.origin = time.monotonic()
         self.phases: list[Phase] = []
 
-    async def timed(self, name: str, work: Awaitable[T]) -> T:
+    async def timed(self, name: str, work: Awaitable[T], detail: str = "") -> T:
         start = time.monotonic() - self.origin
         try:
             return await work
         finally:
-            self.phases.append(Phase(name=name, start_s=start, end_s=time.monotonic() - self.origin))
+            end = time.monotonic() - self.origin
+            self.phases.append(Phase(name=name, start_s=start, end_s=end, detail=detail))
 
 
 class AsyncFiles:
@@ -97,7 +95,8 @@ class AsyncPod:
         sandbox: Sandbox,
         lease: StateLease | None,
         trace: Trace,
-        run_dir: Path,
+        run_dir: RunDir,
+        origin: Origin,
     ) -> None:
         self.id = pod_id
         self.spec = spec
@@ -107,6 +106,7 @@ class AsyncPod:
         self._lease = lease
         self._trace = trace
         self._run_dir = run_dir
+        self.origin = origin
         self._state = PodState.RUNNING
 
     def info(self) -> PodInfo:
@@ -118,6 +118,7 @@ class AsyncPod:
             volume=self._lease.volume_name if self._lease else None,
             db_url=self._lease.db_url if self._lease else None,
             created_at=self._platform.wall_clock(self._trace.origin),
+            origin=self.origin.value,
             trace=list(self._trace.phases),
         )
 
@@ -200,6 +201,8 @@ class AsyncPlatform:
         self.volumes = VolumeStore(self.paths.volumes)
         self.backends: dict[str, Backend] = dict(backends or default_backends(self.paths))
         self._state: StateProvider = SqliteProvider(self.volumes)
+        self.factory = SandboxFactory(self.paths)
+        self.pools = Pools(self.factory, self._backend)
         self._pods: dict[str, AsyncPod] = {}
         self._clock_offset = time.time() - time.monotonic()
         self._first_reap: asyncio.Task[list[str]] | None = None
@@ -234,35 +237,26 @@ class AsyncPlatform:
             self._first_reap = asyncio.create_task(self.reap_orphans())
             self._reaper = asyncio.create_task(self._reap_periodically())
         await self._first_reap
-        pod_id = "pod-" + secrets.token_hex(6)
-        run_dir = self.paths.pods / pod_id
-        run_dir.mkdir(parents=True, mode=0o700)
-        _write_owner(run_dir, backend.name)
         trace = Trace()
+        start = await trace.timed("choose", self._choose_start(backend, spec))
+        pod_id = start.run_dir.pod_id
         sandbox: Sandbox | None = None
         lease: StateLease | None = None
         try:
-            layer_task = trace.timed("layer", backend.prepare_layer(run_dir, spec.disk_mib))
-            state_task = trace.timed("db provision", self._provision(pod_id, spec))
-            results = await asyncio.gather(layer_task, state_task, return_exceptions=True)
-            layer = results[0] if isinstance(results[0], Path) else None
+            results = await asyncio.gather(
+                trace.timed("prepare", start.prepare()),
+                trace.timed("db provision", self._provision(pod_id, spec)),
+                return_exceptions=True,
+            )
             lease = results[1] if isinstance(results[1], StateLease) else None
             for result in results:
                 if isinstance(result, BaseException):
                     raise result
             if lease is not None:
                 self._guard_host_mounts(backend, lease)
-            config = SandboxConfig(
-                pod_id=pod_id,
-                run_dir=run_dir,
-                vcpus=spec.vcpus,
-                memory_mib=spec.memory_mib,
-                layer=layer,
-                volumes=lease.volumes if lease else (),
-                boot_timeout_s=spec.boot_timeout_s,
-            )
-            sandbox = await trace.timed("boot", backend.start(config))
             env = {**spec.env, **(lease.env if lease else {}), "PODBAY_POD_ID": pod_id}
+            assignment = PodAssignment(pod_id, lease.volumes if lease else (), env, spec.context)
+            sandbox = await trace.timed(start.origin.value, start.sandbox(assignment), detail=start.why)
             await trace.timed(
                 "attach+inject",
                 sandbox.channel.request(
@@ -271,13 +265,26 @@ class AsyncPlatform:
             )
         except BaseException as exc:
             try:
-                await self.teardown(pod_id, sandbox, lease, run_dir)
+                await self.teardown(pod_id, sandbox, lease, start.run_dir)
             except PodbayError as cleanup:
                 exc.add_note(f"and cleaning up after it failed too: {cleanup}")
             raise
-        pod = AsyncPod(self, pod_id, spec, sandbox, lease, trace, run_dir)
+        pod = AsyncPod(self, pod_id, spec, sandbox, lease, trace, start.run_dir, start.origin)
         self._pods[pod_id] = pod
         return pod
+
+    async def _choose_start(self, backend: Backend, spec: PodSpec) -> Start:
+        """A claimed pool member if one fits, else a template clone or a cold boot (see podbay.pool.factory)."""
+        shape = shape_of(spec)
+        if spec.cold:
+            return self.factory.new_start(backend, shape, cold=True, boot_timeout_s=spec.boot_timeout_s)
+        if spec.memory_db and not backend.capabilities.attach_after_start:
+            why = f"pool members of {backend.name} cannot take a volume after they start"
+        else:
+            member, why = await self.pools.claim(shape)
+            if member is not None:
+                return PoolClaim(member, why)
+        return self.factory.new_start(backend, shape, cold=False, boot_timeout_s=spec.boot_timeout_s, why=why)
 
     def _guard_host_mounts(self, backend: Backend, lease: StateLease) -> None:
         """Never let the host's kernel mount a filesystem that a guest kernel (untrusted code) has written.
@@ -301,7 +308,7 @@ class AsyncPlatform:
             return None
         return await self._state.provision(pod_id, spec.volume, spec.volume_mib)
 
-    async def teardown(self, pod_id: str, sandbox: Sandbox | None, lease: StateLease | None, run_dir: Path) -> None:
+    async def teardown(self, pod_id: str, sandbox: Sandbox | None, lease: StateLease | None, run_dir: RunDir) -> None:
         """Undo whatever part of a pod exists; every failure path and destroy() end here.
 
         Fails closed: if the sandbox cannot be shown to be gone, its volume stays held (no other pod may have
@@ -312,7 +319,7 @@ class AsyncPlatform:
             await sandbox.destroy()  # raises if anything of the sandbox may still run
         if lease is not None:
             await self._state.release(lease)
-        remove_run_dir(run_dir)
+        run_dir.remove()
 
     def _backend(self, name: str) -> Backend:
         backend = self.backends.get(name)
@@ -334,7 +341,7 @@ class AsyncPlatform:
         """
         reaped = []
         for run_dir in sorted(self.paths.pods.glob("pod-*")) if self.paths.pods.exists() else []:
-            owner = _read_owner(run_dir)
+            owner = read_owner(run_dir)
             if owner is not None and process_identity(int(owner["pid"])) == owner["identity"]:
                 continue
             if owner is None and time.time() - run_dir.stat().st_mtime < UNOWNED_GRACE_S:
@@ -372,12 +379,14 @@ class AsyncPlatform:
         return [pod.info() for pod in self._pods.values()]
 
     async def close(self) -> None:
-        """Destroy every pod this platform still holds."""
+        """Destroy every pod this platform still holds, and its warm pools' idle members."""
         if self._reaper is not None:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
-        await asyncio.gather(*(pod.destroy() for pod in list(self._pods.values())), return_exceptions=True)
+        await asyncio.gather(
+            self.pools.close(), *(pod.destroy() for pod in list(self._pods.values())), return_exceptions=True
+        )
 
 
 def _check_argv(argv: Sequence[str]) -> None:
@@ -404,30 +413,4 @@ def _raise_system_exit(signum: int, _: FrameType | None) -> None:
     raise SystemExit(128 + signum)
 
 
-def remove_run_dir(run_dir: Path) -> None:
-    """Remove a pod's run directory, never across a mount point: a volume still mounted under it would lose
-    its data to a recursive delete. Such a directory is left for the reaper, and the caller told."""
-    if not run_dir.exists():
-        return
-    if mounts_under(run_dir):
-        raise GuestError(f"{run_dir} still has mounts under it; left in place (the reaper retries)")
-    shutil.rmtree(run_dir)
-
-
-OWNER_FILE = "owner.json"
 UNOWNED_GRACE_S = 60.0
-
-
-def _write_owner(run_dir: Path, backend: str) -> None:
-    owner = {"pid": os.getpid(), "identity": process_identity(os.getpid()), "backend": backend}
-    (run_dir / OWNER_FILE).write_text(json.dumps(owner))
-
-
-def _read_owner(run_dir: Path) -> dict[str, Any] | None:
-    try:
-        owner = json.loads((run_dir / OWNER_FILE).read_text())
-    except (OSError, ValueError):
-        return None  # half-made by a process that died at once: no owner to wait for
-    if not isinstance(owner, dict) or not isinstance(owner.get("pid"), int):
-        return None
-    return owner if isinstance(owner.get("identity"), str) and isinstance(owner.get("backend"), str) else None

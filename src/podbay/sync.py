@@ -14,6 +14,7 @@ from podbay.isolation.base import Availability, Backend
 from podbay.models import ExecResult, FileEntry, PodInfo, PodSpec
 from podbay.paths import PodbayPaths
 from podbay.platform import AsyncPlatform, AsyncPod, exit_on_termination_signals
+from podbay.pool.pools import Pools as AsyncPools
 from podbay.state.volumes import VolumeStore
 
 T = TypeVar("T")
@@ -152,12 +153,37 @@ class Pod:
         self.destroy()
 
 
+class Pools:
+    """`platform.pools`: warm pools of pre-started sandboxes, one per shape."""
+
+    def __init__(self, loop: _Loop, pools: AsyncPools) -> None:
+        self._loop = loop
+        self._pools = pools
+
+    def ensure(self, size: int, *, wait: float | None = None, **fields: Any) -> dict[str, Any]:
+        """Keep `size` idle members of the shape `fields` give (PodSpec's backend, vcpus, memory_mib, disk_mib),
+        refilled in the background; with `wait`, block up to that many seconds until they are all up."""
+
+        async def ensure() -> dict[str, Any]:
+            pool = await self._pools.ensure(size, **fields)
+            if wait is not None:
+                await pool.wait_full(wait)
+            return pool.report()
+
+        return self._loop.run(ensure())
+
+    def report(self) -> list[dict[str, Any]]:
+        """Per pool: size, idle members, hit rate, claim latency, refill rate, failures."""
+        return self._pools.report()
+
+
 class Platform:
     """The embedded platform, blocking API. Use it as a context manager: leaving it destroys its pods."""
 
     def __init__(self, paths: PodbayPaths | None = None, backends: Mapping[str, Backend] | None = None) -> None:
         self._loop = _Loop()
         self._platform = self._loop.run(_construct(paths, backends))
+        self.pools = Pools(self._loop, self._platform.pools)
         self._closed = False
         # VMMs run in their own sessions, so they would outlive a script that forgot close(), or one stopped
         # by SIGTERM/SIGHUP: not at exit.

@@ -109,13 +109,21 @@ def test_closing_the_platform_destroys_its_pods(vm_paths: PodbayPaths) -> None:
     assert_nothing_left(vm_paths)
 
 
-def test_trace_has_each_phase_in_order(platform: Platform) -> None:
-    pod = platform.create_agent(memory_db=True)
-    phases = {phase.name: phase for phase in pod.info().trace}
+@pytest.mark.parametrize(("cold", "origin"), [(False, "template clone"), (True, "cold boot")])
+def test_trace_has_each_phase_in_order_and_says_where_the_sandbox_came_from(
+    platform: Platform, cold: bool, origin: str
+) -> None:
+    pod = platform.create_agent(memory_db=True, cold=cold)
+    info = pod.info()
+    phases = {phase.name: phase for phase in info.trace}
     pod.destroy()
-    assert {"layer", "db provision", "boot", "attach+inject"} <= set(phases)
-    assert phases["boot"].start_s >= max(phases["layer"].end_s, phases["db provision"].end_s)
-    assert phases["attach+inject"].start_s >= phases["boot"].end_s
+    assert info.origin == origin
+    assert {"choose", "prepare", "db provision", origin, "attach+inject"} <= set(phases)
+    assert phases[origin].start_s >= max(phases["prepare"].end_s, phases["db provision"].end_s)
+    assert phases["attach+inject"].start_s >= phases[origin].end_s
+    # Why not the pool: no pool of this shape, and qemu's members cannot take a volume after they start.
+    expected = "a cold boot was asked for" if cold else "cannot take a volume after they start"
+    assert expected in phases[origin].detail
 
 
 def test_qemu_runs_unprivileged_when_started_as_root(platform: Platform) -> None:

@@ -106,7 +106,9 @@ def test_relative_paths_are_refused(pod: Pod) -> None:
 
 def test_trace_records_every_creation_phase(pod: Pod) -> None:
     names = [phase.name for phase in pod.info().trace]
-    assert {"layer", "db provision", "boot", "attach+inject"} <= set(names)
+    assert {"choose", "prepare", "db provision", "cold boot", "attach+inject"} <= set(names)
+    assert pod.info().origin == "cold boot"
+    assert "local has no templates" in next(phase.detail for phase in pod.info().trace if phase.name == "cold boot")
     assert all(phase.end_s >= phase.start_s for phase in pod.info().trace)
 
 

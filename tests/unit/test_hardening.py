@@ -20,7 +20,7 @@ from podbay.isolation.fake import LocalProcessBackend, LocalSandbox
 from podbay.isolation.supervise import BoundedLog
 from podbay.models import PodSpec
 from podbay.paths import PodbayPaths
-from podbay.platform import remove_run_dir
+from podbay.rundir import remove_run_dir
 
 
 @pytest.fixture

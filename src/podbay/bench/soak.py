@@ -22,7 +22,8 @@ from podbay.bench.create import percentile
 from podbay.bench.leaks import host_leaks
 from podbay.errors import PodbayError
 from podbay.paths import PodbayPaths
-from podbay.platform import AsyncPlatform, remove_run_dir
+from podbay.platform import AsyncPlatform
+from podbay.rundir import remove_run_dir
 
 WITH_DATABASE_EVERY = 5
 POD_ID = re.compile(r"pod-[0-9a-f]{12}")

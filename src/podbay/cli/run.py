@@ -21,6 +21,7 @@ def run(
     timeout: float | None = typer.Option(None, "--timeout", help="kill the command after this many seconds"),
     memory_mib: int = typer.Option(256, "--memory", help="guest memory in MiB"),
     interactive: bool = typer.Option(False, "--stdin", "-i", help="forward this process's stdin to the command"),
+    cold: bool = typer.Option(False, "--cold", help="boot a fresh sandbox instead of cloning the cached template"),
 ) -> None:
     """Run CMD in a fresh pod; stdout/stderr stream through, and podbay exits with the command's status."""
     environment = _parse_env(env)
@@ -34,6 +35,7 @@ def run(
             volume=volume,
             env=environment,
             memory_mib=memory_mib,
+            cold=cold,
         )
         try:
             result = pod.exec(

@@ -1,12 +1,19 @@
-"""The seam between the platform and an isolation technology (QEMU microVM, later gVisor, runc, Firecracker).
+"""The seam between the platform and an isolation technology (QEMU microVM, Firecracker, gVisor, runc).
 
 A backend knows how to start a sandbox that runs the podbay guest agent and hands back a connected
 GuestChannel. It knows nothing of databases, tenants or pods: the platform composes those.
+
+A sandbox exists before its pod. What a sandbox *is* (`SandboxShape`: backend, vCPUs, memory, layer size,
+volume slots; the images are the host's current ones) is fixed when it starts; what a pod *assigns* to it
+(`PodAssignment`: its id, volumes, environment, context and credentials) comes at start for a cold boot or
+a template clone, and after start for a pool member. `podbay.pool.factory` chooses how a sandbox is
+obtained (pool claim, template clone, cold boot), Kata's VM factory being the model.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -34,7 +41,45 @@ class VolumeAttachment:
 
 
 @dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do on top of start/pause/destroy; `podbay doctor` lists it. An operation a backend
+    lacks raises `Unsupported`, naming the backend and the alternative."""
+
+    template_clone: bool = False  # start by restoring a saved, booted guest instead of booting
+    pool: bool = True  # pre-started members, claimed by pods
+    attach_after_start: bool = False  # a running member can take a pod's volume (pool claims with a volume)
+    snapshot: bool = False  # save a running pod (memory, layer, volume) and restore it later
+    fork: bool = False  # N running copies of a running pod
+
+    def as_dict(self) -> dict[str, bool]:
+        return {field: bool(getattr(self, field)) for field in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True)
+class SandboxShape:
+    """What a sandbox is, fixed when it starts: a sandbox of one shape can serve any pod that asks for it."""
+
+    backend: str
+    vcpus: int
+    memory_mib: int
+    layer_mib: int
+    volume_slots: int = 1  # disks for volumes (a template clone or pool member cannot add more)
+
+
+@dataclass(frozen=True)
+class PodAssignment:
+    """What a pod gives the sandbox it gets: its identity and state. Never part of a template or a pool."""
+
+    pod_id: str
+    volumes: tuple[VolumeAttachment, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    context: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class SandboxConfig:
+    """One start of a backend: a shape made concrete (its run directory, its layer) with the disks it gets."""
+
     pod_id: str
     run_dir: Path  # private to this sandbox; the backend may put sockets and logs here
     vcpus: int
@@ -57,6 +102,10 @@ class Sandbox(Protocol):
     def guest_mounts(self) -> list[dict[str, Any]]:
         """What the agent must mount at `init` (volumes the backend attached as disks)."""
 
+    @property
+    def alive(self) -> bool:
+        """Its VMM or runtime still runs (checked before a pool hands a member out)."""
+
     async def pause(self) -> None: ...
     async def resume(self) -> None: ...
     async def destroy(self) -> None:
@@ -65,6 +114,7 @@ class Sandbox(Protocol):
 
 class Backend(Protocol):
     name: str
+    capabilities: Capabilities
     # True when the host's kernel mounts the pod's volume images (containers); False when a guest kernel does.
     mounts_volumes_on_host: bool
 

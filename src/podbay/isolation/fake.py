@@ -16,7 +16,7 @@ from typing import Any
 
 from podbay.channel import GuestChannel
 from podbay.guest import agent
-from podbay.isolation.base import Availability, SandboxConfig
+from podbay.isolation.base import Availability, Capabilities, SandboxConfig
 from podbay.isolation.supervise import kill_processes_mentioning
 from podbay.models import SandboxInfo
 
@@ -24,6 +24,7 @@ from podbay.models import SandboxInfo
 class LocalProcessBackend:
     name = "local"
     mounts_volumes_on_host = False
+    capabilities = Capabilities()
 
     def availability(self) -> Availability:
         return Availability(True, "test double: the agent runs on the host, unisolated")
@@ -70,6 +71,10 @@ class LocalSandbox:
         self.guest_mounts: list[dict[str, Any]] = []
         self._process = process
         self._run_dir = run_dir
+
+    @property
+    def alive(self) -> bool:
+        return self._process.returncode is None
 
     async def pause(self) -> None:
         self._process.send_signal(19)  # SIGSTOP

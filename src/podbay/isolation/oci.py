@@ -40,7 +40,7 @@ from typing import Any
 from podbay.channel import GuestChannel
 from podbay.errors import BackendUnavailable, GuestError, ImageMissing, Timeout
 from podbay.images.rootfs import rootfs_entry
-from podbay.isolation.base import Availability, SandboxConfig
+from podbay.isolation.base import Availability, Capabilities, SandboxConfig
 from podbay.isolation.supervise import (
     BoundedLog,
     ProcessExited,
@@ -732,9 +732,9 @@ async def stop_container(
     return problems
 
 
-async def release_container_run_dir(run_dir: Path) -> list[str]:
+async def release_container_mounts(run_dir: Path) -> list[str]:
     """Unmount the pod's layer, root and volumes, check their loop devices are gone, then end the keeper of
-    the volumes' locks and remove the run directory; returns what could not be released."""
+    the volumes' locks; returns what could not be released. The run directory stays: its maker removes it."""
     loops = {source: loop_backing_file(source) for _, source in _mount_sources(run_dir) if source.startswith("/dev/")}
     await unmount_all(run_dir)
     problems = [f"{target} is still mounted" for target in mounts_under(run_dir)]
@@ -748,7 +748,6 @@ async def release_container_run_dir(run_dir: Path) -> list[str]:
         return problems
     if left := await kill_processes(lambda: processes_mentioning(run_dir, keeper=True)):
         return [f"the keeper of its volume locks ({left}) does not end"]
-    shutil.rmtree(run_dir, ignore_errors=True)
     return []
 
 
@@ -764,6 +763,9 @@ class ContainerBackend:
     """A backend over one OCI runtime; RuncBackend and GvisorBackend only choose the profile."""
 
     mounts_volumes_on_host = True  # loop-mounted by the host kernel, then bind-mounted into the container
+    # Pools of pre-started containers; a volume is mounted when the container is made, so a claim with a
+    # volume falls back to a cold start. runsc checkpoint/restore is not wired yet.
+    capabilities = Capabilities()
 
     def __init__(self, paths: PodbayPaths, profile: RuntimeProfile, rootfs_dir: Path | None = None) -> None:
         self.name = profile.backend
@@ -802,7 +804,7 @@ class ContainerBackend:
         if problems:
             await protect_mounts(run_dir)
             raise _not_stopped(run_dir.name, run_dir, problems)
-        if problems := await release_container_run_dir(run_dir):
+        if problems := await release_container_mounts(run_dir):
             raise _not_stopped(run_dir.name, run_dir, problems)
 
     async def prepare_layer(self, run_dir: Path, size_mib: int) -> Path:
@@ -904,6 +906,10 @@ class ContainerSandbox:
         self.guest_mounts: list[dict[str, Any]] = []  # the runtime bind-mounts volumes before the agent starts
         self.info = profile.describe().model_copy(update={"pid": process.pid, "console_log": str(paths.stderr_log)})
 
+    @property
+    def alive(self) -> bool:
+        return self._process.returncode is None and not self._destroyed
+
     async def connect(self, timeout: float) -> None:
         """Wait until the agent answers; fail early, with the runtime's own words, if the runtime exits first."""
         try:
@@ -967,7 +973,7 @@ class ContainerSandbox:
                 await protect_mounts(self._paths.run_dir)
                 raise _not_stopped(self._id, self._paths.run_dir, problems)
             self._log.close()
-            if problems := await release_container_run_dir(self._paths.run_dir):
+            if problems := await release_container_mounts(self._paths.run_dir):
                 raise _not_stopped(self._id, self._paths.run_dir, problems)
             if self._keeper is not None:
                 await self._keeper.wait()  # killed above; reap it

@@ -17,33 +17,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
-from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from podbay.channel import GuestChannel
-from podbay.errors import BackendUnavailable, GuestError, Timeout
+from podbay.errors import BackendUnavailable, GuestError
 from podbay.images import ImageSet, find_images
-from podbay.isolation.base import Availability, SandboxConfig
+from podbay.isolation.base import Availability, Capabilities, SandboxConfig
 from podbay.isolation.firecracker import jail as jails
 from podbay.isolation.firecracker.api import FirecrackerApi, FirecrackerApiError, InstanceInfo
 from podbay.isolation.firecracker.install import VERSION, find_firecracker
 from podbay.isolation.firecracker.jail import API_SOCKET, KERNEL, LOG, METRICS, VSOCK, Jail, Tools, inside
 from podbay.isolation.host import hardware_kvm
-from podbay.isolation.oci import mounts_under
 from podbay.isolation.supervise import (
-    ProcessExited,
     disk_device,
     kill_session,
     layer_disk,
-    shut_down_agent,
     tail,
-    unless_exited,
-    volume_mounts,
 )
 from podbay.isolation.uids import UidLease, allocate_uid
+from podbay.isolation.vm import VmSandbox
 from podbay.models import SandboxInfo
 from podbay.paths import PodbayPaths
 
@@ -145,6 +139,9 @@ def jail_files(config: SandboxConfig, images: ImageSet) -> list[tuple[Path, str,
 class FirecrackerBackend:
     name = "firecracker"
     mounts_volumes_on_host = False
+    # Firecracker's snapshot API would give clones and snapshots, but needs hardware KVM to be tested: not
+    # claimed until it is.
+    capabilities = Capabilities()
 
     def __init__(self, paths: PodbayPaths, images: ImageSet | None = None) -> None:
         self._paths = paths
@@ -225,7 +222,7 @@ class FirecrackerBackend:
         except BaseException:
             if root is not None:
                 os.close(root)
-            jails.abandon(jail)  # nothing runs yet: undo what was placed, then give the uid back
+            jails.undo(jail)  # nothing runs yet: undo what was placed, then give the uid back
             lease.release()
             raise
         sandbox = FirecrackerSandbox(jail, lease, process, config, drives(config, images.rootfs_image), root)
@@ -266,7 +263,10 @@ async def _spawn(tools: Tools, jail: Jail, config: SandboxConfig, lease: UidLeas
         )
 
 
-class FirecrackerSandbox:
+class FirecrackerSandbox(VmSandbox):
+    vmm = "Firecracker (or its jailer)"
+    exit_grace_s = 0.0  # an API error is Firecracker's own answer, not a symptom of its exit
+
     def __init__(
         self,
         jail: Jail,
@@ -278,19 +278,15 @@ class FirecrackerSandbox:
     ) -> None:
         self.jail = jail
         self.files = RunFiles(config.run_dir, jail.chroot)
-        self.info = FirecrackerBackend.describe().model_copy(
+        info = FirecrackerBackend.describe().model_copy(
             update={"pid": process.pid, "console_log": str(self.files.console_log), "note": note(jail.uid)}
         )
+        super().__init__(info, process, config)
         self._root = root  # an O_PATH descriptor of the chroot, closed at destroy
         self.api = FirecrackerApi(self.reach(API_SOCKET))
         self._lease = lease
-        self._process = process
         self._config = config
         self._drives = drives
-        self._channel: GuestChannel | None = None
-        self._paused = False
-        self._destroyed = False
-        self.guest_mounts: list[dict[str, Any]] = volume_mounts(config)
 
     def reach(self, name: str) -> Path:
         """A short host path to a file of the chroot (valid while the sandbox lives)."""
@@ -302,16 +298,10 @@ class FirecrackerSandbox:
         pids = jails.cgroup_pids(self.jail.cgroup_dirs)
         return min(pids) if pids else None
 
-    @property
-    def channel(self) -> GuestChannel:
-        if self._channel is None:
-            raise GuestError("the sandbox is not connected")
-        return self._channel
-
     # ---- start -----------------------------------------------------------------------------------------
 
     async def wait_for_api(self, timeout: float) -> InstanceInfo:
-        info = await self._until_exit(self._probe_api(), timeout, "its API socket to answer")
+        info = await self.until_answer(self._probe_api(), timeout, "its API socket to answer")
         self.info = self.info.model_copy(update={"pid": self.vmm_pid or self._process.pid})
         return info
 
@@ -335,7 +325,7 @@ class FirecrackerSandbox:
         await self.api.put_vsock(GUEST_CID, inside(VSOCK))
 
     async def boot(self, timeout: float) -> None:
-        await self._until_exit(self._boot(), timeout, "the guest agent to answer")
+        await self.until_answer(self._boot(), timeout, "the guest agent to answer")
 
     async def _boot(self) -> None:
         await self.configure()
@@ -350,22 +340,8 @@ class FirecrackerSandbox:
             raise
         self._channel = channel  # only an agent that answered is asked to shut down at destroy
 
-    async def _until_exit(self, work: Coroutine[Any, Any, T], timeout: float, what: str) -> T:
-        """Run `work`; fail early, with Firecracker's own words, if Firecracker exits first."""
-        try:
-            # No grace: an API error is Firecracker's own answer, not a symptom of its exit.
-            return await unless_exited(self._process, work, timeout, grace=0)
-        except ProcessExited as exited:
-            raise GuestError(
-                f"Firecracker (or its jailer) exited with status {exited.status} while waiting for {what}.\n"
-                f"{self.diagnostics()}"
-            ) from None
-        except Timeout:
-            raise Timeout(f"waited {timeout} s for {what}; Firecracker still runs.\n{self.diagnostics()}") from None
-        except FirecrackerApiError:
-            raise  # Firecracker's fault message says it all
-        except GuestError as exc:
-            raise GuestError(f"{exc}\n{self.diagnostics()}") from None
+    def passthrough_errors(self) -> tuple[type[BaseException], ...]:
+        return (FirecrackerApiError,)  # Firecracker's fault message says it all
 
     def diagnostics(self) -> str:
         return "\n".join(
@@ -379,37 +355,24 @@ class FirecrackerSandbox:
 
     # ---- running ---------------------------------------------------------------------------------------
 
-    async def pause(self) -> None:
+    async def _pause_vcpus(self) -> None:
         await self.api.pause()
-        self._paused = True
 
-    async def resume(self) -> None:
+    async def _resume_vcpus(self) -> None:
         await self.api.resume()
-        self._paused = False
 
-    async def destroy(self) -> None:
-        """Stop the VMM, then undo its jail: cgroups, ACL entries, binds, files, and last the uid.
+    async def _disconnect(self) -> None:
+        await self.api.close()
+        os.close(self._root)
 
-        Fails closed: if something may still run in the pod's cgroups, GuestError, and the uid stays reserved
-        and the run directory stays for the reaper."""
-        if self._destroyed:
-            return
-        self._destroyed = True
-        try:
-            if self._channel is not None and self._process.returncode is None:
-                await shut_down_agent(self._channel, self.resume if self._paused else None)
-            await self._stop()
-        finally:
-            if self._channel is not None:
-                await self._channel.close()
-            await self.api.close()
-            os.close(self._root)
-        jails.dismantle(self.jail)
-        if not mounts_under(self.files.run_dir):
-            shutil.rmtree(self.files.run_dir, ignore_errors=True)
+    async def _release(self) -> None:
+        """Undo the jail: cgroups were removed by _stop_vmm; now the ACL entries, binds and chroot (never the run
+        directory, which is its maker's), and last the uid. Fails closed: if something may still run in the pod's
+        cgroups, _stop_vmm raised, and the uid stays reserved and the jail stays for the reaper."""
+        jails.undo(self.jail)
         self._lease.release()
 
-    async def _stop(self) -> None:
+    async def _stop_vmm(self) -> None:
         # Kill Firecracker first, the init of its pid namespace: unshare, its parent, reaps it and exits.
         # Killed first, unshare would leave it to the host's init to reap.
         if jails.cgroup_pids(self.jail.cgroup_dirs):

@@ -375,8 +375,9 @@ def dismantle(jail: Jail) -> None:
     unmount_all(jail.run_dir)
 
 
-def abandon(jail: Jail) -> None:
-    """Undo a jail whose jailer never started (placing a file failed, or spawning did)."""
+def undo(jail: Jail) -> None:
+    """Undo a jail once nothing runs in it (after destroy, or a start that failed before the jailer ran): its
+    ACL entries, binds, chroot and record; the run directory itself is its maker's."""
     dismantle(jail)
     if not mounts_under(jail.run_dir):
         shutil.rmtree(jail.base, ignore_errors=True)

@@ -12,28 +12,25 @@ import os
 import shutil
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from qemu.qmp import ConnectError, QMPClient, QMPError
 
 from podbay.channel import GuestChannel
-from podbay.errors import BackendUnavailable, Conflict, GuestError, Timeout
+from podbay.errors import BackendUnavailable, Conflict, PodbayError
 from podbay.images import ImageSet, find_images
-from podbay.isolation.base import Availability, SandboxConfig
+from podbay.isolation.base import Availability, Capabilities, SandboxConfig
 from podbay.isolation.host import hardware_kvm, host_tsc_khz
 from podbay.isolation.qemu.command import QEMU_BINARY, RunFiles, build_command
 from podbay.isolation.supervise import (
     BoundedLog,
-    ProcessExited,
     kill_processes_mentioning,
     kill_session,
     layer_disk,
-    shut_down_agent,
     tail,
-    unless_exited,
-    volume_mounts,
 )
 from podbay.isolation.uids import UidLease, allocate_uid
+from podbay.isolation.vm import VmSandbox
 from podbay.models import SandboxInfo
 from podbay.paths import PodbayPaths
 
@@ -51,6 +48,7 @@ class QemuBackend:
     name = "qemu"
     mounts_volumes_on_host = False
     isolation = "microvm"
+    capabilities = Capabilities(template_clone=True)
 
     def __init__(self, paths: PodbayPaths, images: ImageSet | None = None) -> None:
         self._paths = paths
@@ -153,7 +151,9 @@ async def spawn_qemu(
     return process, logs, uid
 
 
-class QemuSandbox:
+class QemuSandbox(VmSandbox):
+    vmm = "QEMU"
+
     def __init__(
         self,
         info: SandboxInfo,
@@ -163,41 +163,27 @@ class QemuSandbox:
         logs: tuple[BoundedLog, ...] = (),
         uid: UidLease | None = None,
     ) -> None:
-        self.info = info
+        super().__init__(info, process, config)
         self._files = files
-        self._process = process
         self._logs = logs
         self._uid = uid
         self._qmp = QMPClient(f"podbay-{config.pod_id}")
-        self._channel: GuestChannel | None = None
-        self._destroyed = False
-        self._paused = False
-        self.guest_mounts: list[dict[str, Any]] = volume_mounts(config)
-
-    @property
-    def channel(self) -> GuestChannel:
-        if self._channel is None:
-            raise GuestError("the sandbox is not connected")
-        return self._channel
 
     async def connect(self, timeout: float) -> None:
         """Wait until the agent answers; fail early, with QEMU's own words, if QEMU dies first."""
-        try:
-            await unless_exited(self._process, self._handshake(), timeout)
-        except ProcessExited as exited:
-            stderr = tail(self._files.stderr_log)
-            if "Failed to get" in stderr and "lock" in stderr:  # another QEMU holds one of the disk images
-                raise Conflict(
-                    f"a disk of this pod is in use by another VM (QEMU: {stderr.splitlines()[-1]}); "
-                    "destroy the pod that holds its volume first"
-                ) from None
-            raise GuestError(
-                f"QEMU exited with status {exited.status} before the guest agent answered.\n{self.diagnostics()}"
-            ) from None
-        except Timeout:
-            raise Timeout(f"the guest agent did not answer within {timeout} s.\n{self.diagnostics()}") from None
-        except (GuestError, OSError, QMPError) as exc:
-            raise GuestError(f"{exc}\n{self.diagnostics()}") from None
+        await self.until_answer(self._handshake(), timeout, "the guest agent to answer")
+
+    def exited_error(self, status: int, what: str) -> PodbayError:
+        stderr = tail(self._files.stderr_log)
+        if "Failed to get" in stderr and "lock" in stderr:  # another QEMU holds one of the disk images
+            return Conflict(
+                f"a disk of this pod is in use by another VM (QEMU: {stderr.splitlines()[-1]}); "
+                "destroy the pod that holds its volume first"
+            )
+        return super().exited_error(status, what)
+
+    def wrapped_errors(self) -> tuple[type[BaseException], ...]:
+        return (QMPError,)
 
     async def _handshake(self) -> None:
         reader, writer = await _when_listening(self._files.agent_socket, asyncio.open_unix_connection)
@@ -220,25 +206,20 @@ class QemuSandbox:
             f"console log ({self._files.console_log}):\n{tail(self._files.console_log) or '(empty)'}"
         )
 
-    async def pause(self) -> None:
+    async def _pause_vcpus(self) -> None:
         await self._qmp.execute("stop")
-        self._paused = True
 
-    async def resume(self) -> None:
+    async def _resume_vcpus(self) -> None:
         await self._qmp.execute("cont")
-        self._paused = False
 
-    async def destroy(self) -> None:
-        if self._destroyed:
-            return
-        self._destroyed = True
-        if self._channel is not None and self._process.returncode is None:
-            await shut_down_agent(self._channel, self.resume if self._paused else None)
+    async def _stop_vmm(self) -> None:
         await kill_session(self._process)
-        if self._channel is not None:
-            await self._channel.close()
+
+    async def _disconnect(self) -> None:
         with contextlib.suppress(Exception):
             await self._qmp.disconnect()
+
+    async def _release(self) -> None:
         for log in self._logs:
             log.close()
         if self._uid is not None:

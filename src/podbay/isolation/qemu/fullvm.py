@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from podbay.images import ImageSet
 from podbay.images.cloud_kernel import CloudKernel, find_cloud_kernel
-from podbay.isolation.base import SandboxConfig
+from podbay.isolation.base import Capabilities, SandboxConfig
 from podbay.isolation.host import host_tsc_khz
 from podbay.isolation.qemu.backend import QemuBackend
 from podbay.isolation.qemu.command import Machine, build_command
@@ -26,6 +26,7 @@ Q35 = Machine(options="q35", virtio_bus="pci")
 class FullVmBackend(QemuBackend):
     name = "qemu-q35"
     isolation = "full VM (q35, SeaBIOS, PCI, ACPI)"
+    capabilities = Capabilities()  # templates are the microVM's: their device layout is microvm's
 
     def __init__(self, paths: PodbayPaths, images: ImageSet | None = None, kernel: CloudKernel | None = None) -> None:
         super().__init__(paths, images)

@@ -1,0 +1,93 @@
+"""`platform.pools`: one warm pool per sandbox shape, started and sized by `ensure`."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from podbay.errors import InvalidSpec
+from podbay.isolation.base import Backend, PodAssignment, Sandbox, SandboxShape
+from podbay.models import PodSpec
+from podbay.pool.factory import SandboxFactory, require
+from podbay.pool.warm import Member, WarmPool, available_memory_mib, check_fits
+
+MAX_POOL_SIZE = 256
+MEMBER_BOOT_TIMEOUT_S = 120.0  # a member may be the one that builds the template
+# A pool is of sandboxes, not of pods: what a pod assigns is given at claim, never to a pool.
+POD_FIELDS = ("memory_db", "volume", "volume_mib", "env", "context", "cold")
+
+
+def shape_of(spec: PodSpec) -> SandboxShape:
+    return SandboxShape(
+        backend=spec.backend,
+        vcpus=spec.vcpus,
+        memory_mib=spec.memory_mib,
+        layer_mib=spec.disk_mib,
+        volume_slots=1,
+    )
+
+
+class Pools:
+    def __init__(self, factory: SandboxFactory, backend_for: Callable[[str], Backend]) -> None:
+        self._factory = factory
+        self._backend_for = backend_for
+        self._pools: dict[SandboxShape, WarmPool] = {}
+
+    async def ensure(self, size: int, **fields: Any) -> WarmPool:
+        """Keep `size` idle members of the shape `fields` describe (PodSpec fields: backend, vcpus,
+        memory_mib, disk_mib), refilled in the background; `size=0` empties the pool. Returns at once."""
+        if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= MAX_POOL_SIZE:
+            raise InvalidSpec("size", f"{size!r} is not an integer from 0 to {MAX_POOL_SIZE}", "pass e.g. size=8")
+        for name in POD_FIELDS:
+            if name in fields:
+                raise InvalidSpec(name, "is a pod's, not a pool's", "pass it to create_agent(); a claim injects it")
+        spec = PodSpec.parse(**fields)
+        backend = self._backend_for(spec.backend)
+        require(backend, "pool", "keep a warm pool", "create pods directly")
+        shape = shape_of(spec)
+        pool = self._pools.get(shape)
+        growth = size - (pool.size if pool else 0)
+        if growth > 0:
+            check_fits(shape, growth, available_memory_mib())
+        if pool is None:
+            pool = WarmPool(shape, size, lambda: self._start_member(backend, shape), _discard)
+            self._pools[shape] = pool
+            pool.start()
+        pool.resize(size)
+        return pool
+
+    async def claim(self, shape: SandboxShape) -> tuple[Member | None, str]:
+        """A ready member of `shape`, or None and why not (for the pod's trace)."""
+        pool = self._pools.get(shape)
+        if pool is None or pool.size == 0:
+            return None, "no warm pool of this shape"
+        member = await pool.claim()
+        if member is None:
+            return None, f"the warm pool of this shape is empty ({pool.size} wanted, refilling)"
+        return member, f"{pool.idle} of {pool.size} left idle"
+
+    def report(self) -> list[dict[str, Any]]:
+        return [pool.report() for pool in self._pools.values()]
+
+    async def close(self) -> None:
+        pools, self._pools = list(self._pools.values()), {}
+        await asyncio.gather(*(pool.close() for pool in pools))
+
+    async def _start_member(self, backend: Backend, shape: SandboxShape) -> Member:
+        start = self._factory.new_start(backend, shape, cold=False, boot_timeout_s=MEMBER_BOOT_TIMEOUT_S)
+        sandbox: Sandbox | None = None
+        try:
+            await start.prepare()
+            sandbox = await start.sandbox(PodAssignment(pod_id=start.run_dir.pod_id))
+        except BaseException:
+            if sandbox is not None:
+                await sandbox.destroy()
+            start.run_dir.remove()
+            raise
+        return Member(start.run_dir, sandbox)
+
+
+async def _discard(member: Member) -> None:
+    await member.sandbox.destroy()  # raises if anything may still run: the run directory stays for the reaper
+    member.run_dir.remove()
