@@ -34,7 +34,9 @@ Quiescing: before the save the guest agent `freeze`s the layer and every volume 
 copies are consistent filesystems on their own (a volume's SQLite file can be read on the host). The freeze
 is always undone: the source is thawed after the save or after any failure, and every restored pod is thawed
 at its first request, since its RAM holds the guest as it was saved: frozen. Each restored pod is reseeded like
-a template clone (fresh randomness, the host's clock, its own hostname).
+a template clone (fresh randomness, the host's clock, its own hostname). One thing a restored pod keeps is its
+source's boot id, if the source had read it (a template clone reads it at its `reseed`): the kernel makes it
+once, at its first read, and offers no way to make another. It is the same boot, continued.
 
 The source pod keeps running whatever happens: on any failure the partial snapshot is removed, the guest is
 resumed and thawed, and a podbay error says what went wrong.
