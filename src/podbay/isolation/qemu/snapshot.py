@@ -52,7 +52,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -307,6 +307,8 @@ class SnapshotSandbox(ClonedSandbox):
         self._owned_memory_dir = owned_memory_dir
         self.frozen: tuple[str, ...] = ()  # what its restored guest still has frozen, until `thaw`
         self.ignore_shared = True  # how the state it loads was saved: without its RAM (x-ignore-shared) or with
+        self.first_requests: Callable[[], list[Awaitable[Any]]] | None = None
+        self.answered_at: float | None = None
 
     async def _handshake(self) -> None:
         """Load the device state (and the RAM too, if the state carries it) while the agent's answer is awaited:
@@ -322,7 +324,16 @@ class SnapshotSandbox(ClonedSandbox):
         async def agent() -> None:
             reader, writer = await _when_listening(self._files.agent_socket, asyncio.open_unix_connection)
             self._channel = GuestChannel(reader, writer, explain_close=self._explain_close)
-            await self._channel.request("health", timeout=None)
+            # The first requests (reseed, thaw) go right behind the probe: the agent serves them as soon as it
+            # runs, without a round trip through this process in between.
+            first = self.first_requests() if self.first_requests is not None else []
+            health = self._channel.request("health", timeout=None)
+
+            async def probe() -> None:
+                await health
+                self.answered_at = time.perf_counter()
+
+            await asyncio.gather(probe(), *first)
 
         try:
             async with asyncio.TaskGroup() as group:
@@ -439,6 +450,7 @@ async def _launch(
     shared: bool,
     owned_memory_dir: Path | None,
     ignore_shared: bool = True,
+    first_requests: Callable[[SnapshotSandbox], list[Awaitable[Any]]] | None = None,
 ) -> SnapshotSandbox:
     """Start QEMU with `layout`'s devices and RAM in `memory`, load the device state from `state`, and wait
     for the agent (the state was saved running, so the guest runs as soon as it is loaded)."""
@@ -467,6 +479,8 @@ async def _launch(
         owned_memory_dir=owned_memory_dir,
     )  # fmt: skip
     sandbox.ignore_shared = ignore_shared
+    if first_requests is not None:
+        sandbox.first_requests = lambda: first_requests(sandbox)
     try:
         await sandbox.connect(layout.boot_timeout_s)
     except BaseException:
@@ -642,30 +656,28 @@ async def start_from_snapshot(
         source = snapshot.memory if snapshot.ram == "file" else None
         directory, ram = await asyncio.to_thread(owned_memory, source, snapshot.memory_mib, memory_root)
     timings["memory_ms"] = _ms_since(started) - timings["disks_ms"]
+    frozen = snapshot.frozen
+
+    def first(sandbox: SnapshotSandbox) -> list[Awaitable[Any]]:
+        """Its own machine (reseed), its disks writable again (thaw): sent behind the first probe."""
+        return [sandbox.reseed(hostname or config.pod_id), *([_thaw(sandbox)] if frozen else [])]
+
     try:
         sandbox = await _launch(
             snapshot.vm, layout, snapshot.state, ram, shared=shared, owned_memory_dir=directory,
-            ignore_shared=snapshot.ram == "file",
+            ignore_shared=snapshot.ram == "file", first_requests=first,
         )  # fmt: skip
     except PodbayError as exc:
         raise type(exc)(
             f"restoring the snapshot {snapshot.path} failed (is it damaged? take it again): {exc}"
         ) from None
-    timings["agent_answers_ms"] = _ms_since(started)
-    try:
-        sandbox.guest_mounts = [
-            {"source": mount["source"], "target": disk.target, "fstype": "ext4", "size": disk.size}
-            for mount, disk in zip(volume_mounts(layout), snapshot.disks, strict=True)
-            if disk.target is not None
-        ]
-        steps = [sandbox.reseed(hostname or config.pod_id)]
-        if snapshot.frozen:
-            steps.append(_thaw(sandbox))
-        await asyncio.gather(*steps)
-    except BaseException:
-        await sandbox.destroy()
-        raise
     timings["ready_ms"] = _ms_since(started)
+    timings["agent_answers_ms"] = ((sandbox.answered_at or time.perf_counter()) - started) * 1000
+    sandbox.guest_mounts = [
+        {"source": mount["source"], "target": disk.target, "fstype": "ext4", "size": disk.size}
+        for mount, disk in zip(volume_mounts(layout), snapshot.disks, strict=True)
+        if disk.target is not None
+    ]
     sandbox.timings = timings
     return sandbox
 
