@@ -1,4 +1,5 @@
-"""`podbay bench create`: cold create → first exec result, exec round trip, host memory per pod."""
+"""`podbay bench create`: create → first exec result (template clone by default, `--cold` for a boot), exec
+round trip, host memory per pod."""
 
 from __future__ import annotations
 
@@ -17,15 +18,15 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
-def bench_create(platform: Platform, n: int, backend: str = "qemu") -> dict[str, Any]:
+def bench_create(platform: Platform, n: int, backend: str = "qemu", cold: bool = False) -> dict[str, Any]:
     create_ms: list[float] = []
     round_trip_ms: list[float] = []
     uss_kib: list[int] = []
     pss_kib: list[int] = []
-    accelerator = isolation = "?"
+    accelerator = isolation = origin = "?"
     for _ in range(n):
         started = time.perf_counter()
-        pod = platform.create_agent(backend=backend)
+        pod = platform.create_agent(backend=backend, cold=cold)
         try:
             pod.exec(["true"])
             create_ms.append((time.perf_counter() - started) * 1000)
@@ -35,7 +36,7 @@ def bench_create(platform: Platform, n: int, backend: str = "qemu") -> dict[str,
                 round_trip_ms.append((time.perf_counter() - t) * 1000)
             info = pod.info().sandbox
             assert info is not None and info.pid is not None
-            accelerator, isolation = info.accelerator, info.isolation
+            accelerator, isolation, origin = info.accelerator, info.isolation, str(pod.info().origin)
             uss, pss = tree_uss_pss_kib(info.pid)
             uss_kib.append(uss)
             pss_kib.append(pss)
@@ -46,8 +47,9 @@ def bench_create(platform: Platform, n: int, backend: str = "qemu") -> dict[str,
         "backend": backend,
         "accelerator": accelerator,
         "isolation": isolation,
+        "origin": origin,
         "n": n,
-        "cold_create_to_first_exec_ms": {
+        "create_to_first_exec_ms": {
             "median": statistics.median(create_ms),
             "p90": percentile(create_ms, 0.9),
             "min": min(create_ms),
@@ -65,10 +67,10 @@ def bench_create(platform: Platform, n: int, backend: str = "qemu") -> dict[str,
 
 
 def summary(result: dict[str, Any]) -> str:
-    create = result["cold_create_to_first_exec_ms"]
+    create = result["create_to_first_exec_ms"]
     memory = result["host_memory_per_pod_mib"]
     return (
-        f"{result['backend']}/{result['accelerator']}: cold create → first exec median "
+        f"{result['backend']}/{result['accelerator']} ({result['origin']}): create → first exec median "
         f"{create['median']:.0f} ms (p90 {create['p90']:.0f}) over {result['n']}; exec round trip median "
         f"{result['exec_round_trip_true_ms']['median']:.1f} ms; host memory per pod USS "
         f"{memory['uss_median']:.0f} MiB, PSS {memory['pss_median']:.0f} MiB"

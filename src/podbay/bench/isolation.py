@@ -23,7 +23,7 @@ def bench_isolation(platform: Platform, n: int) -> dict[str, Any]:
     for name, availability in platform.doctor().items():
         row: dict[str, Any] = {"backend": name, "seed_claim": SEED_CLAIMS.get(name, "")}
         if availability.available:
-            row.update(bench_create(platform, min(n, SLOW_BACKENDS.get(name, n)), name))
+            row.update(bench_create(platform, min(n, SLOW_BACKENDS.get(name, n)), name, cold=True))
         else:
             row.update({"available": False, "reason": availability.reason})
         rows.append(row)
@@ -33,8 +33,8 @@ def bench_isolation(platform: Platform, n: int) -> dict[str, Any]:
 def summary(result: dict[str, Any]) -> str:
     parts = []
     for row in result["rows"]:
-        if "cold_create_to_first_exec_ms" in row:
-            parts.append(f"{row['backend']} {row['cold_create_to_first_exec_ms']['median']:.0f} ms")
+        if "create_to_first_exec_ms" in row:
+            parts.append(f"{row['backend']} {row['create_to_first_exec_ms']['median']:.0f} ms")
         else:
             parts.append(f"{row['backend']} unavailable")
     return "cold create → first exec medians: " + ", ".join(parts)

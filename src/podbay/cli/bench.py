@@ -1,4 +1,4 @@
-"""`podbay bench create | isolation | soak | reliability | clone`: `--json` prints one JSON document on stdout;
+"""`podbay bench create | isolation | soak | reliability | clone | pool`: `--json` prints one JSON document on stdout;
 the human summary goes to stderr."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from rich.table import Table
 from podbay.bench import clone as clone_bench
 from podbay.bench import create as create_bench
 from podbay.bench import isolation as isolation_bench
+from podbay.bench import pool as pool_bench
 from podbay.bench import reliability as reliability_bench
 from podbay.bench import soak as soak_bench
 from podbay.cli.common import errors, reported_errors
@@ -26,11 +27,12 @@ app = typer.Typer(no_args_is_help=True, help="Benchmarks (JSON plus a one-line s
 def create(
     n: int = typer.Option(10, "--n", min=1, help="pods to create, one after another"),
     backend: str = typer.Option("qemu", "--backend"),
+    cold: bool = typer.Option(False, "--cold", help="boot every pod (no template clone, no pool)"),
     as_json: bool = typer.Option(False, "--json", help="print the JSON result"),
 ) -> None:
-    """Cold create → first exec result (median, p90), exec round trip, host memory per pod (USS/PSS)."""
+    """Create → first exec result (median, p90), exec round trip, host memory per pod (USS/PSS)."""
     with reported_errors(), Platform() as platform:
-        result = create_bench.bench_create(platform, n, backend)
+        result = create_bench.bench_create(platform, n, backend, cold=cold)
     if as_json:
         print(json.dumps(result, indent=2))
     errors.print(create_bench.summary(result), highlight=False)
@@ -94,6 +96,22 @@ def clone(
     errors.print(clone_bench.summary(result), highlight=False)
 
 
+@app.command("pool")
+def pool(
+    claims: int = typer.Option(200, "--claims", min=1, help="pods to create (each claims a member), one by one"),
+    size: int = typer.Option(8, "--size", min=1, help="the pool's target size"),
+    backend: str = typer.Option("qemu", "--backend"),
+    volume: bool = typer.Option(False, "--volume", help="each pod also gets its own SQLite volume"),
+    as_json: bool = typer.Option(False, "--json", help="print the JSON result"),
+) -> None:
+    """Warm pool: claim → first exec p50/p99 while the pool refills, hit rate, refill rate, idle member USS."""
+    with reported_errors():
+        result = pool_bench.bench_pool(PodbayPaths.from_env(), claims, size, backend, volume)
+    if as_json:
+        print(json.dumps(result, indent=2))
+    errors.print(pool_bench.summary(result), highlight=False)
+
+
 def _table(rows: list[dict[str, Any]]) -> Table:
     table = Table(
         "backend",
@@ -105,10 +123,10 @@ def _table(rows: list[dict[str, Any]]) -> Table:
         "seed claims",
     )
     for row in rows:
-        if "cold_create_to_first_exec_ms" not in row:
+        if "create_to_first_exec_ms" not in row:
             table.add_row(row["backend"], "-", "-", f"unavailable: {row['reason']}", "-", "-", row["seed_claim"])
             continue
-        create, memory = row["cold_create_to_first_exec_ms"], row["host_memory_per_pod_mib"]
+        create, memory = row["create_to_first_exec_ms"], row["host_memory_per_pod_mib"]
         table.add_row(
             row["backend"],
             row["isolation"],

@@ -49,6 +49,7 @@ def _report(paths: PodbayPaths) -> dict[str, Any]:
                 "accelerator": info.accelerator,
                 "security_boundary": info.security_boundary,
                 "note": info.note,
+                "capabilities": backend.capabilities.as_dict(),
             }
         )
     try:
@@ -72,7 +73,7 @@ def _show(report: dict[str, Any], out: Console) -> None:
     kvm = report["hardware_kvm"]
     out.print(f"[bold]hardware KVM:[/] {'yes' if kvm['available'] else 'no'} — {kvm['reason']}")
     out.print(f"[bold]qemu:[/] {report['qemu']}")
-    table = Table("backend", "available", "isolation", "accelerator", "security boundary", "reason / note")
+    table = Table("backend", "available", "isolation", "accelerator", "security boundary", "can", "reason / note")
     for row in report["backends"]:
         detail = row["reason"] if not row["available"] else f"{row['reason']}. {row['note']}"
         table.add_row(
@@ -81,6 +82,7 @@ def _show(report: dict[str, Any], out: Console) -> None:
             row["isolation"],
             row["accelerator"],
             _yes(row["security_boundary"]),
+            ", ".join(name.replace("_", " ") for name, able in row["capabilities"].items() if able) or "-",
             detail,
         )
     out.print(table)

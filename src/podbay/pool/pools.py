@@ -6,14 +6,15 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from podbay.errors import InvalidSpec
+from podbay.errors import GuestError, InvalidSpec
 from podbay.isolation.base import Backend, PodAssignment, Sandbox, SandboxShape
 from podbay.models import PodSpec
 from podbay.pool.factory import SandboxFactory, require
 from podbay.pool.warm import Member, WarmPool, available_memory_mib, check_fits
 
 MAX_POOL_SIZE = 256
-MEMBER_BOOT_TIMEOUT_S = 120.0  # a member may be the one that builds the template
+MEMBER_BOOT_TIMEOUT_S = 120.0
+WARM_UP_RUNS = 2  # a member may be the one that builds the template
 # A pool is of sandboxes, not of pods: what a pod assigns is given at claim, never to a pool.
 POD_FIELDS = ("memory_db", "volume", "volume_mib", "env", "context", "cold")
 
@@ -80,12 +81,22 @@ class Pools:
         try:
             await start.prepare()
             sandbox = await start.sandbox(PodAssignment(pod_id=start.run_dir.pod_id))
+            await _warm_up(sandbox)
         except BaseException:
             if sandbox is not None:
                 await sandbox.destroy()
             start.run_dir.remove()
             raise
         return Member(start.run_dir, sandbox)
+
+
+async def _warm_up(sandbox: Sandbox) -> None:
+    """Run a command before the member waits: a fresh VMM has translated none of the guest's code yet under
+    TCG (and its page tables are cold under KVM), so the claim's first command would pay for it."""
+    for _ in range(WARM_UP_RUNS):
+        result = await (await sandbox.channel.start_process(["true"], timeout=30)).wait()
+        if not result.ok:
+            raise GuestError(f"a new pool member failed its warm-up command (exit {result.exit_code})")
 
 
 async def _discard(member: Member) -> None:
