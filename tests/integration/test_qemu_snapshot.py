@@ -15,6 +15,7 @@ import os
 import shutil
 import sqlite3
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -228,6 +229,32 @@ def test_damaged_snapshots_are_refused_with_what_is_wrong(template: Template, tm
 
     def restore(path: Path, name: str) -> None:
         asyncio.run(start_from_snapshot(path, config(state, name), memory_root=ram_root))
+
+    # The good one restores in a process of its own, after the source's podbay process and QEMU are gone; that
+    # pod owns a copy of its RAM, so it is snapshotted fast in turn (its RAM a file, not streamed).
+    script = f"""
+import asyncio, sys
+from pathlib import Path
+from podbay.isolation.base import SandboxConfig
+from podbay.isolation.qemu.snapshot import save_snapshot, start_from_snapshot
+
+async def main():
+    run_dir = Path({str(state / "pod-fresh-process")!r})
+    run_dir.mkdir()
+    config = SandboxConfig(pod_id="pod-fresh", run_dir=run_dir, vcpus=1, memory_mib={MIB}, layer=None)
+    pod = await start_from_snapshot(Path({str(good)!r}), config, memory="owned", memory_root=Path({str(ram_root)!r}))
+    try:
+        result = await (await pod.channel.start_process(["python3", "-c", {SELECT!r}])).wait()
+        again = await save_snapshot(pod, Path({str(tmp_path / "again")!r}), durable=False)
+        print(result.stdout.strip(), again.ram)
+    finally:
+        await pod.destroy()
+
+asyncio.run(main())
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["['before']", "file"]
 
     with pytest.raises(NotFound, match="no snapshot"):
         restore(tmp_path / "missing", "pod-r1")

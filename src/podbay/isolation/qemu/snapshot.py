@@ -58,7 +58,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from podbay.channel import GuestChannel
-from podbay.errors import Conflict, GuestError, InvalidSpec, NotFound, PodbayError, Timeout
+from podbay.errors import Conflict, GuestError, InvalidSpec, NotFound, Timeout
 from podbay.isolation.base import SandboxConfig, VolumeAttachment
 from podbay.isolation.qemu.backend import QemuBackend, _when_listening, spawn_qemu
 from podbay.isolation.qemu.command import RunFiles
@@ -578,7 +578,7 @@ async def save_snapshot(
             raise GuestError(
                 f"saving the snapshot to {dest} failed: {exc}; nothing was kept, the pod keeps running"
             ) from None
-        if isinstance(exc, PodbayError):
+        if isinstance(exc, GuestError | Timeout):
             raise type(exc)(f"{exc}; nothing was kept at {dest}, the pod keeps running") from None
         raise
 
@@ -667,7 +667,7 @@ async def start_from_snapshot(
             snapshot.vm, layout, snapshot.state, ram, shared=shared, owned_memory_dir=directory,
             ignore_shared=snapshot.ram == "file", first_requests=first,
         )  # fmt: skip
-    except PodbayError as exc:
+    except (GuestError, Timeout) as exc:
         raise type(exc)(
             f"restoring the snapshot {snapshot.path} failed (is it damaged? take it again): {exc}"
         ) from None
