@@ -43,6 +43,11 @@ class PodSpec(BaseModel):
     network: bool = False
     boot_timeout_s: float = Field(60.0, gt=0, le=600)
     cold: bool = Field(False, description="boot a fresh sandbox: no warm pool, no template clone")
+    snapshottable: bool = Field(
+        False,
+        description="keep the guest's RAM in a file of the pod's own, so snapshot() and fork() take milliseconds "
+        "rather than streaming the RAM (costs a copy of the template's touched pages, ~50 MiB, per pod)",
+    )
 
     @field_validator("env")
     @classmethod
@@ -155,6 +160,20 @@ class PodInfo(BaseModel):
     origin: str | None = None  # how the sandbox was obtained: pool claim, template clone, snapshot restore, cold boot
     trace: list[Phase] = Field(default_factory=list)
     error: str | None = None
+
+
+class SnapshotInfo(BaseModel):
+    """A saved pod (`pod.snapshot(name)`): restore it with `platform.restore(name)`, even from another process."""
+
+    name: str
+    path: str
+    created_at: float
+    vcpus: int
+    memory_mib: int
+    volumes: list[str] = Field(default_factory=list)  # where each saved volume is mounted in the guest
+    ram: str  # "file": restores map it copy-on-write; "stream": the RAM is inside the device state
+    disk_mib: float  # what the snapshot takes on the host's disk
+    timings: dict[str, float] = Field(default_factory=dict)
 
 
 class ExecResult(BaseModel):

@@ -278,13 +278,17 @@ class AsyncPlatform:
         shape = shape_of(spec)
         if spec.cold:
             return self.factory.new_start(backend, shape, cold=True, boot_timeout_s=spec.boot_timeout_s)
-        if spec.memory_db and not backend.capabilities.attach_after_start:
+        if spec.snapshottable:  # pool members map their template's RAM: none has RAM of its own
+            why = "pool members are not snapshottable"
+        elif spec.memory_db and not backend.capabilities.attach_after_start:
             why = f"pool members of {backend.name} cannot take a volume after they start"
         else:
             member, why = await self.pools.claim(shape)
             if member is not None:
                 return PoolClaim(member, why)
-        return self.factory.new_start(backend, shape, cold=False, boot_timeout_s=spec.boot_timeout_s, why=why)
+        return self.factory.new_start(
+            backend, shape, cold=False, boot_timeout_s=spec.boot_timeout_s, why=why, owned_memory=spec.snapshottable
+        )
 
     def _guard_host_mounts(self, backend: Backend, lease: StateLease) -> None:
         """Never let the host's kernel mount a filesystem that a guest kernel (untrusted code) has written.

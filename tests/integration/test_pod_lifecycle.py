@@ -82,23 +82,25 @@ def test_bad_input_names_the_field(platform: Platform) -> None:
         platform.create_agent(volume="orphan")
 
 
-def test_qemu_dying_at_start_is_reported_with_its_stderr(vm_paths: PodbayPaths, tmp_path: Path) -> None:
+@pytest.mark.parametrize("cold", [True, False])  # the pod's own QEMU, or the template's it would be cloned from
+def test_qemu_dying_at_start_is_reported_with_its_stderr(vm_paths: PodbayPaths, tmp_path: Path, cold: bool) -> None:
     real = find_images(vm_paths)
     broken_kernel = tmp_path / "vmlinux"
     broken_kernel.write_bytes(b"not a kernel")
     images = ImageSet(kernel=broken_kernel, rootfs_image=real.rootfs_image, rootfs_dir=real.rootfs_dir)
     with Platform(vm_paths, backends={"qemu": QemuBackend(vm_paths, images)}) as platform:
         with pytest.raises(GuestError, match="QEMU exited") as caught:
-            platform.create_agent(memory_db=True, volume="survivor")
+            platform.create_agent(memory_db=True, volume="survivor", cold=cold)
         assert "QEMU stderr" in str(caught.value)
         assert platform.list() == []
         assert not platform.volumes.info("survivor").attached, "a failed create must release the volume"
     assert_nothing_left(vm_paths)
 
 
-def test_a_boot_timeout_kills_the_vm(platform: Platform, vm_paths: PodbayPaths) -> None:
-    with pytest.raises(Timeout, match="did not answer"):
-        platform.create_agent(boot_timeout_s=0.05)
+@pytest.mark.parametrize("cold", [True, False])
+def test_a_boot_timeout_kills_the_vm(platform: Platform, vm_paths: PodbayPaths, cold: bool) -> None:
+    with pytest.raises(Timeout, match=r"waited 0\.05 s for the guest agent to answer; QEMU still runs"):
+        platform.create_agent(boot_timeout_s=0.05, cold=cold)
     assert_nothing_left(vm_paths)
 
 

@@ -20,24 +20,26 @@ FILL_TIMEOUT_S = 600.0
 def bench_pool(
     paths: PodbayPaths, claims: int, size: int, backend: str = "qemu", volume: bool = False
 ) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="podbay-bench-pool-") as state:
-        with Platform(PodbayPaths(cache=paths.cache, state=Path(state))) as platform:
-            filled = time.perf_counter()
-            platform.pools.ensure(size, backend=backend, wait=FILL_TIMEOUT_S)
-            fill_s = time.perf_counter() - filled
-            idle = platform.pools.report()[0]["idle_member_pids"]
-            idle_uss = [tree_uss_pss_kib(pid)[0] / 1024 for pid in idle]
-            by_origin: dict[str, list[float]] = {}
-            for _ in range(claims):
-                started = time.perf_counter()
-                pod = platform.create_agent(backend=backend, memory_db=volume)
-                try:
-                    pod.exec(["true"])
-                    elapsed = (time.perf_counter() - started) * 1000
-                    by_origin.setdefault(str(pod.info().origin), []).append(elapsed)
-                finally:
-                    pod.destroy()
-            report = platform.pools.report()[0]
+    with (
+        tempfile.TemporaryDirectory(prefix="podbay-bench-pool-") as state,
+        Platform(PodbayPaths(cache=paths.cache, state=Path(state))) as platform,
+    ):
+        filled = time.perf_counter()
+        platform.pools.ensure(size, backend=backend, wait=FILL_TIMEOUT_S)
+        fill_s = time.perf_counter() - filled
+        idle = platform.pools.report()[0]["idle_member_pids"]
+        idle_uss = [tree_uss_pss_kib(pid)[0] / 1024 for pid in idle]
+        by_origin: dict[str, list[float]] = {}
+        for _ in range(claims):
+            started = time.perf_counter()
+            pod = platform.create_agent(backend=backend, memory_db=volume)
+            try:
+                pod.exec(["true"])
+                elapsed = (time.perf_counter() - started) * 1000
+                by_origin.setdefault(str(pod.info().origin), []).append(elapsed)
+            finally:
+                pod.destroy()
+        report = platform.pools.report()[0]
     every = [ms for values in by_origin.values() for ms in values]
     return {
         "benchmark": "pool",

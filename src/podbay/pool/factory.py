@@ -21,7 +21,8 @@ from typing import Protocol
 from podbay.errors import Unsupported
 from podbay.isolation.base import Backend, PodAssignment, Sandbox, SandboxConfig, SandboxShape
 from podbay.isolation.qemu.backend import QemuBackend
-from podbay.isolation.qemu.template import Template, TemplateShape, build_template, clone_layer, start_clone
+from podbay.isolation.qemu.snapshot import start_snapshot_clone
+from podbay.isolation.qemu.template import Template, TemplateShape, build_template, clone_layer
 from podbay.paths import PodbayPaths
 from podbay.pool.warm import Member
 from podbay.rundir import RunDir
@@ -31,6 +32,7 @@ class Origin(enum.StrEnum):
     POOL = "pool claim"
     TEMPLATE = "template clone"
     SNAPSHOT = "snapshot restore"
+    FORK = "fork"
     COLD = "cold boot"
 
 
@@ -70,24 +72,26 @@ class ColdBoot:
 
 @dataclass
 class TemplateClone:
+    backend: QemuBackend
     paths: PodbayPaths
     shape: SandboxShape
     run_dir: RunDir
     boot_timeout_s: float
     why: str
+    owned_memory: bool = False  # see PodSpec.snapshottable
     origin: Origin = Origin.TEMPLATE
     _template: Template | None = None
     _layer: Path | None = None
 
     async def prepare(self) -> None:
         # Cached after the first use (built then, with progress on stderr).
-        self._template = await build_template(self.paths, template_shape(self.shape))
+        self._template = await build_template(self.paths, template_shape(self.shape), images=self.backend.images())
         self._layer = await clone_layer(self._template, self.run_dir.path)
 
     async def sandbox(self, assignment: PodAssignment) -> Sandbox:
         assert self._template is not None, "prepare() first"
         config = sandbox_config(self.shape, self.run_dir, self._layer, assignment, self.boot_timeout_s)
-        return await start_clone(self._template, config, hostname=self.run_dir.pod_id)
+        return await start_snapshot_clone(self._template, config, owned=self.owned_memory, hostname=self.run_dir.pod_id)
 
 
 def template_shape(shape: SandboxShape) -> TemplateShape:
@@ -117,7 +121,14 @@ class SandboxFactory:
         self.paths = paths
 
     def new_start(
-        self, backend: Backend, shape: SandboxShape, *, cold: bool, boot_timeout_s: float, why: str = ""
+        self,
+        backend: Backend,
+        shape: SandboxShape,
+        *,
+        cold: bool,
+        boot_timeout_s: float,
+        why: str = "",
+        owned_memory: bool = False,
     ) -> Start:
         """A template clone where the backend has templates (unless `cold`), else a cold boot; in a new run
         directory. `why` says what was tried before (the pool), and ends up in the trace."""
@@ -128,7 +139,8 @@ class SandboxFactory:
         if not backend.capabilities.template_clone or not isinstance(backend, QemuBackend):
             reason = f"{backend.name} has no templates"
             return ColdBoot(backend, shape, run_dir, boot_timeout_s, prefix + reason)
-        return TemplateClone(self.paths, shape, run_dir, boot_timeout_s, prefix + "the shape's template")
+        reason = prefix + "the shape's template" + (", RAM of its own (snapshottable)" if owned_memory else "")
+        return TemplateClone(backend, self.paths, shape, run_dir, boot_timeout_s, reason, owned_memory)
 
 
 def require(backend: Backend, capability: str, operation: str, alternative: str) -> None:

@@ -40,6 +40,8 @@ TCG_NOTE = (
 )
 KVM_NOTE = "QEMU with KVM hardware virtualization: a hardware-enforced security boundary."
 T = TypeVar("T")
+MEMORY_ROOT = Path("/dev/shm")  # a pod's own RAM file (snapshot.py): tmpfs costs what anonymous memory costs
+RAM_PREFIX = "podbay-ram-"  # + the pod's id: the reaper finds a dead controller's RAM files by it
 
 
 class QemuBackend:
@@ -89,6 +91,7 @@ class QemuBackend:
 
     async def reap(self, run_dir: Path) -> None:
         kill_processes_mentioning(run_dir)  # the VMM is the only process; its files go with the run dir
+        reap_owned_memory(run_dir.name)
 
     async def prepare_layer(self, run_dir: Path, size_mib: int) -> Path:
         return await layer_disk(run_dir, size_mib)
@@ -110,6 +113,12 @@ class QemuBackend:
             await sandbox.destroy()
             raise
         return sandbox
+
+
+def reap_owned_memory(pod_id: str, root: Path = MEMORY_ROOT) -> None:
+    """Remove the RAM files of a pod whose controller died (its QEMU is gone: nothing maps them any more)."""
+    for directory in root.glob(f"{RAM_PREFIX}{pod_id}-*"):
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 async def spawn_qemu(

@@ -25,7 +25,7 @@ Why not reflinks: /root/.cache is ext4 and /dev/shm tmpfs, neither can share ext
 could make it O(extents), at the price of guest RAM written back to a block device; not done.
 
 The cost of this choice lies in the start of a snapshottable pod: its RAM must be a file of its own, so a pod
-started from a template copies the template's touched pages into it (`start_clone_owned`: ~25 ms for the ~52 MiB
+started from a template copies the template's touched pages into it (`start_snapshot_clone`: ~25 ms for the ~52 MiB
 a 256 MiB template has touched, on this 2-core TCG host) instead of mapping them. A pod that maps its RAM
 (`memory="mapped"`: a plain template clone, or a fork child) can still be snapshotted: its RAM then goes through
 the migration stream (`ram: "stream"` in the meta; the slow path above), and its children load it into a RAM
@@ -69,7 +69,7 @@ from typing import Any, Literal
 from podbay.channel import GuestChannel
 from podbay.errors import Conflict, GuestError, InvalidSpec, NotFound, Timeout
 from podbay.isolation.base import SandboxConfig, VolumeAttachment
-from podbay.isolation.qemu.backend import QemuBackend, _when_listening, spawn_qemu
+from podbay.isolation.qemu.backend import MEMORY_ROOT, RAM_PREFIX, QemuBackend, _when_listening, spawn_qemu
 from podbay.isolation.qemu.command import RunFiles
 from podbay.isolation.qemu.template import (
     STATE_FD_NAME,
@@ -85,7 +85,6 @@ from podbay.isolation.supervise import volume_mounts
 from podbay.paths import PodbayPaths
 
 SNAPSHOT_FORMAT = 1
-MEMORY_ROOT = Path("/dev/shm")  # tmpfs: a shared RAM file there costs what anonymous memory costs
 SNAPSHOT_FD_NAME = "podbay-snapshot"
 SAVE_TIMEOUT_S = 120.0
 FREEZE_TIMEOUT_S = 30.0  # the guest thaws by itself after this if the host never sends `thaw`
@@ -399,10 +398,13 @@ class SnapshotSandbox(ClonedSandbox):
 # ---- starting pods that can be snapshotted -------------------------------------------------------------
 
 
-def owned_memory(source: Path | None, memory_mib: int, root: Path = MEMORY_ROOT) -> tuple[Path, Path]:
+def owned_memory(
+    source: Path | None, memory_mib: int, root: Path = MEMORY_ROOT, pod_id: str = "pod"
+) -> tuple[Path, Path]:
     """A RAM file of a pod's own in tmpfs: a sparse copy of `source` (a template's or snapshot's memory), or
-    empty (a restore that loads its RAM from the state). Returns (its private directory, the file)."""
-    directory = Path(tempfile.mkdtemp(prefix="podbay-ram-", dir=root))
+    empty (a restore that loads its RAM from the state). Returns (its private directory, the file). The
+    directory is named after the pod, so the reaper finds it if the controller dies (`reap_owned_memory`)."""
+    directory = Path(tempfile.mkdtemp(prefix=f"{RAM_PREFIX}{pod_id}-", dir=root))
     memory = directory / "memory"
     try:
         if source is not None:
@@ -416,12 +418,19 @@ def owned_memory(source: Path | None, memory_mib: int, root: Path = MEMORY_ROOT)
     return directory, memory
 
 
-async def start_clone_owned(
-    template: Template, config: SandboxConfig, *, hostname: str | None = None, memory_root: Path = MEMORY_ROOT
+async def start_snapshot_clone(
+    template: Template,
+    config: SandboxConfig,
+    *,
+    owned: bool = True,
+    hostname: str | None = None,
+    memory_root: Path = MEMORY_ROOT,
 ) -> SnapshotSandbox:
-    """A template clone (like `template.start_clone`) whose RAM is a copy of the template's in a file of its
-    own, mapped `share=on`, so that `save_snapshot` saves it in milliseconds. The copy costs the template's
-    touched pages (not the guest's size) at start, and those pages are no longer shared with other clones."""
+    """A template clone (like `template.start_clone`) that can be snapshotted and forked. `owned`: its RAM is a
+    copy of the template's in a file of its own, mapped `share=on`, so that `save_snapshot` saves it in
+    milliseconds; the copy costs the template's touched pages (not the guest's size) at start, and those pages
+    are no longer shared with other clones. Not owned: it maps the template's RAM copy-on-write like any clone
+    (pages shared, nothing copied), and a snapshot streams its RAM instead (hundreds of milliseconds)."""
     template.shape.matches(config)
     started = time.perf_counter()
     if config.layer is None:
@@ -431,10 +440,15 @@ async def start_clone_owned(
         for index in range(len(config.volumes), template.shape.volume_slots)
     ]
     layout = slot_config(config, template.shape.volume_slots, placeholders)
-    directory, memory = await asyncio.to_thread(owned_memory, template.memory, config.memory_mib, memory_root)
+    directory: Path | None = None
+    memory = template.memory
+    if owned:
+        directory, memory = await asyncio.to_thread(
+            owned_memory, template.memory, config.memory_mib, memory_root, config.pod_id
+        )
     timings = {"disks_and_memory_ms": _ms_since(started)}
     vm = VmImage(template.kernel, template.rootfs, template.accelerator, template.tsc_khz)
-    sandbox = await _launch(vm, layout, template.state, memory, shared=True, owned_memory_dir=directory)
+    sandbox = await _launch(vm, layout, template.state, memory, shared=owned, owned_memory_dir=directory)
     timings["agent_answers_ms"] = _ms_since(started)
     try:
         sandbox.guest_mounts = [
@@ -663,7 +677,9 @@ async def start_from_snapshot(
     ram = snapshot.memory
     if shared:
         source = snapshot.memory if snapshot.ram == "file" else None
-        directory, ram = await asyncio.to_thread(owned_memory, source, snapshot.memory_mib, memory_root)
+        directory, ram = await asyncio.to_thread(
+            owned_memory, source, snapshot.memory_mib, memory_root, config.pod_id
+        )
     timings["memory_ms"] = _ms_since(started) - timings["disks_ms"]
     frozen = snapshot.frozen
 
