@@ -33,8 +33,8 @@ from podbay.isolation.qemu.snapshot import (
     SnapshotSandbox,
     fork,
     save_snapshot,
-    start_snapshot_clone,
     start_from_snapshot,
+    start_snapshot_clone,
 )
 from podbay.isolation.qemu.template import Template, TemplateShape, build_template
 from podbay.paths import PodbayPaths

@@ -677,9 +677,7 @@ async def start_from_snapshot(
     ram = snapshot.memory
     if shared:
         source = snapshot.memory if snapshot.ram == "file" else None
-        directory, ram = await asyncio.to_thread(
-            owned_memory, source, snapshot.memory_mib, memory_root, config.pod_id
-        )
+        directory, ram = await asyncio.to_thread(owned_memory, source, snapshot.memory_mib, memory_root, config.pod_id)
     timings["memory_ms"] = _ms_since(started) - timings["disks_ms"]
     frozen = snapshot.frozen
 
