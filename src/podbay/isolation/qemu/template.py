@@ -727,3 +727,9 @@ class ClonedSandbox(QemuSandbox):
             self._channel = None
         await kill_session(self._process)
         await self.destroy()
+
+    async def pass_fd(self, fd: int, command: str, arguments: dict[str, Any]) -> Any:
+        """Send `fd` to QEMU (SCM_RIGHTS) with the QMP command that takes it (`getfd`, `add-fd`): QEMU attaches a
+        received descriptor to the next such command it reads. QEMU keeps its own copy; `fd` stays open here."""
+        self._qmp.send_fd_scm(fd)
+        return await self.qmp(command, arguments)
