@@ -10,8 +10,9 @@ from podbay.errors import (
     PodbayError,
     QuotaExceeded,
     Timeout,
+    Unsupported,
 )
-from podbay.models import ExecResult, FileEntry, Phase, PodInfo, PodSpec, PodState, SandboxInfo
+from podbay.models import ExecResult, FileEntry, Phase, PodInfo, PodSpec, PodState, SandboxInfo, SnapshotInfo
 from podbay.platform import AsyncPlatform, AsyncPod
 from podbay.sync import Platform, Pod
 
@@ -35,5 +36,7 @@ __all__ = [
     "PodbayError",
     "QuotaExceeded",
     "SandboxInfo",
+    "SnapshotInfo",
     "Timeout",
+    "Unsupported",
 ]

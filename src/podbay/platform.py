@@ -16,16 +16,19 @@ from types import FrameType, TracebackType
 from typing import Any, TypeVar
 
 from podbay.channel import GuestChannel, GuestProcess, OutputCallback
-from podbay.errors import BackendUnavailable, Conflict, InvalidSpec, NotFound, PodbayError
+from podbay.errors import BackendUnavailable, Conflict, InvalidSpec, NotFound, PodbayError, Unsupported
 from podbay.guest.protocol import MAX_PAYLOAD
-from podbay.isolation.base import Availability, Backend, PodAssignment, Sandbox
+from podbay.isolation.base import Availability, Backend, PodAssignment, Sandbox, SandboxConfig
+from podbay.isolation.qemu.snapshot import SnapshotSandbox, save_snapshot, start_from_snapshot
+from podbay.isolation.qemu.snapshot import fork as fork_pod
 from podbay.isolation.registry import default_backends
 from podbay.isolation.supervise import kill_processes_mentioning, process_identity
-from podbay.models import ExecResult, FileEntry, Phase, PodInfo, PodSpec, PodState
+from podbay.models import ExecResult, FileEntry, Phase, PodInfo, PodSpec, PodState, SnapshotInfo
 from podbay.paths import PodbayPaths
-from podbay.pool.factory import Origin, PoolClaim, SandboxFactory, Start
+from podbay.pool.factory import Origin, PoolClaim, SandboxFactory, Start, require
 from podbay.pool.pools import Pools, shape_of
 from podbay.rundir import RunDir, read_owner, remove_run_dir
+from podbay.snapshots import SnapshotStore, describe
 from podbay.state.base import StateLease, StateProvider
 from podbay.state.sqlite import SqliteProvider
 from podbay.state.volumes import VolumeStore
@@ -33,6 +36,7 @@ from podbay.state.volumes import VolumeStore
 T = TypeVar("T")
 log = logging.getLogger("podbay")
 REAP_INTERVAL_S = 30.0  # a long-lived platform looks for orphans this often
+MAX_FORK = 16
 
 
 class Trace:
@@ -180,6 +184,37 @@ class AsyncPod:
         await self.sandbox.resume()
         self._state = PodState.RUNNING
 
+    async def snapshot(self, name: str) -> SnapshotInfo:
+        """Save this running pod as `name`: its memory, writable layer and database volume, quiesced together
+        (the guest syncs and freezes its filesystems). The pod keeps running; `platform.restore(name)` starts
+        a copy of it, from this process or any later one."""
+        path = self._platform.snapshots.path(name)
+        sandbox = self._snapshot_sandbox("snapshot", "snapshot a pod")
+        self.running_channel()
+        if path.exists():
+            raise Conflict(f"a snapshot named {name!r} exists; remove it first (`podbay snapshot rm {name}`)")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        snapshot = await self._trace.timed("snapshot", save_snapshot(sandbox, path), detail=name)
+        return describe(name, snapshot)
+
+    async def fork(self, n: int) -> list[AsyncPod]:
+        """`n` running copies of this running pod: copy-on-write memory, and each its own writable layer and
+        its own copy of the database (discarded with the child). The pod keeps running."""
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_FORK:
+            raise InvalidSpec("n", f"{n!r} is not an integer from 1 to {MAX_FORK}", "pass e.g. fork(3)")
+        sandbox = self._snapshot_sandbox("fork", "fork a pod")
+        self.running_channel()
+        return await self._platform.fork(self, sandbox, n)
+
+    def _snapshot_sandbox(self, capability: str, operation: str) -> SnapshotSandbox:
+        backend = self._platform.backends[self.spec.backend]
+        require(backend, capability, operation, "use a qemu pod (the default backend)")
+        if not isinstance(self.sandbox, SnapshotSandbox):
+            raise Unsupported(
+                backend.name, f"{operation} that was booted cold", "create it without cold=True (a template clone)"
+            )
+        return self.sandbox
+
     async def destroy(self) -> None:
         """Stop the sandbox and release the pod's database. If anything of the sandbox may still run, this
         raises, the pod is FAILED and keeps its volume; calling destroy() again retries."""
@@ -205,6 +240,7 @@ class AsyncPlatform:
         self.pools = Pools(self.factory, self._backend)
         self._pods: dict[str, AsyncPod] = {}
         self._clock_offset = time.time() - time.monotonic()
+        self.snapshots = SnapshotStore(self.paths.state / "snapshots")
         self._first_reap: asyncio.Task[list[str]] | None = None
         self._reaper: asyncio.Task[None] | None = None
         exit_on_termination_signals()
@@ -233,10 +269,7 @@ class AsyncPlatform:
             raise InvalidSpec("volume", "a volume holds the pod's database", "also pass memory_db=True")
         if spec.volume is not None:
             VolumeStore.check_user_name(spec.volume)
-        if self._first_reap is None:  # once, before this platform's first pod: shared by concurrent creates
-            self._first_reap = asyncio.create_task(self.reap_orphans())
-            self._reaper = asyncio.create_task(self._reap_periodically())
-        await self._first_reap
+        await self._reaped()
         trace = Trace()
         start = await trace.timed("choose", self._choose_start(backend, spec))
         pod_id = start.run_dir.pod_id
@@ -271,6 +304,70 @@ class AsyncPlatform:
             raise
         pod = AsyncPod(self, pod_id, spec, sandbox, lease, trace, start.run_dir, start.origin)
         self._pods[pod_id] = pod
+        return pod
+
+    async def _reaped(self) -> None:
+        if self._first_reap is None:  # once, before this platform's first pod: shared by concurrent creates
+            self._first_reap = asyncio.create_task(self.reap_orphans())
+            self._reaper = asyncio.create_task(self._reap_periodically())
+        await self._first_reap
+
+    async def restore(self, name: str) -> AsyncPod:
+        """A new running pod from the snapshot `name` (see AsyncPod.snapshot): its memory, layer and database
+        as they were, its own copies of the disks, reseeded (randomness, clock, hostname)."""
+        snapshot = self.snapshots.load(name)
+        backend = self._backend("qemu")
+        require(backend, "snapshot", "restore a snapshot", "use a host where the qemu backend runs")
+        await self._reaped()
+        trace = Trace()
+        run_dir = RunDir.make(self.paths.pods, backend.name)
+        config = _bare_config(run_dir, snapshot.vcpus, snapshot.memory_mib)
+        try:
+            restoring = start_from_snapshot(snapshot, config, hostname=run_dir.pod_id)
+            sandbox = await trace.timed(Origin.SNAPSHOT.value, restoring, detail=f"snapshot {name!r}")
+        except BaseException:
+            run_dir.remove()
+            raise
+        spec = PodSpec.parse(
+            vcpus=snapshot.vcpus,
+            memory_mib=snapshot.memory_mib,
+            disk_mib=max(64, (snapshot.layer_size or 0) >> 20),
+            memory_db=bool(snapshot.volumes),
+        )
+        return await self._adopt(sandbox, run_dir, spec, trace, Origin.SNAPSHOT)
+
+    async def fork(self, parent: AsyncPod, sandbox: SnapshotSandbox, n: int) -> list[AsyncPod]:
+        run_dirs = [RunDir.make(self.paths.pods, parent.spec.backend) for _ in range(n)]
+        trace = Trace()
+        configs = [_bare_config(run_dir, parent.spec.vcpus, parent.spec.memory_mib) for run_dir in run_dirs]
+        try:
+            forked = await trace.timed(Origin.FORK.value, fork_pod(sandbox, configs), detail=f"from {parent.id}")
+        except BaseException:
+            for run_dir in run_dirs:
+                run_dir.remove()
+            raise
+        spec = parent.spec.model_copy(update={"volume": None})  # each child's database is its own copy
+        children = []
+        for child, run_dir in zip(forked.children, run_dirs, strict=True):
+            child_trace = Trace()
+            child_trace.phases = list(trace.phases)
+            children.append(await self._adopt(child, run_dir, spec, child_trace, Origin.FORK))
+        return children
+
+    async def _adopt(self, sandbox: Sandbox, run_dir: RunDir, spec: PodSpec, trace: Trace, origin: Origin) -> AsyncPod:
+        """Make a restored or forked sandbox a pod of this platform: its guest already holds its source's
+        state (mounts, environment, context); it learns its own pod id."""
+        try:
+            env = {"PODBAY_POD_ID": run_dir.pod_id}
+            await trace.timed("inject", sandbox.channel.request("init", env=env, mounts=[], clock=time.time()))
+        except BaseException as exc:
+            try:
+                await self.teardown(run_dir.pod_id, sandbox, None, run_dir)
+            except PodbayError as cleanup:
+                exc.add_note(f"and cleaning up after it failed too: {cleanup}")
+            raise
+        pod = AsyncPod(self, run_dir.pod_id, spec, sandbox, None, trace, run_dir, origin)
+        self._pods[pod.id] = pod
         return pod
 
     async def _choose_start(self, backend: Backend, spec: PodSpec) -> Start:
@@ -391,6 +488,11 @@ class AsyncPlatform:
         await asyncio.gather(
             self.pools.close(), *(pod.destroy() for pod in list(self._pods.values())), return_exceptions=True
         )
+
+
+def _bare_config(run_dir: RunDir, vcpus: int, memory_mib: int) -> SandboxConfig:
+    """A restore's or fork child's start: its disks are copies of the saved ones, made in its run directory."""
+    return SandboxConfig(pod_id=run_dir.pod_id, run_dir=run_dir.path, vcpus=vcpus, memory_mib=memory_mib, layer=None)
 
 
 def _check_argv(argv: Sequence[str]) -> None:

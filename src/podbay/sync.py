@@ -11,10 +11,11 @@ from typing import Any, TypeVar
 
 from podbay.channel import GuestProcess, OutputCallback
 from podbay.isolation.base import Availability, Backend
-from podbay.models import ExecResult, FileEntry, PodInfo, PodSpec
+from podbay.models import ExecResult, FileEntry, PodInfo, PodSpec, SnapshotInfo
 from podbay.paths import PodbayPaths
 from podbay.platform import AsyncPlatform, AsyncPod, exit_on_termination_signals
 from podbay.pool.pools import Pools as AsyncPools
+from podbay.snapshots import SnapshotStore
 from podbay.state.volumes import VolumeStore
 
 T = TypeVar("T")
@@ -143,6 +144,12 @@ class Pod:
     def resume(self) -> None:
         self._loop.run(self._pod.resume())
 
+    def snapshot(self, name: str) -> SnapshotInfo:
+        return self._loop.run(self._pod.snapshot(name))
+
+    def fork(self, n: int) -> list[Pod]:
+        return [Pod(self._loop, child) for child in self._loop.run(self._pod.fork(n))]
+
     def destroy(self) -> None:
         self._loop.run(self._pod.destroy())
 
@@ -206,6 +213,13 @@ class Platform:
 
     def create(self, spec: PodSpec) -> Pod:
         return Pod(self._loop, self._loop.run(self._platform.create(spec)))
+
+    def restore(self, name: str) -> Pod:
+        return Pod(self._loop, self._loop.run(self._platform.restore(name)))
+
+    @property
+    def snapshots(self) -> SnapshotStore:
+        return self._platform.snapshots
 
     def list(self) -> list[PodInfo]:
         return self._platform.list()

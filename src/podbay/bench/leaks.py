@@ -1,6 +1,6 @@
 """What pods can leave behind on the host, looked for under one podbay state root: processes, mounts, loop
-devices, cgroups, runtime state, run directories, anonymous volumes. The tests assert it is all empty after
-every pod; `podbay bench soak` counts it after thousands."""
+devices, cgroups, runtime state, run directories, anonymous volumes, pods' own RAM files. The tests assert it
+is all empty after every pod; `podbay bench soak` counts it after thousands."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 from podbay.isolation.oci import mounts_under
+from podbay.isolation.qemu.backend import MEMORY_ROOT, RAM_PREFIX
 from podbay.isolation.supervise import command_lines_mentioning
 from podbay.paths import PodbayPaths
 
@@ -72,6 +73,22 @@ def runtime_containers(pod_ids: set[str] | None = None) -> list[str]:
     return found
 
 
+def unmapped_ram_files(root: Path = MEMORY_ROOT) -> list[str]:
+    """Pods' own RAM files (`/dev/shm/podbay-ram-*`, see isolation/qemu/snapshot.py) that no process maps any
+    more: their pod is gone, and its destroy or reap missed them (host-wide, but cheap when there are none)."""
+    directories = list(root.glob(f"{RAM_PREFIX}*"))
+    if not directories:
+        return []
+    mapped: set[str] = set()
+    for maps in Path("/proc").glob("[0-9]*/maps"):
+        try:
+            lines = maps.read_text().splitlines()
+        except OSError:
+            continue
+        mapped.update(line.split(maxsplit=5)[-1] for line in lines if RAM_PREFIX in line)
+    return [str(directory) for directory in directories if str(directory / "memory") not in mapped]
+
+
 def host_leaks(paths: PodbayPaths, pod_ids: set[str] | None = None) -> dict[str, list[str]]:
     """Everything of pods still on the host under `paths.state`; empty lists mean nothing leaked.
 
@@ -87,4 +104,5 @@ def host_leaks(paths: PodbayPaths, pod_ids: set[str] | None = None) -> dict[str,
         "runtime_containers": runtime_containers(pod_ids),
         "run_dirs": run_dirs,
         "anonymous_volumes": anonymous,
+        "ram_files": unmapped_ram_files(),
     }

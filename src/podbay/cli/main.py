@@ -1,10 +1,10 @@
-"""Entry point: `podbay doctor | images build | templates ... | run | volume ... | demo | bench ...`."""
+"""Entry point: `podbay doctor | images build | templates ... | snapshot ... | run | volume ... | demo | bench ...`."""
 
 from __future__ import annotations
 
 import typer
 
-from podbay.cli import bench, demo, doctor, images, run, templates, volume
+from podbay.cli import bench, demo, doctor, images, run, snapshot, templates, volume
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -16,6 +16,7 @@ app.command("run", context_settings={"allow_interspersed_args": False})(run.run)
 app.command("demo")(demo.demo)
 app.add_typer(images.app, name="images")
 app.add_typer(templates.app, name="templates")
+app.add_typer(snapshot.app, name="snapshot")
 app.add_typer(volume.app, name="volume")
 app.add_typer(bench.app, name="bench")
 

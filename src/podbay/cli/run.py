@@ -22,6 +22,9 @@ def run(
     memory_mib: int = typer.Option(256, "--memory", help="guest memory in MiB"),
     interactive: bool = typer.Option(False, "--stdin", "-i", help="forward this process's stdin to the command"),
     cold: bool = typer.Option(False, "--cold", help="boot a fresh sandbox instead of cloning the cached template"),
+    from_snapshot: str | None = typer.Option(
+        None, "--from-snapshot", help="restore this snapshot (see `podbay snapshot ls`) instead of a fresh pod"
+    ),
 ) -> None:
     """Run CMD in a fresh pod; stdout/stderr stream through, and podbay exits with the command's status."""
     environment = _parse_env(env)
@@ -29,14 +32,17 @@ def run(
         check_timeout(timeout, "--timeout")  # before a pod is made for nothing
     stdin = sys.stdin.buffer.read() if interactive else None
     with reported_errors(), Platform() as platform:
-        pod = platform.create_agent(
-            backend=backend,
-            memory_db=volume is not None,
-            volume=volume,
-            env=environment,
-            memory_mib=memory_mib,
-            cold=cold,
-        )
+        if from_snapshot is not None:
+            pod = platform.restore(from_snapshot)
+        else:
+            pod = platform.create_agent(
+                backend=backend,
+                memory_db=volume is not None,
+                volume=volume,
+                env=environment,
+                memory_mib=memory_mib,
+                cold=cold,
+            )
         try:
             result = pod.exec(
                 command,
