@@ -123,8 +123,7 @@ def test_trace_has_each_phase_in_order_and_says_where_the_sandbox_came_from(
     assert {"choose", "prepare", "db provision", origin, "attach+inject"} <= set(phases)
     assert phases[origin].start_s >= max(phases["prepare"].end_s, phases["db provision"].end_s)
     assert phases["attach+inject"].start_s >= phases[origin].end_s
-    # Why not the pool: no pool of this shape, and qemu's members cannot take a volume after they start.
-    expected = "a cold boot was asked for" if cold else "cannot take a volume after they start"
+    expected = "a cold boot was asked for" if cold else "no warm pool of this shape; the shape's template"
     assert expected in phases[origin].detail
 
 

@@ -55,14 +55,31 @@ def test_a_member_killed_while_waiting_is_replaced_and_never_handed_out(platform
     assert platform.pools.ensure(2, wait=FILL_S)["dead_replaced"] == 1
 
 
-def test_a_pod_with_a_volume_does_not_take_a_member_and_says_why(platform: Platform) -> None:
+def test_a_claimed_member_gets_the_pods_own_volume(platform: Platform) -> None:
     skip_unless_available(platform, "qemu")
     platform.pools.ensure(1, wait=FILL_S)
-    pod = platform.create_agent(memory_db=True)
+    pod = platform.create_agent(memory_db=True, volume="customer-42")
+    assert pod.info().origin == "pool claim"
+    row = "import sqlite3; c = sqlite3.connect('/data/memory.db'); c.execute('create table t(x)'); c.commit()"
+    assert pod.exec(["python3", "-c", row]).ok
+    assert platform.volumes.info("customer-42").attached, "held while the pod runs (QEMU has its lock)"
+    pod.destroy()
+    assert not platform.volumes.info("customer-42").attached
+    again = platform.create_agent(memory_db=True, volume="customer-42", cold=True)
+    tables = (
+        "import sqlite3; print(sqlite3.connect('/data/memory.db').execute('select name from sqlite_master').fetchall())"
+    )
+    assert again.exec(["python3", "-c", tables]).stdout.strip() == "[('t',)]", "the write reached the volume"
+
+
+def test_a_snapshottable_pod_does_not_take_a_member_and_says_why(platform: Platform) -> None:
+    skip_unless_available(platform, "qemu")
+    platform.pools.ensure(1, wait=FILL_S)
+    pod = platform.create_agent(snapshottable=True)
     info = pod.info()
     assert info.origin == "template clone"
     detail = next(phase.detail for phase in info.trace if phase.name == "template clone")
-    assert "cannot take a volume after they start" in detail
+    assert "pool members are not snapshottable" in detail
     assert platform.pools.report()[0]["idle"] == 1
 
 

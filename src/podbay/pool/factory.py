@@ -20,9 +20,10 @@ from typing import Protocol
 
 from podbay.errors import Unsupported
 from podbay.isolation.base import Backend, PodAssignment, Sandbox, SandboxConfig, SandboxShape
+from podbay.isolation.qemu.attach import attach_volumes
 from podbay.isolation.qemu.backend import QemuBackend
 from podbay.isolation.qemu.snapshot import start_snapshot_clone
-from podbay.isolation.qemu.template import Template, TemplateShape, build_template, clone_layer
+from podbay.isolation.qemu.template import ClonedSandbox, Template, TemplateShape, build_template, clone_layer
 from podbay.paths import PodbayPaths
 from podbay.pool.warm import Member
 from podbay.rundir import RunDir
@@ -165,9 +166,12 @@ class PoolClaim:
         return None
 
     async def sandbox(self, assignment: PodAssignment) -> Sandbox:
-        if assignment.volumes:  # the factory claims for a pod with volumes only where they can be attached
-            raise Unsupported(self.member.sandbox.info.backend, "attach a volume to a running pool member", _COLD)
-        return self.member.sandbox
+        sandbox = self.member.sandbox
+        if assignment.volumes:  # into the member's free volume slots: the guest mounts them at `init`
+            if not isinstance(sandbox, ClonedSandbox):
+                raise Unsupported(sandbox.info.backend, "attach a volume to a running pool member", _COLD)
+            await attach_volumes(sandbox, assignment.volumes)
+        return sandbox
 
 
 _COLD = "create the pod without the pool (a template clone or a cold boot takes the volume at start)"

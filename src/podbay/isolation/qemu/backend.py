@@ -50,7 +50,7 @@ class QemuBackend:
     name = "qemu"
     mounts_volumes_on_host = False
     isolation = "microvm"
-    capabilities = Capabilities(template_clone=True, snapshot=True, fork=True)
+    capabilities = Capabilities(template_clone=True, attach_after_start=True, snapshot=True, fork=True)
 
     def __init__(self, paths: PodbayPaths, images: ImageSet | None = None) -> None:
         self._paths = paths

@@ -80,6 +80,10 @@ def build_command(
     cmdline = KERNEL_CMDLINE
     if tsc_khz is not None:  # under TCG the guest cannot calibrate its TSC reliably on a busy host: tell it
         cmdline += f" tsc_early_khz={tsc_khz}"
+    if accelerator == "tcg":
+        # The guest's TSC is QEMU's own clock here: nothing for the kernel's clocksource watchdog to catch. That
+        # watchdog woke every idle guest twice a second: most of an idle pod's host CPU (bench/density.py).
+        cmdline += " tsc=reliable"
     if config.layer is not None:
         cmdline += f" podbay.rw={disk_device(1)}"
     command = [
@@ -135,7 +139,10 @@ def build_command(
 
 
 def _disk(drive_id: str, path: Path, bus: str, read_only: bool) -> list[str]:
-    options = f"id={drive_id},file={_escape(path)},format=raw,if=none,cache=writeback,aio=threads"
+    # The format node gets a name, so a running pool member's volume slot can be pointed at another image
+    # (blockdev-reopen, isolation/qemu/attach.py).
+    options = f"id={drive_id},node-name={drive_id}-format,file={_escape(path)},format=raw,if=none"
+    options += ",cache=writeback,aio=threads"
     if read_only:
         options += ",readonly=on"
     return ["-drive", options, "-device", f"virtio-blk-{bus},drive={drive_id}"]

@@ -26,7 +26,8 @@ Q35 = Machine(options="q35", virtio_bus="pci")
 class FullVmBackend(QemuBackend):
     name = "qemu-q35"
     isolation = "full VM (q35, SeaBIOS, PCI, ACPI)"
-    capabilities = Capabilities()  # templates are the microVM's: their device layout is microvm's
+    # Templates, clones and what builds on them (attach after start, snapshots, fork) are the microVM's.
+    capabilities = Capabilities()
 
     def __init__(self, paths: PodbayPaths, images: ImageSet | None = None, kernel: CloudKernel | None = None) -> None:
         super().__init__(paths, images)
