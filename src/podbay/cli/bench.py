@@ -1,5 +1,5 @@
-"""`podbay bench create | isolation | soak | reliability | clone | pool`: `--json` prints one JSON document on stdout;
-the human summary goes to stderr."""
+"""`podbay bench create | isolation | soak | reliability | clone | pool | snapshot | fork`: `--json` prints one
+JSON document on stdout; the human summary goes to stderr."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from podbay.bench import create as create_bench
 from podbay.bench import isolation as isolation_bench
 from podbay.bench import pool as pool_bench
 from podbay.bench import reliability as reliability_bench
+from podbay.bench import snapshot as snapshot_bench
 from podbay.bench import soak as soak_bench
 from podbay.cli.common import errors, reported_errors
 from podbay.paths import PodbayPaths
@@ -110,6 +111,34 @@ def pool(
     if as_json:
         print(json.dumps(result, indent=2))
     errors.print(pool_bench.summary(result), highlight=False)
+
+
+@app.command("snapshot")
+def snapshot(
+    n: int = typer.Option(5, "--n", min=1, help="snapshots (and restores) per run, per guest size"),
+    runs: int = typer.Option(3, "--runs", min=1, help="repeat everything; report the median of the runs"),
+    as_json: bool = typer.Option(False, "--json", help="print the JSON result"),
+) -> None:
+    """QEMU snapshots: save (with and without the freeze and fsync) and restore → agent ready, 256 and 1024 MiB."""
+    with reported_errors():
+        result = snapshot_bench.bench_snapshot(PodbayPaths.from_env(), n, runs)
+    if as_json:
+        print(json.dumps(result, indent=2))
+    errors.print(snapshot_bench.summary(result), highlight=False)
+
+
+@app.command("fork")
+def fork(
+    n: int = typer.Option(5, "--n", min=1, help="forks per run, per guest size"),
+    runs: int = typer.Option(3, "--runs", min=1, help="repeat everything; report the median of the runs"),
+    as_json: bool = typer.Option(False, "--json", help="print the JSON result"),
+) -> None:
+    """QEMU fork of a running pod with a SQLite volume → the child answers; several children at once."""
+    with reported_errors():
+        result = snapshot_bench.bench_fork(PodbayPaths.from_env(), n, runs)
+    if as_json:
+        print(json.dumps(result, indent=2))
+    errors.print(snapshot_bench.summary(result), highlight=False)
 
 
 def _table(rows: list[dict[str, Any]]) -> Table:
