@@ -1,7 +1,7 @@
 """A pod's own volume given to an already running template clone (podbay.isolation.qemu.attach), with real VMs.
 
-Every test runs twice: with the volume slots as command.py writes them today (auto-named nodes: the swap goes
-through a mirror job) and with a named format node on each slot drive (the swap is a `blockdev-reopen`).
+The template is built with command.py's own layout (a named format node on each drive: the swap is a
+`blockdev-reopen`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 
-import podbay.isolation.qemu.command as qemu_command
 from podbay.bench.leaks import processes_mentioning
 from podbay.errors import Conflict, ImageMissing, InvalidSpec
 from podbay.flock import try_flock
@@ -36,19 +35,8 @@ WRITE_ROW = (
 )
 
 
-def _named_disk(drive_id: str, path: Path, bus: str, read_only: bool) -> list[str]:
-    """command.py's disk, with the format node named for volume slots: the layout attach.py asks for."""
-    disk = _plain_disk(drive_id, path, bus, read_only)
-    if drive_id.startswith("vol"):
-        disk[1] += f",node-name={drive_id}-format"
-    return disk
-
-
-_plain_disk = qemu_command._disk
-
-
-@pytest.fixture(scope="module", params=["auto-named", "named"])
-def template(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Template]:
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Template]:
     real = PodbayPaths.from_env()
     availability = QemuBackend(real).availability()
     if not availability.available:
@@ -58,11 +46,8 @@ def template(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     except ImageMissing as missing:
         pytest.skip(str(missing))
     root = tmp_path_factory.mktemp("templates")
-    with pytest.MonkeyPatch.context() as patch:
-        if request.param == "named":  # held while this template's tests start clones (they run grouped)
-            patch.setattr(qemu_command, "_disk", _named_disk)
-        shape = TemplateShape(memory_mib=256, volume_slots=1)
-        yield asyncio.run(build_template(real, shape, images=images, root=root))
+    shape = TemplateShape(memory_mib=256, volume_slots=1)
+    yield asyncio.run(build_template(real, shape, images=images, root=root))
     assert processes_mentioning(root) == [], "no process may keep the template's files open"
 
 
@@ -173,7 +158,7 @@ def test_a_volume_another_clone_holds_is_refused(template: Template, tmp_path: P
             with pytest.raises(Conflict, match="'shared' is in use by another VM"):
                 await attach_volumes(second, [VolumeAttachment(name="shared", image=image, target="/data")])
             # The refused clone keeps its placeholder and works; the first keeps the volume.
-            assert [slot.drive for slot in await free_slots(second)] == ["vol0"]
+            assert [(slot.drive, slot.node) for slot in await free_slots(second)] == [("vol0", "vol0-format")]
             assert await free_slots(first) == []
             assert holders(image) == [first.info.pid]
             assert await run(second, ["true"]) == ""

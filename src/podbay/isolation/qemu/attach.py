@@ -4,20 +4,16 @@ A warm pool keeps clones running with placeholder disks in their volume slots (`
 QEMU's microvm has virtio-mmio only, so no disk can be hot-plugged: the guest keeps its virtio-blk device and
 the host changes the file behind it. QEMU runs under `-chroot` and opens nothing by path, so the volume image
 travels as a descriptor (SCM_RIGHTS + QMP `add-fd`) and the new node opens `/dev/fdset/N`. Then, on QEMU 7.2:
+`blockdev-add` a `file` node, `blockdev-reopen` the slot's raw node (named `vol0-format`, ... by command.py)
+with `file` = that node, `block_resize`.
 
-* slot drives with an explicit node name on their format node (`-drive ...,node-name=vol0-format`):
-  `blockdev-add` a `file` node, `blockdev-reopen` the slot's raw node with `file` = that node, `block_resize`.
-* slot drives as command.py writes them today (auto-named `#blockNNN` nodes): `blockdev-reopen` refuses
-  ("Cannot change the option 'node-name'": an auto-generated name is not among the node's options), so:
-  `block_resize` the placeholder to the image's size (a mirror needs equal sizes), `blockdev-add` a raw node
-  over the file, `blockdev-mirror sync=none` (copies nothing: the guest never wrote the placeholder), and
-  `job-complete` once it is ready, which puts the new node under the device in the placeholder's place.
-
-Either way the placeholder's nodes lose their last reference and QEMU closes its file; `block_resize` makes
+The placeholder's file node loses its last reference and QEMU closes its file; `block_resize` makes
 QEMU signal a configuration change, and the agent's `init` (each mount with its `size`) waits for that size
 and drops the guest's cached blocks of the placeholder before it mounts. Not possible on 7.2:
 `blockdev-change-medium` / `blockdev-remove-medium` (virtio-blk is not removable), `x-blockdev-change`
-(quorum children only), `blockdev-reopen` of the file node (a file node's filename cannot change).
+(quorum children only), `blockdev-reopen` of the file node (a file node's filename cannot change), and
+`blockdev-reopen` of an auto-named (`#blockNNN`) node ("Cannot change the option 'node-name'"): a template
+built before command.py named its nodes is refused, and must be rebuilt.
 
 The new file node keeps QEMU's image locking (`locking=auto`: OFD locks): a second VMM that tries to attach the
 same image is refused, as with a volume given at start. The volume's flock (`VolumeAttachment.lock_fd`) goes
@@ -28,10 +24,8 @@ could be picked by QEMU for a reopen of `/dev/fdset/N`. The lock then lives exac
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,13 +33,10 @@ from typing import Any
 
 from qemu.qmp import QMPError
 
-from podbay.errors import Conflict, GuestError, InvalidSpec, NotFound, PodbayError, Timeout
+from podbay.errors import Conflict, GuestError, InvalidSpec, NotFound, PodbayError
 from podbay.isolation.base import VolumeAttachment
 from podbay.isolation.qemu.template import ClonedSandbox
 from podbay.isolation.supervise import disk_device
-
-JOB_TIMEOUT_S = 10.0  # a mirror that copies nothing is ready and complete within milliseconds
-_POLL_S = 0.0005
 
 
 @dataclass(frozen=True)
@@ -59,11 +50,6 @@ class Slot:
     @property
     def drive(self) -> str:
         return f"vol{self.index}"
-
-    @property
-    def named(self) -> bool:
-        """Whether the node has a name of its own (QEMU names the others `#blockNNN`): only those reopen."""
-        return not self.node.startswith("#")
 
 
 async def free_slots(sandbox: ClonedSandbox) -> list[Slot]:
@@ -96,6 +82,13 @@ async def attach_volumes(sandbox: ClonedSandbox, volumes: Sequence[VolumeAttachm
             f"the pod attaches {len(volumes)} volume(s), this sandbox has {len(slots)} free volume slot(s)",
             "use a pool whose template has more volume slots, or boot the pod cold",
         )
+    for slot in slots[: len(volumes)]:
+        if slot.node.startswith("#"):  # QEMU's auto-generated name: blockdev-reopen refuses it
+            raise GuestError(
+                f"this sandbox's volume slot {slot.drive} has no named format node (QEMU calls it {slot.node}): "
+                "its template predates named nodes and cannot take a volume while running; "
+                "rebuild it (`podbay templates rm --stale`, then let the pool build it again)"
+            )
     mounts = []
     for volume, slot in zip(volumes, slots, strict=False):
         size = await _attach(sandbox, volume, slot)
@@ -128,20 +121,12 @@ async def _attach(sandbox: ClonedSandbox, volume: VolumeAttachment, slot: Slot) 
         fdset = int(answer["fdset-id"])
         file_node = f"{slot.drive}-fd{fdset}-file"
         file_options = {"driver": "file", "node-name": file_node, "filename": f"/dev/fdset/{fdset}", "aio": "threads"}
-        if slot.named:
-            await sandbox.qmp("blockdev-add", file_options)
-            added.append(file_node)
-            reopen = {"driver": "raw", "node-name": slot.node, "file": file_node}
-            await sandbox.qmp("blockdev-reopen", {"options": [reopen]})
-        else:
-            await sandbox.qmp("block_resize", {"device": slot.drive, "size": size})  # a mirror needs equal sizes
-            raw_node = f"{slot.drive}-fd{fdset}"
-            await sandbox.qmp("blockdev-add", {"driver": "raw", "node-name": raw_node, "file": file_options})
-            added.append(raw_node)
-            await _mirror_into(sandbox, slot, raw_node)
+        await sandbox.qmp("blockdev-add", file_options)
+        added.append(file_node)
+        reopen = {"driver": "raw", "node-name": slot.node, "file": file_node}
+        await sandbox.qmp("blockdev-reopen", {"options": [reopen]})
         swapped = True  # from here the guest's disk is the volume: its lock stays with QEMU whatever happens
-        if slot.named:
-            await sandbox.qmp("block_resize", {"device": slot.drive, "size": size})
+        await sandbox.qmp("block_resize", {"device": slot.drive, "size": size})
     except BaseException as failure:
         if not swapped:
             await _undo(sandbox, added, fdset, lock_name if locked else None)
@@ -151,44 +136,6 @@ async def _attach(sandbox: ClonedSandbox, volume: VolumeAttachment, slot: Slot) 
     finally:
         os.close(fd)  # QEMU has its own copy
     return size
-
-
-async def _mirror_into(sandbox: ClonedSandbox, slot: Slot, target: str) -> None:
-    """Put `target` under the slot's device with a mirror job that copies nothing, completed at once."""
-    job = f"podbay-attach-{slot.drive}"
-    await sandbox.qmp(
-        "blockdev-mirror",
-        {"job-id": job, "device": slot.drive, "target": target, "sync": "none", "auto-dismiss": False},
-    )
-    try:
-        await _job_reaches(sandbox, job, "ready")
-        await sandbox.qmp("job-complete", {"id": job})
-        await _job_reaches(sandbox, job, "concluded")
-    except BaseException:
-        with contextlib.suppress(QMPError, PodbayError):  # the first failure is the one to report
-            await sandbox.qmp("job-cancel", {"id": job})
-            await _job_reaches(sandbox, job, "concluded")
-        raise
-    finally:
-        with contextlib.suppress(QMPError):
-            await sandbox.qmp("job-dismiss", {"id": job})
-
-
-async def _job_reaches(sandbox: ClonedSandbox, job: str, status: str) -> None:
-    deadline = time.monotonic() + JOB_TIMEOUT_S
-    while True:
-        state = next((entry for entry in await sandbox.qmp("query-jobs") if entry["id"] == job), None)
-        if state is None:
-            raise GuestError(f"QEMU's block job {job} vanished before it was {status}")
-        if state.get("error"):
-            raise GuestError(f"QEMU's block job {job} failed: {state['error']}")
-        if state["status"] == status:
-            return
-        if state["status"] == "concluded":
-            raise GuestError(f"QEMU's block job {job} ended before it was {status}")
-        if time.monotonic() > deadline:
-            raise Timeout(f"QEMU's block job {job} was not {status} within {JOB_TIMEOUT_S} s ({state['status']})")
-        await asyncio.sleep(_POLL_S)
 
 
 async def _undo(sandbox: ClonedSandbox, nodes: list[str], fdset: int | None, lock_name: str | None) -> None:
