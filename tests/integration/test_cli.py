@@ -1,4 +1,4 @@
-"""The command line, as a user runs it: `podbay run`, `podbay volume export`, `podbay demo`, `podbay doctor`."""
+"""The command line, as a user runs it: `podbay run`, `volume export`, `demo`, `doctor`, `templates`, `snapshot`."""
 
 from __future__ import annotations
 
@@ -78,3 +78,41 @@ def test_doctor_json_is_one_document_on_stdout(vm_paths: PodbayPaths) -> None:
     assert {row["name"] for row in report["backends"]} == {"qemu", "qemu-q35", "firecracker", "gvisor", "runc"}
     assert report["ready"] is True and report["images"]["error"] is None
     assert b"backend" in result.stderr, "the human tables go to stderr"
+
+
+def test_run_says_nothing_of_how_it_started_and_cold_boots_on_request(vm_paths: PodbayPaths) -> None:
+    for flags in ([], ["--cold"]):
+        result = podbay(vm_paths, "run", *flags, "--", "echo", "ok")
+        assert (result.returncode, result.stdout) == (0, b"ok\n"), result.stderr
+
+
+def test_templates_ls_json_lists_the_current_template_and_rm_refuses_unknown_keys(vm_paths: PodbayPaths) -> None:
+    assert podbay(vm_paths, "run", "--", "true").returncode == 0  # builds the default shape's template if needed
+    listed = podbay(vm_paths, "templates", "ls", "--json")
+    assert listed.returncode == 0, listed.stderr
+    rows = json.loads(listed.stdout)  # one JSON document on stdout: the table went to stderr
+    default = {"vcpus": 1, "memory_mib": 256, "layer_mib": 1024, "volume_slots": 1}
+    assert any(row["current"] and row["shape"] == default for row in rows)
+    refused = podbay(vm_paths, "templates", "rm", "no-such-key")
+    assert refused.returncode == 2 and b"NotFound: no template no-such-key" in refused.stderr
+
+
+def test_doctor_json_lists_each_backends_capabilities(vm_paths: PodbayPaths) -> None:
+    report = json.loads(podbay(vm_paths, "doctor", "--json").stdout)
+    capabilities = {row["name"]: row["capabilities"] for row in report["backends"]}
+    assert capabilities["qemu"] == {
+        "template_clone": True,
+        "pool": True,
+        "attach_after_start": True,
+        "snapshot": True,
+        "fork": True,
+    }
+    assert not capabilities["runc"]["snapshot"] and capabilities["runc"]["pool"]
+
+
+def test_snapshot_commands_refuse_unknown_names_clearly(vm_paths: PodbayPaths) -> None:
+    listed = podbay(vm_paths, "snapshot", "ls", "--json")
+    assert listed.returncode == 0 and json.loads(listed.stdout) == []
+    for args in (("snapshot", "rm", "nope"), ("run", "--from-snapshot", "nope", "--", "true")):
+        result = podbay(vm_paths, *args)
+        assert result.returncode == 2 and b"NotFound: no snapshot 'nope'" in result.stderr, result.stderr
