@@ -6,6 +6,7 @@ The image cache is the user's (built by `podbay images build`, which `make test`
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +14,11 @@ from pathlib import Path
 import pytest
 
 from podbay import Platform
-from podbay.bench.leaks import host_leaks, processes_mentioning  # noqa: F401  (test_containers imports it)
+from podbay.bench.leaks import host_leaks, processes_mentioning
+from podbay.errors import ImageMissing
+from podbay.images import find_images
+from podbay.isolation.qemu.backend import QemuBackend
+from podbay.isolation.qemu.template import Template, TemplateShape, build_template
 from podbay.paths import PodbayPaths
 
 ALL_BACKENDS = ("qemu", "qemu-q35", "firecracker", "gvisor", "runc")
@@ -60,3 +65,25 @@ def shared_platform(shared_paths: PodbayPaths) -> Iterator[Platform]:
 def cli_env(paths: PodbayPaths) -> dict[str, str]:
     # A wide terminal, so rich does not wrap the tables the tests read.
     return {**os.environ, "PODBAY_STATE": str(paths.state), "PODBAY_CACHE": str(paths.cache), "COLUMNS": "400"}
+
+
+def private_template(tmp_path_factory: pytest.TempPathFactory, shape: TemplateShape) -> Iterator[Template]:
+    """A QEMU template of `shape` built in a private directory (the image cache is the user's), for tests of
+    the mechanism below the platform; no process may keep its files open once the module is done."""
+    real = PodbayPaths.from_env()
+    availability = QemuBackend(real).availability()
+    if not availability.available:
+        pytest.skip(availability.reason)
+    try:
+        images = find_images(real)
+    except ImageMissing as missing:
+        pytest.skip(str(missing))
+    root = tmp_path_factory.mktemp("templates")
+    yield asyncio.run(build_template(real, shape, images=images, root=root))
+    assert processes_mentioning(root) == [], "no process may keep the template's files open"
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Template]:
+    """The default shape's template (256 MiB, one volume slot), private to the test module."""
+    yield from private_template(tmp_path_factory, TemplateShape(memory_mib=256, volume_slots=1))

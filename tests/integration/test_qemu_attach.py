@@ -12,20 +12,17 @@ import shutil
 import sqlite3
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from podbay.bench.leaks import processes_mentioning
-from podbay.errors import Conflict, ImageMissing, InvalidSpec
+from podbay.errors import Conflict, InvalidSpec
 from podbay.flock import try_flock
-from podbay.images import find_images, make_ext4
+from podbay.images import make_ext4
 from podbay.isolation.base import SandboxConfig, VolumeAttachment
 from podbay.isolation.qemu.attach import attach_volumes, free_slots
-from podbay.isolation.qemu.backend import QemuBackend
-from podbay.isolation.qemu.template import ClonedSandbox, Template, TemplateShape, build_template, start_clone
-from podbay.paths import PodbayPaths
+from podbay.isolation.qemu.template import ClonedSandbox, Template, start_clone
 
 pytestmark = pytest.mark.integration
 WRITE_ROW = (
@@ -33,22 +30,6 @@ WRITE_ROW = (
     "db.execute('create table notes (text)'); db.execute(\"insert into notes values ('from the guest')\"); "
     "db.commit(); db.close()"
 )
-
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Template]:
-    real = PodbayPaths.from_env()
-    availability = QemuBackend(real).availability()
-    if not availability.available:
-        pytest.skip(availability.reason)
-    try:
-        images = find_images(real)
-    except ImageMissing as missing:
-        pytest.skip(str(missing))
-    root = tmp_path_factory.mktemp("templates")
-    shape = TemplateShape(memory_mib=256, volume_slots=1)
-    yield asyncio.run(build_template(real, shape, images=images, root=root))
-    assert processes_mentioning(root) == [], "no process may keep the template's files open"
 
 
 def config(state: Path, name: str) -> SandboxConfig:

@@ -24,10 +24,9 @@ from pathlib import Path
 import pytest
 
 from podbay.bench.leaks import processes_mentioning
-from podbay.errors import Conflict, GuestError, ImageMissing, NotFound
-from podbay.images import find_images, make_ext4
+from podbay.errors import Conflict, GuestError, NotFound
+from podbay.images import make_ext4
 from podbay.isolation.base import SandboxConfig, VolumeAttachment
-from podbay.isolation.qemu.backend import QemuBackend
 from podbay.isolation.qemu.snapshot import (
     Snapshot,
     SnapshotSandbox,
@@ -36,8 +35,7 @@ from podbay.isolation.qemu.snapshot import (
     start_from_snapshot,
     start_snapshot_clone,
 )
-from podbay.isolation.qemu.template import Template, TemplateShape, build_template
-from podbay.paths import PodbayPaths
+from podbay.isolation.qemu.template import Template
 
 pytestmark = pytest.mark.integration
 MIB = 256
@@ -46,22 +44,6 @@ INSERT = (
     "c.commit()"
 )
 SELECT = "import sqlite3; print(sorted(r[0] for r in sqlite3.connect('/data/db').execute('select x from t')))"
-
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Template]:
-    real = PodbayPaths.from_env()
-    availability = QemuBackend(real).availability()
-    if not availability.available:
-        pytest.skip(availability.reason)
-    try:
-        images = find_images(real)
-    except ImageMissing as missing:
-        pytest.skip(str(missing))
-    root = tmp_path_factory.mktemp("templates")
-    built = asyncio.run(build_template(real, TemplateShape(memory_mib=MIB, volume_slots=1), images=images, root=root))
-    yield built
-    assert processes_mentioning(root) == [], "no process may keep the template's files open"
 
 
 @pytest.fixture

@@ -12,39 +12,20 @@ import hashlib
 import os
 import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from podbay.bench.leaks import processes_mentioning
-from podbay.errors import ImageMissing, InvalidSpec
-from podbay.images import find_images, make_ext4
+from podbay.errors import InvalidSpec
+from podbay.images import make_ext4
 from podbay.isolation.base import SandboxConfig, VolumeAttachment
-from podbay.isolation.qemu.backend import QemuBackend
-from podbay.isolation.qemu.template import ClonedSandbox, Template, TemplateShape, build_template, start_clone
-from podbay.paths import PodbayPaths
+from podbay.isolation.qemu.template import ClonedSandbox, Template, start_clone
 
 pytestmark = pytest.mark.integration
 # 16 random bytes, and the guest's CLOCK_BOOTTIME when they were drawn.
 URANDOM = ["python3", "-c", "import os, time; print(os.urandom(16).hex(), time.clock_gettime(time.CLOCK_BOOTTIME))"]
 RESEED_INTERVAL_S = 1.0  # Linux 6.1 rekeys its CRNG on its own after at least this long (longer as uptime grows)
-
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Template]:
-    real = PodbayPaths.from_env()
-    availability = QemuBackend(real).availability()
-    if not availability.available:
-        pytest.skip(availability.reason)
-    try:
-        images = find_images(real)
-    except ImageMissing as missing:
-        pytest.skip(str(missing))
-    root = tmp_path_factory.mktemp("templates")
-    built = asyncio.run(build_template(real, TemplateShape(memory_mib=256, volume_slots=1), images=images, root=root))
-    yield built
-    assert processes_mentioning(root) == [], "no process may keep the template's files open"
 
 
 def sandbox_config(state: Path, name: str, volumes: tuple[VolumeAttachment, ...] = ()) -> SandboxConfig:
