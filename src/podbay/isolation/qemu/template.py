@@ -34,6 +34,17 @@ Disks. A clone must present the template's device layout, but its own disks:
   change to the guest) and `init` passes each volume's `size`: the agent waits until the device reports that
   size and drops its cached blocks (BLKFLSBUF) before it mounts the volume.
 
+Shared read-only data (`preload`): a template may carry one host file (model weights, a dataset) into its guest.
+The build mounts a tmpfs at `PRELOAD_DIR` in the template's guest, streams the file into
+`PRELOAD_DIR/<file name>` over the agent channel (an exec reading its stdin, acknowledging every few MiB, so
+neither side buffers more than a window of it; it reports the SHA-256 of what it wrote, checked against the
+host's), then remounts the tmpfs read-only. The bytes are then guest RAM, i.e. pages of the template's memory
+file: every clone finds the file already in memory and reads it without copying it, so N clones hold one copy
+of it in the host's page cache (a clone that writes over it gets private copies of the pages it wrote; the
+read-only mount makes that deliberate). Clones need neither the host file nor an extra disk: their device
+layout is the plain template's. The file is part of the template's key by identity (path, size, mtime, inode:
+hashing gigabytes on every lookup would cost more than it protects), and its SHA-256 is in `meta.json`.
+
 Each clone is its own machine: right after the agent answers, the host sends `reseed` (docs/guest-protocol.md)
 with fresh random bytes, the clock and a hostname; the agent mixes the bytes into the kernel's input pool and
 forces a reseed of the kernel's CRNG (RNDRESEEDCRNG), so `os.urandom` differs between clones and from what the
@@ -59,6 +70,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -73,6 +85,7 @@ from rich.console import Console
 
 from podbay.channel import GuestChannel
 from podbay.errors import BackendUnavailable, GuestError, InvalidSpec, NotFound, Timeout
+from podbay.guest import protocol
 from podbay.images import ImageSet, find_images
 from podbay.images.cache import BuildLog, CacheEntry, content_key, kind_lock
 from podbay.images.ext4 import make_ext4
@@ -106,6 +119,35 @@ WARM_UP: tuple[tuple[str, ...], ...] = (
     ("python3", "-c", "import json, os, sqlite3, subprocess"),
     ("python3", "-c", "import fcntl, os; fcntl.ioctl(os.open('/dev/urandom', os.O_WRONLY), 0x5207)"),
 )
+PRELOAD_DIR = "/opt/podbay/preload"  # in a template's guest: a read-only tmpfs holding its preloaded file
+PRELOAD_WINDOW_BYTES = 8 << 20  # bytes of the file in flight (sent, not yet written in the guest) at most
+PRELOAD_ACK_BYTES = 1 << 20  # the guest acknowledges what it has written every this many bytes
+GUEST_RESERVE_MIB = 128  # guest memory a preloaded file must leave free: kernel, agent, the pod's own work
+# Runs in the template's guest: mount the tmpfs, write stdin to the file, acknowledging on stdout, report the
+# SHA-256 and size written, and make the tmpfs read-only. argv: directory, file name, size in bytes.
+_PRELOAD_RECEIVER = """
+import ctypes, hashlib, os, sys
+directory, name, size = sys.argv[1], sys.argv[2], int(sys.argv[3])
+libc = ctypes.CDLL(None, use_errno=True)
+def mount(flags, data):
+    source = b"podbay-preload" if not flags & 32 else None
+    if libc.mount(source, directory.encode(), b"tmpfs", flags, data) != 0:
+        raise OSError(ctypes.get_errno(), "mount " + directory)
+os.makedirs(directory, exist_ok=True)
+mount(2 | 4, b"mode=0755,nr_inodes=16,size=%d" % (size + (1 << 20)))
+digest, written, acknowledged = hashlib.sha256(), 0, 0
+with open(os.path.join(directory, name), "xb") as file:
+    while chunk := sys.stdin.buffer.read1(1 << 20):
+        file.write(chunk)
+        digest.update(chunk)
+        written += len(chunk)
+        if written - acknowledged >= ACK_BYTES:
+            print(written, flush=True)
+            acknowledged = written
+    os.fchmod(file.fileno(), 0o444)
+mount(32 | 1 | 2 | 4, None)
+print("done", written, digest.hexdigest(), flush=True)
+""".replace("ACK_BYTES", str(PRELOAD_ACK_BYTES))
 # Stand-ins for the per-instance paths of a command line, so the key sees the layout, not where files live.
 _LAYOUT_RUN_DIR = Path("/run-dir")
 
@@ -145,6 +187,42 @@ class TemplateShape:
             )
 
 
+@dataclass(frozen=True)
+class Preload:
+    """A host file a template carries into its guest (see the module doc): clones read it at `guest_path`."""
+
+    source: Path
+    size: int
+    sha256: str = ""  # of the bytes the guest wrote: known once the template is built
+
+    @property
+    def guest_path(self) -> str:
+        return f"{PRELOAD_DIR}/{self.source.name}"
+
+    def describe(self) -> dict[str, Any]:
+        return {"source": str(self.source), "size": self.size, "sha256": self.sha256, "guest_path": self.guest_path}
+
+    @classmethod
+    def of(cls, path: Path, shape: TemplateShape) -> Preload:
+        """The file at `path`, checked: a regular file that leaves the guest GUEST_RESERVE_MIB of its memory."""
+        path = path.resolve()
+        try:
+            st = path.stat()
+        except OSError as exc:
+            raise InvalidSpec("preload", f"{path} cannot be read: {exc.strerror}", "pass an existing file") from None
+        if not path.is_file():
+            raise InvalidSpec("preload", f"{path} is not a regular file", "pass a file (not a directory)")
+        room = (shape.memory_mib - GUEST_RESERVE_MIB) << 20
+        if st.st_size > room:
+            raise InvalidSpec(
+                "preload",
+                f"{path} ({st.st_size} bytes) does not fit in a {shape.memory_mib} MiB guest with "
+                f"{GUEST_RESERVE_MIB} MiB left for the guest itself",
+                f"use memory_mib of at least {(st.st_size >> 20) + GUEST_RESERVE_MIB + 1}",
+            )
+        return cls(source=path, size=st.st_size)
+
+
 _OTHER = "use a template of that shape (build_template builds it on first use), or boot the pod cold"
 
 
@@ -161,6 +239,7 @@ class Template:
     tsc_khz: int | None
     build_s: float
     saved_at_uptime_s: float = 0.0  # the guest's CLOCK_BOOTTIME when it was saved: its clones continue from it
+    preload: Preload | None = None  # the host file its guest holds at `preload.guest_path`
 
     @property
     def memory(self) -> Path:
@@ -191,7 +270,14 @@ class Template:
             tsc_khz=meta["tsc_khz"],
             build_s=float(meta["build_s"]),
             saved_at_uptime_s=float(meta.get("saved_at_uptime_s", 0.0)),
+            preload=_load_preload(meta.get("preload")),
         )
+
+
+def _load_preload(meta: dict[str, Any] | None) -> Preload | None:
+    if meta is None:
+        return None
+    return Preload(source=Path(meta["source"]), size=int(meta["size"]), sha256=str(meta["sha256"]))
 
 
 # ---- command lines and keys (pure: unit-tested without QEMU) ------------------------------------------------
@@ -284,10 +370,15 @@ def layout_command(shape: TemplateShape, accelerator: str) -> list[str]:
 
 
 def template_inputs(
-    images: ImageSet, shape: TemplateShape, accelerator: str, guest: Sequence[Path] | None = None
+    images: ImageSet,
+    shape: TemplateShape,
+    accelerator: str,
+    guest: Sequence[Path] | None = None,
+    preload: Path | None = None,
 ) -> list[tuple[str, bytes]]:
     """What a template is keyed by: the kernel and root image (path and file identity: a rebuilt image under
-    the same path is another image), the guest agent's source, QEMU itself, the shape and the device layout."""
+    the same path is another image), the guest agent's source, QEMU itself, the shape and the device layout;
+    and its preloaded file's identity, if it has one (absent otherwise, so plain templates keep their keys)."""
     parts = [
         ("format", TEMPLATE_FORMAT.encode()),
         ("kernel", _identity(images.kernel)),
@@ -301,11 +392,19 @@ def template_inputs(
     ]
     parts += [(f"guest/{path.name}", path.read_bytes()) for path in (guest if guest is not None else guest_files())]
     parts += [("warm-up", json.dumps(WARM_UP).encode())]
+    if preload is not None:
+        parts += [("preload", _identity(preload.resolve())), ("preload-receiver", _PRELOAD_RECEIVER.encode())]
     return parts
 
 
-def template_key(images: ImageSet, shape: TemplateShape, accelerator: str, guest: Sequence[Path] | None = None) -> str:
-    return content_key(KIND, template_inputs(images, shape, accelerator, guest))
+def template_key(
+    images: ImageSet,
+    shape: TemplateShape,
+    accelerator: str,
+    guest: Sequence[Path] | None = None,
+    preload: Path | None = None,
+) -> str:
+    return content_key(KIND, template_inputs(images, shape, accelerator, guest, preload))
 
 
 def templates_root(paths: PodbayPaths) -> Path:
@@ -379,11 +478,13 @@ def find_template(
     *,
     images: ImageSet | None = None,
     root: Path | None = None,
+    preload: Path | None = None,
 ) -> Template | None:
-    """The cached template for `shape` and the current images, or None if it is not built."""
+    """The cached template for `shape` (carrying `preload`) and the current images, or None if it is not built."""
     images = images or find_images(paths)
     accelerator = QemuBackend(paths, images).accelerator()
-    entry = CacheEntry(root or templates_root(paths), KIND, template_key(images, shape, accelerator))
+    key = template_key(images, shape, accelerator, preload=preload)
+    entry = CacheEntry(root or templates_root(paths), KIND, key)
     if not (entry.path / "meta.json").exists():
         return None
     return Template.load(entry.path)
@@ -398,14 +499,17 @@ async def build_template(
     console: Console | None = None,
     force: bool = False,
     boot_timeout_s: float = 120.0,
+    preload: Path | None = None,
 ) -> Template:
     """The template for `shape`, built first if it is not cached (under a lock: one builder per host at once).
 
     Boots the microVM as the backend does, but with its RAM in `<dir>/memory` (shared), waits for the agent,
     runs WARM_UP, saves its device state with `x-ignore-shared` (QEMU stops the guest as the save completes),
     and kills it. Nothing pod-specific reaches the template: no `init`, no environment, no volume mounted.
+    `preload`: a host file copied into the guest first, read-only at `Preload.guest_path` (see the module doc).
     """
     shape.check()
+    wanted = Preload.of(preload, shape) if preload is not None else None
     backend = QemuBackend(paths, images)
     available = backend.availability()
     if not available.available:
@@ -413,7 +517,8 @@ async def build_template(
     images = backend.images()
     accelerator = backend.accelerator()
     console = console or Console(stderr=True)
-    entry = CacheEntry(root or templates_root(paths), KIND, template_key(images, shape, accelerator))
+    key = template_key(images, shape, accelerator, preload=preload)
+    entry = CacheEntry(root or templates_root(paths), KIND, key)
     lock = kind_lock(entry.root, KIND, console)
     await _acquire(lock)
     try:
@@ -422,10 +527,10 @@ async def build_template(
         for stale in entry.root.glob(f".tmp-{KIND}-*"):  # a builder that died: its QEMU may still run
             kill_processes_mentioning(stale)
         log = BuildLog(entry.log_path, console)
-        console.print(f"Building the QEMU template {entry.key} ({_describe(shape)}); log: {log.path}")
+        console.print(f"Building the QEMU template {entry.key} ({_describe(shape, wanted)}); log: {log.path}")
         started = time.monotonic()
         with entry.building(replace=force or entry.exists()) as building:
-            template = await _build(building, entry, shape, images, accelerator, log, boot_timeout_s)
+            template = await _build(building, entry, shape, images, accelerator, log, boot_timeout_s, wanted)
             template = replace(template, build_s=time.monotonic() - started)
             _write_meta(building, template)
         console.print(f"[green]✓[/] template ready in {template.build_s:.1f} s: {entry.path}")
@@ -450,9 +555,11 @@ async def _acquire(lock: contextlib.AbstractContextManager[None]) -> None:
         raise
 
 
-def _describe(shape: TemplateShape) -> str:
+def _describe(shape: TemplateShape, preload: Preload | None = None) -> str:
+    carried = f", preloading {preload.source} ({preload.size} bytes)" if preload is not None else ""
     return (
         f"{shape.vcpus} vCPU, {shape.memory_mib} MiB, {shape.layer_mib} MiB layer, {shape.volume_slots} volume slot(s)"
+        + carried
     )
 
 
@@ -464,6 +571,7 @@ async def _build(
     accelerator: str,
     log: BuildLog,
     boot_timeout_s: float,
+    preload: Preload | None = None,
 ) -> Template:
     template = Template(
         path=building,
@@ -495,6 +603,9 @@ async def _build(
         with log.step("boot the template VM"):
             sandbox = await _start(template, config, clone=False)
         try:
+            if preload is not None:
+                with log.step(f"copy {preload.source} into the guest"):
+                    template = replace(template, preload=await _copy_preload(sandbox, preload))
             with log.step("warm up the guest"):
                 for argv in WARM_UP:
                     result = await (await sandbox.channel.start_process(list(argv), cwd="/", timeout=120)).wait()
@@ -517,6 +628,56 @@ async def _build(
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
+async def _copy_preload(sandbox: ClonedSandbox, preload: Preload) -> Preload:
+    """Stream the file into the template's guest (see the module doc); return it with the guest's SHA-256."""
+    acknowledged = 0
+    progressed = asyncio.Event()
+    output = bytearray()
+
+    def on_stdout(data: bytes) -> None:
+        nonlocal acknowledged
+        output.extend(data)
+        complete = output[: output.rfind(b"\n") + 1].split()
+        acknowledged = max([acknowledged, *(int(word) for word in complete if word.isdigit())])
+        progressed.set()
+
+    argv = ["python3", "-c", _PRELOAD_RECEIVER, PRELOAD_DIR, preload.source.name, str(preload.size)]
+    process = await sandbox.channel.start_process(argv, cwd="/", stdin=True, on_stdout=on_stdout)
+    exited = asyncio.ensure_future(process.wait())
+    digest = hashlib.sha256()
+    before = _identity(preload.source)
+    sent = 0
+    try:
+        with open(preload.source, "rb") as file:
+            while not exited.done() and (chunk := file.read(protocol.CHUNK)):
+                while sent - acknowledged > PRELOAD_WINDOW_BYTES and not exited.done():  # the guest is behind
+                    progressed.clear()
+                    waiting = asyncio.ensure_future(progressed.wait())
+                    await asyncio.wait({waiting, exited}, timeout=120, return_when=asyncio.FIRST_COMPLETED)
+                    waiting.cancel()
+                    if not progressed.is_set() and not exited.done():
+                        raise Timeout(f"the guest stopped taking {preload.source} ({sent} bytes sent)")
+                digest.update(chunk)
+                await process.write_stdin(chunk)
+                sent += len(chunk)
+        if not exited.done():
+            await process.close_stdin()
+        result = await exited
+    finally:
+        if not exited.done():
+            exited.cancel()
+    if result.exit_code != 0:
+        raise GuestError(f"copying {preload.source} into the template failed: {result.stderr.strip()}")
+    done = next((line.split()[1:] for line in result.stdout.splitlines() if line.startswith("done ")), [])
+    expected = [str(preload.size), digest.hexdigest()]
+    if done != expected or sent != preload.size or _identity(preload.source) != before:
+        raise GuestError(
+            f"the guest's copy of {preload.source} (size, SHA-256: {done}) is not the file's ({expected}, "
+            f"{sent} bytes sent): was it changed while the template was built?"
+        )
+    return replace(preload, sha256=digest.hexdigest())
+
+
 def _fsync_all(files: Sequence[Path]) -> None:
     for path in files:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -536,6 +697,7 @@ def _write_meta(building: Path, template: Template) -> None:
         "tsc_khz": template.tsc_khz,
         "build_s": template.build_s,
         "saved_at_uptime_s": template.saved_at_uptime_s,
+        "preload": None if template.preload is None else template.preload.describe(),
         "state_bytes": template.state.stat().st_size,
         "memory_allocated_bytes": template.memory.stat().st_blocks * 512,
         "created": time.time(),
