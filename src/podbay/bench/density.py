@@ -64,18 +64,21 @@ def bench_density(
     window_s: float = WINDOW_S,
     settle_s: float = SETTLE_S,
     preload: Path | None = None,
+    read_preload: bool = True,
     root: Path | None = None,
 ) -> dict[str, Any]:
     """Idle cost per pod with each of `counts` pods alive, `runs` times (median and spread across runs).
 
     `root`: where the template is built and cached (the image cache's `templates/` by default).
-    `preload`: a host file the template carries into its guest (the shared read-only data mode).
+    `preload`: a host file the template carries into its guest (the shared read-only data mode); every clone
+    reads it whole after its start unless `read_preload` is False.
     """
     if not counts or any(count < 1 for count in counts):
         raise ValueError(f"counts must be positive: {counts!r}")
     shape = TemplateShape(memory_mib=memory_mib)
     results = [
-        asyncio.run(_one_run(paths, sorted(set(counts)), shape, window_s, settle_s, preload, root)) for _ in range(runs)
+        asyncio.run(_one_run(paths, sorted(set(counts)), shape, window_s, settle_s, preload, read_preload, root))
+        for _ in range(runs)
     ]
 
     def across(count: int, key: str) -> dict[str, float] | None:
@@ -114,6 +117,7 @@ async def _one_run(
     window_s: float,
     settle_s: float,
     preload: Path | None,
+    read_preload: bool,
     root: Path | None,
 ) -> dict[str, Any]:
     template = await build_template(paths, shape, images=find_images(paths), root=root, preload=preload)
@@ -125,7 +129,7 @@ async def _one_run(
             while len(sandboxes) < count:
                 sandbox = await _clone(template, work, len(sandboxes))
                 sandboxes.append(sandbox)
-                if template.preload is not None:  # map the file's pages into this clone's QEMU
+                if template.preload is not None and read_preload:  # map the file's pages into this clone's QEMU
                     await _run(sandbox, ["dd", f"if={template.preload.guest_path}", "of=/dev/null", "bs=1M"])
             await asyncio.sleep(settle_s)
             by_count[str(count)] = await _measure(template, sandboxes, window_s)
@@ -135,7 +139,7 @@ async def _one_run(
     return {
         "accelerator": template.accelerator,
         "template": template.key,
-        "preload": None if template.preload is None else template.preload.describe(),
+        "preload": None if template.preload is None else {**template.preload.describe(), "read": read_preload},
         "by_count": by_count,
     }
 
@@ -318,7 +322,8 @@ def summary(result: dict[str, Any]) -> str:
             f"(scheduler {fig(s['cpu_pct_per_pod_sched'], '%', 3)})"
         )
     preload = result["preload"]
-    shared = f", each reading a {preload['size'] / 1e6:.0f} MB preloaded file" if preload else ""
+    reading = "each reading" if preload and preload.get("read", True) else "not reading"
+    shared = f", {reading} a {preload['size'] / 1e6:.0f} MB preloaded file" if preload else ""
     return (
         f"qemu/{result['accelerator']} idle pods ({result['memory_mib']} MiB){shared}, median of {result['runs']} "
         f"run(s) (min..max), CPU over {result['window_s']:.0f} s in % of one core: " + "; ".join(parts)
