@@ -22,7 +22,8 @@ from podbay.flock import try_flock
 from podbay.images import make_ext4
 from podbay.isolation.base import SandboxConfig, VolumeAttachment
 from podbay.isolation.qemu.attach import attach_volumes, free_slots
-from podbay.isolation.qemu.template import ClonedSandbox, Template, start_clone
+from podbay.isolation.qemu.snapshot import start_clone
+from podbay.isolation.qemu.template import ClonedSandbox, Template
 
 pytestmark = pytest.mark.integration
 WRITE_ROW = (

@@ -32,8 +32,8 @@ from podbay.isolation.qemu.snapshot import (
     SnapshotSandbox,
     fork,
     save_snapshot,
+    start_clone,
     start_from_snapshot,
-    start_snapshot_clone,
 )
 from podbay.isolation.qemu.template import Template
 
@@ -72,7 +72,7 @@ async def source_pod(template: Template, state: Path, ram_root: Path, volume_ima
     """A pod with a SQLite volume at /data holding one committed row ("before")."""
     make_ext4(volume_image, 64, "podbay-volume")
     volume = VolumeAttachment(name="db", image=volume_image, target="/data")
-    pod = await start_snapshot_clone(template, config(state, "pod-source", (volume,)), memory_root=ram_root)
+    pod = await start_clone(template, config(state, "pod-source", (volume,)), owned=True, memory_root=ram_root)
     try:
         await pod.channel.request("init", env={}, mounts=pod.guest_mounts, clock=time.time())
         await run(pod, ["python3", "-c", "import sqlite3; sqlite3.connect('/data/db').execute('create table t(x)')"])

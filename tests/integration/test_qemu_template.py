@@ -20,7 +20,8 @@ from podbay.bench.leaks import processes_mentioning
 from podbay.errors import InvalidSpec
 from podbay.images import make_ext4
 from podbay.isolation.base import SandboxConfig, VolumeAttachment
-from podbay.isolation.qemu.template import ClonedSandbox, Template, start_clone
+from podbay.isolation.qemu.snapshot import start_clone
+from podbay.isolation.qemu.template import ClonedSandbox, Template
 
 pytestmark = pytest.mark.integration
 # 16 random bytes, and the guest's CLOCK_BOOTTIME when they were drawn.

@@ -18,13 +18,13 @@ from podbay.errors import ImageMissing, InvalidSpec
 from podbay.images import find_images
 from podbay.isolation.base import SandboxConfig
 from podbay.isolation.qemu.backend import QemuBackend
+from podbay.isolation.qemu.snapshot import start_clone
 from podbay.isolation.qemu.template import (
     PRELOAD_DIR,
     ClonedSandbox,
     Template,
     TemplateShape,
     build_template,
-    start_clone,
     template_key,
 )
 from podbay.paths import PodbayPaths

@@ -21,7 +21,8 @@ from podbay.bench.create import percentile
 from podbay.bench.memory import tree_uss_pss_kib
 from podbay.images import find_images
 from podbay.isolation.base import SandboxConfig
-from podbay.isolation.qemu.template import ClonedSandbox, Template, TemplateShape, build_template, start_clone
+from podbay.isolation.qemu.snapshot import start_clone
+from podbay.isolation.qemu.template import ClonedSandbox, Template, TemplateShape, build_template
 from podbay.paths import PodbayPaths
 
 SMALL_MIB = 256

@@ -39,12 +39,12 @@ from podbay.bench.clone import spread
 from podbay.bench.memory import descendants, tree_uss_pss_kib
 from podbay.images import find_images
 from podbay.isolation.base import SandboxConfig
+from podbay.isolation.qemu.snapshot import start_clone
 from podbay.isolation.qemu.template import (
     ClonedSandbox,
     Template,
     TemplateShape,
     build_template,
-    start_clone,
 )
 from podbay.paths import PodbayPaths
 

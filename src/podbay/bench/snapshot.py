@@ -29,8 +29,8 @@ from podbay.isolation.qemu.snapshot import (
     SnapshotSandbox,
     fork,
     save_snapshot,
+    start_clone,
     start_from_snapshot,
-    start_snapshot_clone,
 )
 from podbay.isolation.qemu.template import Template, TemplateShape, build_template
 from podbay.paths import PodbayPaths
@@ -124,7 +124,8 @@ async def _source(template: Template, work: Path) -> SnapshotSandbox:
     image = work / "volume.ext4"
     await asyncio.to_thread(make_ext4, image, 64, "podbay-volume")
     volume = VolumeAttachment(name="db", image=image, target="/data")
-    pod = await start_snapshot_clone(template, _config(work, "pod-source", template.shape.memory_mib, (volume,)))
+    config = _config(work, "pod-source", template.shape.memory_mib, (volume,))
+    pod = await start_clone(template, config, owned=True)
     try:
         await pod.channel.request("init", env={}, mounts=pod.guest_mounts, clock=time.time())
         await _exec(pod, ["python3", "-c", CREATE_ROW])

@@ -22,7 +22,7 @@ from podbay.errors import Unsupported
 from podbay.isolation.base import Backend, PodAssignment, Sandbox, SandboxConfig, SandboxShape
 from podbay.isolation.qemu.attach import attach_volumes
 from podbay.isolation.qemu.backend import QemuBackend
-from podbay.isolation.qemu.snapshot import start_snapshot_clone
+from podbay.isolation.qemu.snapshot import start_clone
 from podbay.isolation.qemu.template import ClonedSandbox, Template, TemplateShape, build_template, clone_layer
 from podbay.paths import PodbayPaths
 from podbay.pool.warm import Member
@@ -92,7 +92,7 @@ class TemplateClone:
     async def sandbox(self, assignment: PodAssignment) -> Sandbox:
         assert self._template is not None, "prepare() first"
         config = sandbox_config(self.shape, self.run_dir, self._layer, assignment, self.boot_timeout_s)
-        return await start_snapshot_clone(self._template, config, owned=self.owned_memory, hostname=self.run_dir.pod_id)
+        return await start_clone(self._template, config, owned=self.owned_memory, hostname=self.run_dir.pod_id)
 
 
 def template_shape(shape: SandboxShape) -> TemplateShape:

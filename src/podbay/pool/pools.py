@@ -94,7 +94,7 @@ async def _warm_up(sandbox: Sandbox) -> None:
     """Run a command before the member waits: a fresh VMM has translated none of the guest's code yet under
     TCG (and its page tables are cold under KVM), so the claim's first command would pay for it."""
     for _ in range(WARM_UP_RUNS):
-        result = await (await sandbox.channel.start_process(["true"], timeout=30)).wait()
+        result = await (await sandbox.channel.start_process(["true"], cwd="/", timeout=30)).wait()
         if not result.ok:
             raise GuestError(f"a new pool member failed its warm-up command (exit {result.exit_code})")
 

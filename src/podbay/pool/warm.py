@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from podbay.errors import InvalidSpec, PodbayError
+from podbay.errors import InvalidSpec, PodbayError, Timeout
 from podbay.isolation.base import Sandbox, SandboxShape
 from podbay.isolation.qemu.template import ClonedSandbox
 from podbay.rundir import RunDir
@@ -93,7 +93,8 @@ class WarmPool:
         deadline = time.monotonic() + timeout
         while len(self._idle) < self.size:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"the pool has {len(self._idle)} of {self.size} members after {timeout} s")
+                failed = f"; the last start failed: {self.stats.last_error}" if self.stats.last_error else ""
+                raise Timeout(f"the pool has {len(self._idle)} of {self.size} members after {timeout} s{failed}")
             await asyncio.sleep(0.05)
 
     async def claim(self) -> Member | None:

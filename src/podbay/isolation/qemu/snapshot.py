@@ -25,7 +25,7 @@ Why not reflinks: /root/.cache is ext4 and /dev/shm tmpfs, neither can share ext
 could make it O(extents), at the price of guest RAM written back to a block device; not done.
 
 The cost of this choice lies in the start of a snapshottable pod: its RAM must be a file of its own, so a pod
-started from a template copies the template's touched pages into it (`start_snapshot_clone`: ~25 ms for the ~52 MiB
+started from a template copies the template's touched pages into it (`start_clone`: ~25 ms for the ~52 MiB
 a 256 MiB template has touched, on this 2-core TCG host) instead of mapping them. A pod that maps its RAM
 (`memory="mapped"`: a plain template clone, or a fork child) can still be snapshotted: its RAM then goes through
 the migration stream (`ram: "stream"` in the meta; the slow path above), and its children load it into a RAM
@@ -75,6 +75,7 @@ from podbay.isolation.qemu.template import (
     STATE_FD_NAME,
     ClonedSandbox,
     Template,
+    check_template,
     clone_layer,
     memory_backend,
     placeholder,
@@ -418,20 +419,27 @@ def owned_memory(
     return directory, memory
 
 
-async def start_snapshot_clone(
+async def start_clone(
     template: Template,
     config: SandboxConfig,
     *,
-    owned: bool = True,
+    owned: bool = False,
     hostname: str | None = None,
+    reseed: bool = True,
     memory_root: Path = MEMORY_ROOT,
 ) -> SnapshotSandbox:
-    """A template clone (like `template.start_clone`) that can be snapshotted and forked. `owned`: its RAM is a
-    copy of the template's in a file of its own, mapped `share=on`, so that `save_snapshot` saves it in
+    """A running clone of `template` for `config`, answering on its channel, reseeded (see template.py's doc).
+
+    `config.layer`: a copy of the template's layer made by `clone_layer` (made here if None). `config.volumes`
+    go into the template's volume slots (their `init` mounts come from `guest_mounts`, with sizes). The caller
+    owns `config.run_dir`, as with every backend. The clone maps the template's RAM copy-on-write (pages
+    shared, nothing copied); a snapshot of it streams its RAM (hundreds of milliseconds). `owned`: its RAM is
+    a copy of the template's in a file of its own, mapped `share=on`, so that `save_snapshot` takes
     milliseconds; the copy costs the template's touched pages (not the guest's size) at start, and those pages
-    are no longer shared with other clones. Not owned: it maps the template's RAM copy-on-write like any clone
-    (pages shared, nothing copied), and a snapshot streams its RAM instead (hundreds of milliseconds)."""
+    are no longer shared with other clones. `reseed=False` is for tests that show what an unreseeded clone
+    would produce."""
     template.shape.matches(config)
+    check_template(template, config.run_dir)
     started = time.perf_counter()
     if config.layer is None:
         config = replace(config, layer=await clone_layer(template, config.run_dir))
@@ -455,7 +463,8 @@ async def start_snapshot_clone(
             {**mount, "size": volume.image.stat().st_size}
             for mount, volume in zip(volume_mounts(config), config.volumes, strict=True)
         ]
-        await asyncio.gather(sandbox.refresh_volumes(config.volumes), sandbox.reseed(hostname or config.pod_id))
+        refresh = sandbox.refresh_volumes(config.volumes)
+        await (asyncio.gather(refresh, sandbox.reseed(hostname or config.pod_id)) if reseed else refresh)
     except BaseException:
         await sandbox.destroy()
         raise
@@ -498,7 +507,7 @@ async def _launch(
     info = described.model_copy(update={"pid": process.pid, "console_log": str(files.console_log)})
     sandbox = SnapshotSandbox(
         info, files, process, layout, logs, uid,
-        state=state, incoming=True, vm=vm, layout=layout, memory=memory, memory_shared=shared,
+        state=state, vm=vm, layout=layout, memory=memory, memory_shared=shared,
         owned_memory_dir=owned_memory_dir,
     )  # fmt: skip
     sandbox.ignore_shared = ignore_shared

@@ -9,7 +9,8 @@ A template is a booted guest (agent answering, Python's pages warm in its page c
     layer.ext4  the template's writable layer disk as the guest left it (mounted, overlaid on the root)
     meta.json   what it was built from and how long it took; written last, so a directory with it is whole
 
-A clone starts QEMU with the same command (same devices, same order, same ids, same kernel command line) but
+A clone (started by `snapshot.start_clone`, which also restores snapshots and forks) starts QEMU with the same
+command (same devices, same order, same ids, same kernel command line) but
 `share=off` on the memory backend, so it maps the template's memory file privately, copy-on-write: pages it
 never writes stay shared with every other clone in the host's page cache. With `-incoming defer` it then loads
 the device state (QMP `migrate-set-capabilities x-ignore-shared`, `migrate-incoming fd:NAME`); the template was
@@ -83,7 +84,6 @@ from typing import Any
 
 from rich.console import Console
 
-from podbay.channel import GuestChannel
 from podbay.errors import BackendUnavailable, GuestError, InvalidSpec, NotFound, Timeout
 from podbay.guest import protocol
 from podbay.images import ImageSet, find_images
@@ -92,12 +92,11 @@ from podbay.images.ext4 import make_ext4
 from podbay.images.rootfs import guest_files
 from podbay.isolation.base import SandboxConfig, VolumeAttachment
 from podbay.isolation.host import host_tsc_khz
-from podbay.isolation.qemu.backend import QemuBackend, QemuSandbox, _when_listening, spawn_qemu
+from podbay.isolation.qemu.backend import QemuBackend, QemuSandbox, spawn_qemu
 from podbay.isolation.qemu.command import MICROVM, QEMU_BINARY, Machine, RunFiles, build_command
 from podbay.isolation.supervise import (
     kill_processes_mentioning,
     kill_session,
-    volume_mounts,
 )
 from podbay.paths import PodbayPaths
 
@@ -601,7 +600,7 @@ async def _build(
         config = slot_config(config, shape.volume_slots, slots)
         template.state.touch(mode=0o644, exist_ok=False)
         with log.step("boot the template VM"):
-            sandbox = await _start(template, config, clone=False)
+            sandbox = await _start(template, config)
         try:
             if preload is not None:
                 with log.step(f"copy {preload.source} into the guest"):
@@ -678,6 +677,18 @@ async def _copy_preload(sandbox: ClonedSandbox, preload: Preload) -> Preload:
     return replace(preload, sha256=digest.hexdigest())
 
 
+def check_template(template: Template, run_dir: Path) -> None:
+    """Refuse a template this host cannot clone (another accelerator) or one with a part missing."""
+    described = QemuBackend(PodbayPaths(cache=template.path, state=run_dir)).describe()
+    if described.accelerator != template.accelerator:
+        raise InvalidSpec(
+            "template", f"it was built for {template.accelerator}, this host runs {described.accelerator}", _OTHER
+        )
+    for part in (template.memory, template.state, template.layer):
+        if not part.exists():
+            raise NotFound(f"template {template.key} is incomplete ({part.name} is missing): rebuild it")
+
+
 def _fsync_all(files: Sequence[Path]) -> None:
     for path in files:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -710,62 +721,9 @@ def _write_meta(building: Path, template: Template) -> None:
 # ---- starting: the template VM and its clones ---------------------------------------------------------------
 
 
-async def start_clone(
-    template: Template,
-    config: SandboxConfig,
-    *,
-    hostname: str | None = None,
-    reseed: bool = True,
-) -> ClonedSandbox:
-    """A running clone of `template` for `config`, answering on its channel, reseeded (see the module doc).
-
-    `config.layer`: a copy of the template's layer made by `clone_layer` (made here if None). `config.volumes`
-    go into the template's volume slots (their `init` mounts come from `guest_mounts`, with sizes). The caller
-    owns `config.run_dir`, as with every backend. `reseed=False` is for tests that show what an unreseeded
-    clone would produce.
-    """
-    template.shape.matches(config)
-    described = QemuBackend(PodbayPaths(cache=template.path, state=config.run_dir)).describe()
-    if described.accelerator != template.accelerator:
-        raise InvalidSpec(
-            "template", f"it was built for {template.accelerator}, this host runs {described.accelerator}", _OTHER
-        )
-    for part in (template.memory, template.state, template.layer):
-        if not part.exists():
-            raise NotFound(f"template {template.key} is incomplete ({part.name} is missing): rebuild it")
-    timings: dict[str, float] = {}
-    started = time.perf_counter()
-    if config.layer is None:
-        config = replace(config, layer=await clone_layer(template, config.run_dir))
-    placeholders = [
-        placeholder(config.run_dir / f"slot{index}.img")
-        for index in range(len(config.volumes), template.shape.volume_slots)
-    ]
-    timings["disks_ms"] = _ms_since(started)
-    sandbox = await _start(template, slot_config(config, template.shape.volume_slots, placeholders), clone=True)
-    timings["agent_answers_ms"] = _ms_since(started)
-    try:
-        sandbox.guest_mounts = [
-            {**mount, "size": volume.image.stat().st_size}
-            for mount, volume in zip(volume_mounts(config), config.volumes, strict=True)
-        ]
-        refresh = sandbox.refresh_volumes(config.volumes)
-        await (asyncio.gather(refresh, sandbox.reseed(hostname or config.pod_id)) if reseed else refresh)
-    except BaseException:
-        await sandbox.destroy()
-        raise
-    timings["ready_ms"] = _ms_since(started)
-    sandbox.timings = timings
-    return sandbox
-
-
-def _ms_since(started: float) -> float:
-    return (time.perf_counter() - started) * 1000
-
-
-async def _start(template: Template, config: SandboxConfig, clone: bool) -> ClonedSandbox:
-    """Start QEMU for the template (clone=False) or a clone, the way QemuBackend.start does, and wait for the
-    agent (a clone: once its device state is loaded)."""
+async def _start(template: Template, config: SandboxConfig) -> ClonedSandbox:
+    """Boot the template VM the way QemuBackend.start boots a pod, with its RAM in the template's memory file,
+    and wait for the agent. (Clones start in snapshot.py: `start_clone`.)"""
     files = RunFiles(config.run_dir)
     process, logs, uid = await spawn_qemu(
         config,
@@ -777,7 +735,7 @@ async def _start(template: Template, config: SandboxConfig, clone: bool) -> Clon
             template.accelerator,
             run_as,
             memory=template.memory,
-            clone=clone,
+            clone=False,
             tsc_khz=template.tsc_khz,
             console=console,
         ),
@@ -785,7 +743,7 @@ async def _start(template: Template, config: SandboxConfig, clone: bool) -> Clon
     # describe() reads host facts only (the accelerator): the paths of this throwaway backend are never used.
     described = QemuBackend(PodbayPaths(cache=template.path, state=config.run_dir)).describe()
     info = described.model_copy(update={"pid": process.pid, "console_log": str(files.console_log)})
-    sandbox = ClonedSandbox(info, files, process, config, logs, uid, state=template.state, incoming=clone)
+    sandbox = ClonedSandbox(info, files, process, config, logs, uid, state=template.state)
     try:
         await sandbox.connect(config.boot_timeout_s)
     except BaseException:
@@ -795,42 +753,18 @@ async def _start(template: Template, config: SandboxConfig, clone: bool) -> Clon
 
 
 class ClonedSandbox(QemuSandbox):
-    """A QEMU sandbox with file-backed RAM: a clone restored from a template, or the template VM itself.
+    """A QEMU sandbox with file-backed RAM: the template VM itself (booted, saved once), and the base of every
+    clone, restore and fork child (`snapshot.SnapshotSandbox`, which restores its device state at start).
 
-    It is a QemuSandbox (same channel, pause, resume, destroy); only the way to the first answer differs.
+    It is a QemuSandbox (same channel, pause, resume, destroy) with what clones need: QMP commands, descriptors
+    passed to QEMU, the volume-slot refresh and the reseed.
     """
 
-    def __init__(self, *args: Any, state: Path, incoming: bool, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, state: Path, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._state = state  # the device state's file: loaded from (a clone) or saved to (the template)
-        self._incoming = incoming
         self.timings: dict[str, float] = {}
         self.boot_id: str | None = None
-
-    async def _handshake(self) -> None:
-        if not self._incoming:
-            await super()._handshake()
-            return
-
-        async def restore() -> None:
-            await _when_listening(self._files.qmp_socket, self._qmp.connect)
-            capabilities = [{"capability": "x-ignore-shared", "state": True}]
-            await self._qmp.execute("migrate-set-capabilities", {"capabilities": capabilities})
-            # QEMU runs the guest as soon as the state is loaded (no -S): the agent's answer below says so.
-            await self._pass_state(os.O_RDONLY)
-            await self._qmp.execute("migrate-incoming", {"uri": f"fd:{STATE_FD_NAME}"})
-
-        async def agent() -> None:
-            reader, writer = await _when_listening(self._files.agent_socket, asyncio.open_unix_connection)
-            self._channel = GuestChannel(reader, writer, explain_close=self._explain_close)
-            await self._channel.request("health", timeout=None)
-
-        try:
-            async with asyncio.TaskGroup() as group:
-                group.create_task(restore())
-                group.create_task(agent())
-        except BaseExceptionGroup as failed:  # connect() explains the first failure (QMP, channel) in QEMU's words
-            raise failed.exceptions[0] from None
 
     async def qmp(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
         return await self._qmp.execute(command, arguments)
