@@ -43,6 +43,11 @@ class PodSpec(BaseModel):
     network: bool = False
     boot_timeout_s: float = Field(60.0, gt=0, le=600)
     cold: bool = Field(False, description="boot a fresh sandbox: no warm pool, no template clone")
+    preload: str | None = Field(
+        None,
+        description="an absolute host path: the pod's template carries this file, read-only in the guest at "
+        "/opt/podbay/preload/<name>; pods of one template share its pages (model weights, a dataset)",
+    )
     snapshottable: bool = Field(
         False,
         description="keep the guest's RAM in a file of the pod's own, so snapshot() and fork() take milliseconds "
@@ -60,6 +65,13 @@ class PodSpec(BaseModel):
             if "\0" in value:
                 raise ValueError(f"the value of {name!r} contains a NUL byte")
         return env
+
+    @field_validator("preload")
+    @classmethod
+    def _preload_is_absolute(cls, preload: str | None) -> str | None:
+        if preload is not None and (not preload.startswith("/") or "\0" in preload):
+            raise ValueError(f"{preload!r} is not an absolute host path")
+        return preload
 
     @field_validator("network")
     @classmethod
@@ -117,6 +129,7 @@ _FIXES = {
     "memory_mib": "use 64 to 16384",
     "disk_mib": "use 64 to 65536",
     "volume_mib": "use 16 to 65536",
+    "preload": "pass the absolute path of a readable host file (it must fit in memory_mib with 128 MiB to spare)",
     "network": "leave network=False: a pod reaches its database through podbay's own channel, not a network",
 }
 

@@ -298,7 +298,7 @@ class AsyncPlatform:
             )
         except BaseException as exc:
             try:
-                await self.teardown(pod_id, sandbox, lease, start.run_dir)
+                await self.teardown(pod_id, sandbox or start.held, lease, start.run_dir)
             except PodbayError as cleanup:
                 exc.add_note(f"and cleaning up after it failed too: {cleanup}")
             raise

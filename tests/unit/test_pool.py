@@ -154,3 +154,20 @@ def running(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_a_claimed_member_is_destroyed_when_the_pod_fails_to_be_made(platform: Platform, paths: PodbayPaths) -> None:
+    pid = platform.pools.ensure(1, backend="local", wait=30)["idle_member_pids"][0]
+
+    async def broken(pod_id: str, spec: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    platform._platform._provision = broken  # type: ignore[method-assign]
+    with pytest.raises(OSError, match="No space left"):
+        platform.create_agent(backend="local")
+    assert not running(pid), "the member it had claimed is gone with the failed pod"
+    assert platform.pools.ensure(0, backend="local")["hits"] == 1  # size 0: the refilled member goes too
+    deadline = time.monotonic() + 10
+    while list(paths.pods.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert list(paths.pods.iterdir()) == [], "and so is its run directory"

@@ -1,10 +1,11 @@
-"""`podbay bench create | isolation | soak | reliability | clone | pool | snapshot | fork`: `--json` prints one
-JSON document on stdout; the human summary goes to stderr."""
+"""`podbay bench create | isolation | soak | reliability | clone | pool | snapshot | fork | density`: `--json`
+prints one JSON document on stdout; the human summary goes to stderr."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -12,12 +13,14 @@ from rich.table import Table
 
 from podbay.bench import clone as clone_bench
 from podbay.bench import create as create_bench
+from podbay.bench import density as density_bench
 from podbay.bench import isolation as isolation_bench
 from podbay.bench import pool as pool_bench
 from podbay.bench import reliability as reliability_bench
 from podbay.bench import snapshot as snapshot_bench
 from podbay.bench import soak as soak_bench
 from podbay.cli.common import errors, reported_errors
+from podbay.errors import InvalidSpec
 from podbay.paths import PodbayPaths
 from podbay.sync import Platform
 
@@ -139,6 +142,36 @@ def fork(
     if as_json:
         print(json.dumps(result, indent=2))
     errors.print(snapshot_bench.summary(result), highlight=False)
+
+
+@app.command("density")
+def density(
+    counts: str = typer.Option("1,10,50", "--counts", help="idle pods to measure at, comma-separated, ascending"),
+    runs: int = typer.Option(3, "--runs", min=1, help="repeat everything; report the median of the runs"),
+    memory_mib: int = typer.Option(256, "--memory", help="guest memory in MiB"),
+    window_s: float = typer.Option(10.0, "--window", min=1.0, help="seconds of idle CPU measured at each count"),
+    preload: Path | None = typer.Option(None, "--preload", help="a host file every pod's template carries"),
+    no_read: bool = typer.Option(False, "--no-read", help="with --preload: pods hold the file but do not read it"),
+    as_json: bool = typer.Option(False, "--json", help="print the JSON result"),
+) -> None:
+    """Idle QEMU clones: USS/PSS and host memory per pod, host CPU per idle pod, at 1, 10 and 50 pods."""
+    with reported_errors():
+        try:
+            steps = tuple(int(count) for count in counts.split(","))
+        except ValueError:
+            raise InvalidSpec("--counts", f"{counts!r} is not a list of integers", "pass e.g. 1,10,50") from None
+        result = density_bench.bench_density(
+            PodbayPaths.from_env(),
+            steps,
+            runs=runs,
+            memory_mib=memory_mib,
+            window_s=window_s,
+            preload=preload,
+            read_preload=not no_read,
+        )
+    if as_json:
+        print(json.dumps(result, indent=2))
+    errors.print(density_bench.summary(result), highlight=False)
 
 
 def _table(rows: list[dict[str, Any]]) -> Table:

@@ -29,13 +29,17 @@ def build(
     memory_mib: int = typer.Option(256, "--memory", help="guest memory in MiB (a pod must ask for the same)"),
     vcpus: int = typer.Option(1, "--vcpus"),
     disk_mib: int = typer.Option(1024, "--disk", help="the writable layer's size in MiB (PodSpec.disk_mib)"),
+    preload: Path | None = typer.Option(
+        None, "--preload", help="a host file the template carries (pods then pass preload=the same path)"
+    ),
     force: bool = typer.Option(False, "--force", help="rebuild even if cached"),
 ) -> None:
     """Build the template of a pod shape (cached by everything a clone must match)."""
     shape = TemplateShape(vcpus=vcpus, memory_mib=memory_mib, layer_mib=disk_mib, volume_slots=1)
     with reported_errors():
         shape.check()
-        template = asyncio.run(build_template(PodbayPaths.from_env(), shape, console=errors, force=force))
+        paths = PodbayPaths.from_env()
+        template = asyncio.run(build_template(paths, shape, console=errors, force=force, preload=preload))
     console.print(f"{template.key}  {template.path}")
 
 
@@ -46,7 +50,7 @@ def ls(as_json: bool = typer.Option(False, "--json", help="print the list as JSO
     rows = [_describe(path, paths) for path in _template_dirs(paths)]
     if as_json:
         print(json.dumps(rows, indent=2))
-    table = Table("key", "vcpus", "memory MiB", "layer MiB", "on disk MiB", "built in s", "current")
+    table = Table("key", "vcpus", "memory MiB", "layer MiB", "preload", "on disk MiB", "built in s", "current")
     for row in rows:
         shape = row["shape"]
         table.add_row(
@@ -54,6 +58,7 @@ def ls(as_json: bool = typer.Option(False, "--json", help="print the list as JSO
             str(shape["vcpus"]),
             str(shape["memory_mib"]),
             str(shape["layer_mib"]),
+            row["preload"] or "-",
             f"{row['disk_mib']:.1f}",
             f"{row['build_s']:.1f}",
             "yes" if row["current"] else "no (older images)",
@@ -92,7 +97,8 @@ def _template_dirs(paths: PodbayPaths) -> list[Path]:
 def _describe(path: Path, paths: PodbayPaths) -> dict[str, Any]:
     template = Template.load(path)
     try:
-        current = find_template(paths, template.shape)
+        carried = template.preload.source if template.preload is not None else None
+        current = find_template(paths, template.shape, preload=carried)
     except NotFound:  # the images are not built: nothing is current
         current = None
     disk = sum(part.stat().st_blocks * 512 for part in path.iterdir() if part.is_file())
@@ -105,6 +111,7 @@ def _describe(path: Path, paths: PodbayPaths) -> dict[str, Any]:
             "layer_mib": template.shape.layer_mib,
             "volume_slots": template.shape.volume_slots,
         },
+        "preload": None if template.preload is None else str(template.preload.source),
         "disk_mib": disk / (1 << 20),
         "build_s": template.build_s,
         "current": current is not None and current.path == path,

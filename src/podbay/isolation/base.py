@@ -64,6 +64,7 @@ class SandboxShape:
     memory_mib: int
     layer_mib: int
     volume_slots: int = 1  # disks for volumes (a template clone or pool member cannot add more)
+    preload: Path | None = None  # a host file its template carries into the guest (template clones only)
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,10 @@ class Start(Protocol):
     @property
     def run_dir(self) -> RunDir: ...
 
+    @property
+    def held(self) -> Sandbox | None:
+        """A sandbox this start already holds before `sandbox()` (a claimed member): undone if creation fails."""
+
     async def prepare(self) -> None:
         """What can run while the pod's database is provisioned."""
 
@@ -61,6 +65,7 @@ class ColdBoot:
     boot_timeout_s: float
     why: str
     origin: Origin = Origin.COLD
+    held: Sandbox | None = None
     _layer: Path | None = None
 
     async def prepare(self) -> None:
@@ -81,12 +86,15 @@ class TemplateClone:
     why: str
     owned_memory: bool = False  # see PodSpec.snapshottable
     origin: Origin = Origin.TEMPLATE
+    held: Sandbox | None = None
     _template: Template | None = None
     _layer: Path | None = None
 
     async def prepare(self) -> None:
         # Cached after the first use (built then, with progress on stderr).
-        self._template = await build_template(self.paths, template_shape(self.shape), images=self.backend.images())
+        self._template = await build_template(
+            self.paths, template_shape(self.shape), images=self.backend.images(), preload=self.shape.preload
+        )
         self._layer = await clone_layer(self._template, self.run_dir.path)
 
     async def sandbox(self, assignment: PodAssignment) -> Sandbox:
@@ -133,11 +141,18 @@ class SandboxFactory:
     ) -> Start:
         """A template clone where the backend has templates (unless `cold`), else a cold boot; in a new run
         directory. `why` says what was tried before (the pool), and ends up in the trace."""
+        templates = backend.capabilities.template_clone and isinstance(backend, QemuBackend)
+        if shape.preload is not None and (cold or not templates):
+            raise Unsupported(
+                backend.name if not templates else "a cold boot",
+                "preload a file (a template carries it)",
+                "use the qemu backend, without cold=True",
+            )
         run_dir = RunDir.make(self.paths.pods, backend.name)
         prefix = f"{why}; " if why else ""
         if cold:
             return ColdBoot(backend, shape, run_dir, boot_timeout_s, prefix + "a cold boot was asked for")
-        if not backend.capabilities.template_clone or not isinstance(backend, QemuBackend):
+        if not templates or not isinstance(backend, QemuBackend):
             reason = f"{backend.name} has no templates"
             return ColdBoot(backend, shape, run_dir, boot_timeout_s, prefix + reason)
         reason = prefix + "the shape's template" + (", RAM of its own (snapshottable)" if owned_memory else "")
@@ -161,6 +176,10 @@ class PoolClaim:
     @property
     def run_dir(self) -> RunDir:
         return self.member.run_dir
+
+    @property
+    def held(self) -> Sandbox | None:
+        return self.member.sandbox
 
     async def prepare(self) -> None:
         return None

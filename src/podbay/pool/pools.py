@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from podbay.errors import GuestError, InvalidSpec
@@ -26,6 +27,7 @@ def shape_of(spec: PodSpec) -> SandboxShape:
         memory_mib=spec.memory_mib,
         layer_mib=spec.disk_mib,
         volume_slots=1,
+        preload=Path(spec.preload) if spec.preload is not None else None,
     )
 
 

@@ -81,7 +81,10 @@ class WarmPool:
             self._refiller = asyncio.create_task(self._refill())
 
     def resize(self, size: int) -> None:
+        """A new target; idle members beyond it are destroyed (in the background)."""
         self.size = size
+        while len(self._idle) > size:
+            self._discard_in_background(self._idle.pop())
         self._wanted.set()
 
     @property
@@ -115,9 +118,7 @@ class WarmPool:
             except PodbayError as exc:
                 log.warning("pool member %s is dead (%s); replacing it", member.run_dir.pod_id, exc)
                 self.stats.dead_replaced += 1
-                discarding = asyncio.create_task(self._discard_quietly(member))
-                self._discarding.add(discarding)
-                discarding.add_done_callback(self._discarding.discard)
+                self._discard_in_background(member)
                 continue
             self.stats.hits += 1
             self.stats.claim_ms.append((time.perf_counter() - started) * 1000)
@@ -144,6 +145,9 @@ class WarmPool:
                 delay = min(delay * 2, RETRY_MAX_S)
                 continue
             delay = RETRY_FIRST_S
+            if len(self._idle) >= self.size:  # shrunk while it started
+                self._discard_in_background(member)
+                continue
             try:
                 await member.sandbox.pause()
             except BaseException:
@@ -153,6 +157,11 @@ class WarmPool:
             self.stats.first_start_at = self.stats.first_start_at or time.monotonic()
             self.stats.start_ms.append((time.perf_counter() - started) * 1000)
             self._idle.append(member)
+
+    def _discard_in_background(self, member: Member) -> None:
+        discarding = asyncio.create_task(self._discard_quietly(member))
+        self._discarding.add(discarding)
+        discarding.add_done_callback(self._discarding.discard)
 
     async def _discard_quietly(self, member: Member) -> None:
         try:
