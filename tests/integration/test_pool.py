@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from podbay import Platform
+from podbay.paths import PodbayPaths
 
 from .conftest import skip_unless_available
 
@@ -91,3 +95,45 @@ def test_container_backends_pool_pre_started_containers(platform: Platform, back
     assert pod.info().origin == "pool claim"
     assert pod.info().sandbox is not None and pod.info().sandbox.pid in members
     assert pod.exec(["sh", "-c", "echo $TASK"]).stdout.strip() == "pooled", "the claim injected the pod's env"
+
+
+CONTROLLER = """
+import os, signal, sys
+from pathlib import Path
+from podbay import Platform
+from podbay.paths import PodbayPaths
+from podbay.paths import PodbayPaths
+platform = Platform(PodbayPaths(cache=Path(sys.argv[1]), state=Path(sys.argv[2])))
+pids = platform.pools.ensure(2, wait=300)["idle_member_pids"]
+Path(sys.argv[3]).write_text(" ".join(map(str, pids)))
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_warm_qemu_pool_of_a_killed_controller_is_reaped_by_the_next_platform(
+    vm_paths: PodbayPaths, tmp_path: Path
+) -> None:
+    with Platform(vm_paths) as probe:
+        skip_unless_available(probe, "qemu")
+    done = subprocess.run(
+        [sys.executable, "-c", CONTROLLER, str(vm_paths.cache), str(vm_paths.state), str(tmp_path / "pids")],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        timeout=400,
+    )
+    assert done.returncode == -signal.SIGKILL
+    pids = [int(pid) for pid in (tmp_path / "pids").read_text().split()]
+    assert all(map(alive, pids)), "the orphaned members still run"
+    with Platform(vm_paths) as platform:
+        platform.create_agent(backend="qemu").destroy()  # a platform reaps before its first pod
+    assert not any(map(alive, pids))
+    # the `vm_paths` fixture then checks that nothing else is left: run dirs, RAM files, processes
+
+
+def alive(pid: int) -> bool:
+    """Running, not a zombie (an orphan's zombie waits for whichever init adopted it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
