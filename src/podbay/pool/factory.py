@@ -4,10 +4,11 @@
     template clone  a clone restored from the cached template of the shape (QEMU; built on first use)
     cold boot       the backend boots a fresh sandbox
 
-`SandboxFactory.plan` picks the first that can serve, and says why in words that end up in the pod's trace
-(`PodInfo.origin` and the "sandbox" phase). Every strategy gives a `Start`: `prepare()` runs while the pod's
-database is provisioned (layer disks, a template build on first use), `sandbox()` then starts or hands over
-the sandbox with the pod's volumes. The factory makes every run directory it needs; whoever holds the
+The first that can serve is taken (`AsyncPlatform._choose_start`: a claim from `platform.pools`, else
+`SandboxFactory.new_start`), and why lands in the pod's trace: `PodInfo.origin` names the path, and the phase
+named after it carries the reason in its `detail`. Every strategy gives a `Start`: `prepare()` runs while the
+pod's database is provisioned (layer disks, a template build on first use), `sandbox()` then starts or hands
+over the sandbox with the pod's volumes. The factory makes every run directory it needs; whoever holds the
 `RunDir` afterwards (the pod, or the pool for an idle member) is the one that removes it.
 """
 
