@@ -194,6 +194,9 @@ class GuestProcess:
         self._output: dict[str, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
         self._truncated = False
         self._result = asyncio.create_task(self._pump())
+        # A process nobody waits for any more (its waiter was cancelled, its sandbox destroyed) still ends in
+        # an error when the channel closes: that is expected, not an "exception never retrieved".
+        self._result.add_done_callback(lambda done: done.cancelled() or done.exception())
 
     async def write_stdin(self, data: bytes, eof: bool = False) -> None:
         for start in range(0, max(len(data), 1), protocol.CHUNK):
