@@ -518,6 +518,8 @@ async def build_template(
     console = console or Console(stderr=True)
     key = template_key(images, shape, accelerator, preload=preload)
     entry = CacheEntry(root or templates_root(paths), KIND, key)
+    if (entry.path / "meta.json").exists() and not force:  # cached: no lock (every pod's create comes here)
+        return Template.load(entry.path)
     lock = kind_lock(entry.root, KIND, console)
     await _acquire(lock)
     try:
