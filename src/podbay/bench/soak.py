@@ -80,6 +80,7 @@ async def soak(backend: str, cycles: int, concurrency: int, cache: Path) -> dict
         "failures": failures[:10],
         "failure_kinds": dict(Counter(_kind(failure) for failure in failures).most_common()),
         "elapsed_s": elapsed_s,
+        "pods_per_s": cycles / elapsed_s,  # sustained create → exec → destroy at this concurrency
         "cycle_ms": {
             "median": statistics.median(cycle_ms) if cycle_ms else None,
             "p90": percentile(cycle_ms, 0.9) if cycle_ms else None,
@@ -102,7 +103,7 @@ def summary(result: dict[str, Any]) -> str:
     leaked = sum(result["leaks"].values()) + max(result["controller_fds_leaked"], 0)
     return (
         f"{result['backend']}: {result['cycles']} create/exec/destroy cycles, {result['concurrency']} at a time, "
-        f"in {result['elapsed_s']:.0f} s; {result['failed']} failed; {leaked} leaked "
+        f"in {result['elapsed_s']:.0f} s ({result['pods_per_s']:.1f} pods/s); {result['failed']} failed; {leaked} leaked "
         f"({', '.join(f'{k} {v}' for k, v in result['leaks'].items())}, fds {result['controller_fds_leaked']}); "
         f"controller peak RSS {result['controller_peak_rss_mib']:.0f} MiB"
     )
