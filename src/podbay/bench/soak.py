@@ -103,7 +103,8 @@ def summary(result: dict[str, Any]) -> str:
     leaked = sum(result["leaks"].values()) + max(result["controller_fds_leaked"], 0)
     return (
         f"{result['backend']}: {result['cycles']} create/exec/destroy cycles, {result['concurrency']} at a time, "
-        f"in {result['elapsed_s']:.0f} s ({result['pods_per_s']:.1f} pods/s); {result['failed']} failed; {leaked} leaked "
+        f"in {result['elapsed_s']:.0f} s ({result['pods_per_s']:.1f} pods/s); {result['failed']} failed; "
+        f"{leaked} leaked "
         f"({', '.join(f'{k} {v}' for k, v in result['leaks'].items())}, fds {result['controller_fds_leaked']}); "
         f"controller peak RSS {result['controller_peak_rss_mib']:.0f} MiB"
     )
