@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from podbay import Platform
+from podbay.isolation.supervise import is_gone
 from podbay.paths import PodbayPaths
 
 from .conftest import skip_unless_available
@@ -124,16 +125,8 @@ def test_a_warm_qemu_pool_of_a_killed_controller_is_reaped_by_the_next_platform(
     )
     assert done.returncode == -signal.SIGKILL
     pids = [int(pid) for pid in (tmp_path / "pids").read_text().split()]
-    assert all(map(alive, pids)), "the orphaned members still run"
+    assert not any(map(is_gone, pids)), "the orphaned members still run"
     with Platform(vm_paths) as platform:
         platform.create_agent(backend="qemu").destroy()  # a platform reaps before its first pod
-    assert not any(map(alive, pids))
+    assert all(map(is_gone, pids)), "killed (a zombie waits for whichever init adopted it)"
     # the `vm_paths` fixture then checks that nothing else is left: run dirs, RAM files, processes
-
-
-def alive(pid: int) -> bool:
-    """Running, not a zombie (an orphan's zombie waits for whichever init adopted it)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False

@@ -18,6 +18,7 @@ import pytest
 
 from podbay import InvalidSpec, Phase, Platform
 from podbay.isolation.fake import LocalProcessBackend
+from podbay.isolation.supervise import is_gone
 from podbay.paths import PodbayPaths
 from podbay.platform import AsyncPlatform
 from podbay.pool.pools import POD_FIELDS
@@ -109,7 +110,7 @@ def test_closing_the_platform_destroys_idle_members(paths: PodbayPaths) -> None:
     with Platform(paths, backends={"local": LocalProcessBackend()}) as platform:
         pids = platform.pools.ensure(2, backend="local", wait=30)["idle_member_pids"]
     assert list(paths.pods.iterdir()) == []
-    assert not any(map(running, pids))
+    assert all(map(is_gone, pids))
 
 
 CONTROLLER = """
@@ -145,15 +146,7 @@ def test_a_warm_pool_of_a_killed_controller_is_reaped_by_the_next_platform(paths
 
     assert len(asyncio.run(reap())) == 2
     assert list(paths.pods.iterdir()) == []
-    assert not any(map(running, pids)), "the orphaned members' agents were killed"
-
-
-def running(pid: int) -> bool:
-    """Alive and not a zombie (an orphan's zombie waits for whichever init adopted it)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
+    assert all(map(is_gone, pids)), "the orphaned members' agents were killed"
 
 
 def test_a_claimed_member_is_destroyed_when_the_pod_fails_to_be_made(platform: Platform, paths: PodbayPaths) -> None:
@@ -165,7 +158,7 @@ def test_a_claimed_member_is_destroyed_when_the_pod_fails_to_be_made(platform: P
     platform._platform._provision = broken  # type: ignore[method-assign]
     with pytest.raises(OSError, match="No space left"):
         platform.create_agent(backend="local")
-    assert not running(pid), "the member it had claimed is gone with the failed pod"
+    assert is_gone(pid), "the member it had claimed is gone with the failed pod"
     assert platform.pools.ensure(0, backend="local")["hits"] == 1  # size 0: the refilled member goes too
     deadline = time.monotonic() + 10
     while list(paths.pods.iterdir()) and time.monotonic() < deadline:

@@ -351,10 +351,6 @@ class SnapshotSandbox(ClonedSandbox):
         except BaseExceptionGroup as failed:
             raise failed.exceptions[0] from None
 
-    @property
-    def running(self) -> bool:
-        return self._process.returncode is None and not self._destroyed
-
     async def save_to(self, state: Path, ignore_shared: bool) -> None:
         """Migrate into `state` (a new file). QEMU stops the guest when the save completes (postmigrate)."""
         capabilities = [{"capability": "x-ignore-shared", "state": ignore_shared}]
@@ -537,7 +533,7 @@ async def save_snapshot(
     dest = Path(dest)
     if dest.exists() or dest.is_symlink():
         raise Conflict(f"{dest} already exists: a snapshot goes into a new directory")
-    if not sandbox.running:
+    if not sandbox.alive:
         raise GuestError("the pod is not running: only a running pod can be snapshotted")
     if sandbox._paused:
         raise InvalidSpec("sandbox", "the pod is paused", "resume it before taking a snapshot")
