@@ -67,7 +67,9 @@ def cli_env(paths: PodbayPaths) -> dict[str, str]:
     return {**os.environ, "PODBAY_STATE": str(paths.state), "PODBAY_CACHE": str(paths.cache), "COLUMNS": "400"}
 
 
-def private_template(tmp_path_factory: pytest.TempPathFactory, shape: TemplateShape) -> Iterator[Template]:
+def private_template(
+    tmp_path_factory: pytest.TempPathFactory, shape: TemplateShape, preload: Path | None = None
+) -> Iterator[Template]:
     """A QEMU template of `shape` built in a private directory (the image cache is the user's), for tests of
     the mechanism below the platform; no process may keep its files open once the module is done."""
     real = PodbayPaths.from_env()
@@ -79,7 +81,7 @@ def private_template(tmp_path_factory: pytest.TempPathFactory, shape: TemplateSh
     except ImageMissing as missing:
         pytest.skip(str(missing))
     root = tmp_path_factory.mktemp("templates")
-    yield asyncio.run(build_template(real, shape, images=images, root=root))
+    yield asyncio.run(build_template(real, shape, images=images, root=root, preload=preload))
     assert processes_mentioning(root) == [], "no process may keep the template's files open"
 
 

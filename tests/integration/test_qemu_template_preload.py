@@ -14,10 +14,9 @@ import pytest
 
 from podbay.bench.leaks import processes_mentioning
 from podbay.bench.memory import uss_pss_kib
-from podbay.errors import ImageMissing, InvalidSpec
+from podbay.errors import InvalidSpec
 from podbay.images import find_images
 from podbay.isolation.base import SandboxConfig
-from podbay.isolation.qemu.backend import QemuBackend
 from podbay.isolation.qemu.snapshot import start_clone
 from podbay.isolation.qemu.template import (
     PRELOAD_DIR,
@@ -28,6 +27,8 @@ from podbay.isolation.qemu.template import (
     template_key,
 )
 from podbay.paths import PodbayPaths
+
+from .conftest import private_template
 
 pytestmark = pytest.mark.integration
 SIZE = 96 << 20  # ~100 MB of random bytes: nothing in it dedupes or compresses
@@ -45,18 +46,7 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def template(tmp_path_factory: pytest.TempPathFactory, weights: Path) -> Iterator[Template]:
-    real = PodbayPaths.from_env()
-    availability = QemuBackend(real).availability()
-    if not availability.available:
-        pytest.skip(availability.reason)
-    try:
-        images = find_images(real)
-    except ImageMissing as missing:
-        pytest.skip(str(missing))
-    root = tmp_path_factory.mktemp("templates")
-    built = asyncio.run(build_template(real, SHAPE, images=images, root=root, preload=weights))
-    yield built
-    assert processes_mentioning(root) == [], "no process may keep the template's files open"
+    yield from private_template(tmp_path_factory, SHAPE, preload=weights)
 
 
 def memory_file_kib(pid: int, memory: Path) -> tuple[int, int]:

@@ -111,7 +111,8 @@ async def _one_run(paths: PodbayPaths, n: int) -> dict[str, Any]:
         shutil.rmtree(work, ignore_errors=True)
 
 
-async def _clone(template: Template, work: Path, index: int) -> ClonedSandbox:
+async def initialised_clone(template: Template, work: Path, index: int) -> ClonedSandbox:
+    """A clone of `template` in `<work>/pods/pod-<index>`, given the `init` every new pod gets."""
     pod_id = f"pod-{index:012x}"
     run_dir = work / "pods" / pod_id
     run_dir.mkdir(parents=True)
@@ -142,7 +143,7 @@ async def _sequential(template: Template, work: Path, n: int) -> tuple[list[floa
     first_exec: list[float] = []
     for index in range(n):
         started = time.perf_counter()
-        sandbox = await _clone(template, work, index)
+        sandbox = await initialised_clone(template, work, index)
         try:
             result = await (await sandbox.channel.start_process(["true"])).wait()
             first_exec.append((time.perf_counter() - started) * 1000)
@@ -160,7 +161,7 @@ async def _idle_memory(template: Template, work: Path, alive: int) -> dict[str, 
     sandboxes: list[ClonedSandbox] = []
     try:
         for index in range(alive):
-            sandbox = await _clone(template, work, index)
+            sandbox = await initialised_clone(template, work, index)
             sandboxes.append(sandbox)
             await (await sandbox.channel.start_process(["true"])).wait()
         await asyncio.sleep(IDLE_S)

@@ -35,11 +35,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from podbay.bench.clone import spread
+from podbay.bench.clone import initialised_clone, spread
 from podbay.bench.memory import descendants, tree_uss_pss_kib
 from podbay.images import find_images
-from podbay.isolation.base import SandboxConfig
-from podbay.isolation.qemu.snapshot import start_clone
 from podbay.isolation.qemu.template import (
     ClonedSandbox,
     Template,
@@ -145,17 +143,9 @@ async def _one_run(
 
 
 async def _clone(template: Template, work: Path, index: int) -> ClonedSandbox:
-    pod_id = f"pod-{index:012x}"
-    run_dir = work / "pods" / pod_id
-    run_dir.mkdir(parents=True)
-    config = SandboxConfig(
-        pod_id=pod_id, run_dir=run_dir, vcpus=template.shape.vcpus, memory_mib=template.shape.memory_mib, layer=None
-    )
-    sandbox = await start_clone(template, config)
-    try:  # what the platform sends every new pod, then one exec: the pod as a user leaves it
-        await sandbox.channel.request(
-            "init", env={"PODBAY_POD_ID": pod_id}, mounts=sandbox.guest_mounts, clock=time.time()
-        )
+    """A new pod as a user leaves it: `init`, then one exec."""
+    sandbox = await initialised_clone(template, work, index)
+    try:
         await _run(sandbox, ["true"])
     except BaseException:
         await sandbox.destroy()

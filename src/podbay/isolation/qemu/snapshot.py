@@ -74,6 +74,7 @@ from podbay.isolation.qemu.command import RunFiles
 from podbay.isolation.qemu.template import (
     STATE_FD_NAME,
     ClonedSandbox,
+    SavedVm,
     Template,
     check_template,
     clone_layer,
@@ -117,7 +118,7 @@ class SnapshotDisk:
 
 
 @dataclass(frozen=True)
-class Snapshot:
+class Snapshot(SavedVm):
     """A saved pod: its directory and what a restore must match."""
 
     path: Path
@@ -130,22 +131,6 @@ class Snapshot:
     frozen: tuple[str, ...]  # what the guest had frozen when it was saved: its restores thaw it
     state_bytes: int
     timings: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def memory(self) -> Path:
-        return self.path / "memory"
-
-    @property
-    def state(self) -> Path:
-        return self.path / "state"
-
-    @property
-    def layer(self) -> Path:
-        return self.path / "layer.ext4"
-
-    @property
-    def meta(self) -> Path:
-        return self.path / "meta.json"
 
     @property
     def volumes(self) -> tuple[SnapshotDisk, ...]:

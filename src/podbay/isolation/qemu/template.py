@@ -225,8 +225,30 @@ class Preload:
 _OTHER = "use a template of that shape (build_template builds it on first use), or boot the pod cold"
 
 
+class SavedVm:
+    """The files of a saved guest in its directory `path`: a template, or a snapshot (snapshot.py)."""
+
+    path: Path
+
+    @property
+    def memory(self) -> Path:
+        return self.path / "memory"  # the guest RAM (mapped copy-on-write by clones and restores)
+
+    @property
+    def state(self) -> Path:
+        return self.path / "state"  # the device state
+
+    @property
+    def layer(self) -> Path:
+        return self.path / "layer.ext4"  # the writable layer, as the guest left it
+
+    @property
+    def meta(self) -> Path:
+        return self.path / "meta.json"  # written last: a directory with it is whole
+
+
 @dataclass(frozen=True)
-class Template:
+class Template(SavedVm):
     """A built template: its directory and what a clone needs to match it."""
 
     path: Path
@@ -239,22 +261,6 @@ class Template:
     build_s: float
     saved_at_uptime_s: float = 0.0  # the guest's CLOCK_BOOTTIME when it was saved: its clones continue from it
     preload: Preload | None = None  # the host file its guest holds at `preload.guest_path`
-
-    @property
-    def memory(self) -> Path:
-        return self.path / "memory"
-
-    @property
-    def state(self) -> Path:
-        return self.path / "state"
-
-    @property
-    def layer(self) -> Path:
-        return self.path / "layer.ext4"
-
-    @property
-    def meta(self) -> Path:
-        return self.path / "meta.json"
 
     @classmethod
     def load(cls, path: Path) -> Template:
