@@ -151,12 +151,18 @@ _FIXES = {
     "volume_mib": "use 16 to 65536",
     "preload": "pass the absolute path of a readable host file (it must fit in memory_mib with 128 MiB to spare)",
     "network": "leave network=False: a pod reaches its database through podbay's own channel, not a network",
+    "backend": "pass a backend name such as 'qemu' (`podbay doctor` lists those that run here)",
+    "boot_timeout_s": "use a number of seconds above 0, at most 600",
+    "memory_db": "pass True or False",
+    "cold": "pass True or False",
+    "snapshottable": "pass True or False",
 }
 
 
 def _fix_for(field: str) -> str:
     root = field.split(".")[0]
-    return _FIXES.get(root, f"check {root!r} against the PodSpec fields (unknown fields are refused)")
+    known = ", ".join(PodSpec.model_fields)
+    return _FIXES.get(root, f"check {root!r} against the PodSpec fields (unknown fields are refused): {known}")
 
 
 class Phase(BaseModel):
