@@ -1,9 +1,15 @@
-"""podbay: a pod per agent task — an isolated sandbox plus a private database. Public surface only."""
+"""podbay: a pod per agent task — an isolated sandbox plus a private database. Public surface only.
 
+Every type a public method or attribute of these returns is exported here (tests/unit/test_public_surface.py
+checks it), and every error is a PodbayError (see podbay.errors for the tree).
+"""
+
+from podbay.channel import GuestProcess
 from podbay.errors import (
     BackendUnavailable,
     Conflict,
     GuestError,
+    HostError,
     ImageMissing,
     InvalidSpec,
     NotFound,
@@ -12,21 +18,34 @@ from podbay.errors import (
     Timeout,
     Unsupported,
 )
+from podbay.isolation.base import Availability
 from podbay.models import ExecResult, FileEntry, Phase, PodInfo, PodSpec, PodState, SandboxInfo, SnapshotInfo
-from podbay.platform import AsyncPlatform, AsyncPod
-from podbay.sync import Platform, Pod
+from podbay.paths import PodbayPaths
+from podbay.platform import AsyncFiles, AsyncPlatform, AsyncPod
+from podbay.pool.pools import AsyncPools
+from podbay.pool.warm import Percentiles, PoolReport, PoolShape
+from podbay.snapshots import SnapshotStore
+from podbay.state.volumes import VolumeInfo, VolumeStore
+from podbay.sync import Files, Platform, Pod, Pools, Process
 
 __all__ = [
+    "AsyncFiles",
     "AsyncPlatform",
     "AsyncPod",
+    "AsyncPools",
+    "Availability",
     "BackendUnavailable",
     "Conflict",
     "ExecResult",
     "FileEntry",
+    "Files",
     "GuestError",
+    "GuestProcess",
+    "HostError",
     "ImageMissing",
     "InvalidSpec",
     "NotFound",
+    "Percentiles",
     "Phase",
     "Platform",
     "Pod",
@@ -34,9 +53,17 @@ __all__ = [
     "PodSpec",
     "PodState",
     "PodbayError",
+    "PodbayPaths",
+    "PoolReport",
+    "PoolShape",
+    "Pools",
+    "Process",
     "QuotaExceeded",
     "SandboxInfo",
     "SnapshotInfo",
+    "SnapshotStore",
     "Timeout",
     "Unsupported",
+    "VolumeInfo",
+    "VolumeStore",
 ]

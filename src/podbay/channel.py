@@ -10,11 +10,12 @@ import asyncio
 import contextlib
 import itertools
 import math
+import signal as signals
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from podbay.errors import GuestError, InvalidSpec, NotFound, Timeout
+from podbay.errors import GuestError, InvalidSpec, NotFound, Timeout, errors_name_the_pod
 from podbay.guest import protocol
 from podbay.models import ExecResult
 
@@ -43,6 +44,71 @@ def check_timeout(timeout: float | None, field: str = "timeout") -> float | None
             "use a number of seconds above zero, e.g. 30 (none at all: no limit)",
         )
     return float(timeout)
+
+
+@contextlib.contextmanager
+def guest_answer(op: str) -> Iterator[None]:
+    """Read the guest's answer to `op` inside this block: the guest is untrusted, so an answer that lacks a
+    field or has one of the wrong type is a GuestError, not a KeyError or a pydantic ValidationError."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise GuestError(f"the guest agent's answer to {op!r} is malformed ({type(exc).__name__}: {exc})") from None
+
+
+# What each request field is called where the caller passed it (the header's own name otherwise).
+_PAYLOAD_FIELD = {"file_write": "data", "stdin": "stdin"}
+_FIELD_FIXES = {
+    "path": "use a shorter path",
+    "argv": "pass large input in a file (pod.files.write) or on stdin, not in the command line",
+    "env": "pass large values in a file (pod.files.write), not in the environment",
+    "cwd": "use a shorter path",
+    "data": f"write at most {protocol.MAX_PAYLOAD} bytes at once (write the file in parts)",
+}
+
+
+def _payload_bytes(op: str, payload: object) -> bytes:
+    if isinstance(payload, bytes):
+        return payload
+    if isinstance(payload, bytearray | memoryview):
+        return bytes(payload)
+    field = _PAYLOAD_FIELD.get(op, "payload")
+    raise InvalidSpec(field, f"must be bytes, got {type(payload).__name__}", 'encode text first, e.g. "text".encode()')
+
+
+def _refused_request(header: Header, payload: bytes, exc: Exception) -> InvalidSpec:
+    """Which field of a request could not be sent, and what to do instead."""
+    op = str(header.get("op", "request"))
+    fields = {name: value for name, value in header.items() if name not in ("id", "op", "target")}
+    if isinstance(exc, protocol.FrameError) and len(payload) > protocol.MAX_PAYLOAD:
+        field = _PAYLOAD_FIELD.get(op, "payload")
+        return InvalidSpec(
+            field,
+            f"is {len(payload)} bytes; one request carries at most {protocol.MAX_PAYLOAD}",
+            _FIELD_FIXES.get(field, "send it in parts"),
+        )
+    sizes: dict[str, int] = {}
+    for name, value in fields.items():
+        try:
+            sizes[name] = len(protocol.dumps(value))
+        except (TypeError, ValueError) as failed:
+            return InvalidSpec(name, f"cannot be encoded as JSON: {failed}", "pass strings, numbers, lists and dicts")
+    if isinstance(exc, protocol.FrameError) and sizes:
+        field = max(sizes, key=lambda name: sizes[name])
+        return InvalidSpec(
+            field,
+            f"is {sizes[field]} bytes encoded; one request's fields carry at most {protocol.MAX_HEADER} in all",
+            _FIELD_FIXES.get(field, "send less at once"),
+        )
+    return InvalidSpec(op, f"cannot be sent: {exc}", "pass JSON values, and less at once")
+
+
+def check_signal(signum: object) -> int:
+    if isinstance(signum, bool) or not isinstance(signum, int) or not 1 <= signum < signals.NSIG:
+        raise InvalidSpec(
+            "signal", f"{signum!r} is not a signal number from 1 to {signals.NSIG - 1}", "pass e.g. signal.SIGTERM"
+        )
+    return int(signum)
 
 
 class GuestChannel:
@@ -98,14 +164,11 @@ class GuestChannel:
     async def _send(self, header: Header, payload: bytes = b"") -> None:
         if self._closed_reason:
             raise await self._closed_error()
+        payload = _payload_bytes(str(header.get("op")), payload)
         try:
             frame = protocol.encode(header, payload)
-        except protocol.FrameError as exc:
-            raise InvalidSpec(str(header.get("op", "request")), str(exc), "send less at once") from None
-        except (TypeError, ValueError) as exc:  # NaN, infinities, objects JSON has no form for
-            raise InvalidSpec(
-                str(header.get("op", "request")), f"cannot be encoded: {exc}", "pass JSON values"
-            ) from None
+        except (TypeError, ValueError) as exc:  # too large (FrameError), NaN, objects JSON has no form for
+            raise _refused_request(header, payload, exc) from None
         self._writer.write(frame)
         try:
             await self._writer.drain()
@@ -169,9 +232,12 @@ class GuestChannel:
         except BaseException:
             self._queues.pop(request_id, None)
             raise
-        return GuestProcess(self, request_id, queue, int(header["pid"]), on_stdout, on_stderr, host_deadline)
+        with guest_answer("exec"):
+            pid = int(header["pid"])
+        return GuestProcess(self, request_id, queue, pid, on_stdout, on_stderr, host_deadline)
 
 
+@errors_name_the_pod(lambda process: process.pod_id)
 class GuestProcess:
     """A command running in the guest: feed its stdin, signal it, wait for its result."""
 
@@ -185,6 +251,7 @@ class GuestProcess:
         on_stderr: OutputCallback | None,
         host_deadline: float | None = None,
     ) -> None:
+        self.pod_id: str | None = None  # set by the pod that started it; its errors carry it
         self._channel = channel
         self._host_deadline = host_deadline
         self._id = request_id
@@ -199,6 +266,7 @@ class GuestProcess:
         self._result.add_done_callback(lambda done: done.cancelled() or done.exception())
 
     async def write_stdin(self, data: bytes, eof: bool = False) -> None:
+        data = _payload_bytes("stdin", data)
         for start in range(0, max(len(data), 1), protocol.CHUNK):
             chunk = data[start : start + protocol.CHUNK]
             last = start + protocol.CHUNK >= len(data)
@@ -208,7 +276,7 @@ class GuestProcess:
         await self._control("stdin", b"", eof=True)
 
     async def signal(self, signum: int) -> None:
-        await self._control("signal", b"", signal=signum)
+        await self._control("signal", b"", signal=check_signal(signum))
 
     async def _control(self, op: str, payload: bytes, **fields: Any) -> None:
         # Fire and forget: replies (or a not-found error once the process ended) are ignored by wait().
@@ -247,17 +315,22 @@ class GuestProcess:
                     if callback is not None:
                         callback(payload)
                 elif event == "exit":
-                    return ExecResult(
-                        exit_code=int(header["exit_code"]),
-                        signal=header.get("signal"),
-                        timed_out=bool(header.get("timed_out")),
-                        duration_s=float(header.get("duration", 0.0)),
-                        stdout=self._output["stdout"].decode(errors="replace"),
-                        stderr=self._output["stderr"].decode(errors="replace"),
-                        truncated=self._truncated,
-                    )
+                    return _exit_result(header, self._output, self._truncated)
         finally:
             self._channel._queues.pop(self._id, None)
+
+
+def _exit_result(header: Header, output: dict[str, bytearray], truncated: bool) -> ExecResult:
+    with guest_answer("exec"):
+        return ExecResult(
+            exit_code=int(header["exit_code"]),
+            signal=header.get("signal"),
+            timed_out=bool(header.get("timed_out")),
+            duration_s=float(header.get("duration", 0.0)),
+            stdout=output["stdout"].decode(errors="replace"),
+            stderr=output["stderr"].decode(errors="replace"),
+            truncated=truncated,
+        )
 
 
 def _loop_time(monotonic: float) -> float:

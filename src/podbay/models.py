@@ -7,7 +7,15 @@ import json
 import re
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from podbay.errors import InvalidSpec
 
@@ -32,24 +40,24 @@ class PodSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     backend: str = "qemu"
-    vcpus: int = Field(1, ge=1, le=16)
-    memory_mib: int = Field(256, ge=64, le=16384)
-    disk_mib: int = Field(1024, ge=64, le=65536, description="size of the pod's writable layer")
+    vcpus: int = Field(default=1, ge=1, le=16)
+    memory_mib: int = Field(default=256, ge=64, le=16384)
+    disk_mib: int = Field(default=1024, ge=64, le=65536, description="size of the pod's writable layer")
     memory_db: bool = False
-    volume: str | None = Field(None, pattern=NAME_PATTERN)
-    volume_mib: int = Field(256, ge=16, le=65536)
+    volume: str | None = Field(default=None, pattern=NAME_PATTERN)
+    volume_mib: int = Field(default=256, ge=16, le=65536)
     env: dict[str, str] = Field(default_factory=dict)
     context: dict[str, Any] = Field(default_factory=dict)
     network: bool = False
-    boot_timeout_s: float = Field(60.0, gt=0, le=600)
-    cold: bool = Field(False, description="boot a fresh sandbox: no warm pool, no template clone")
+    boot_timeout_s: float = Field(default=60.0, gt=0, le=600)
+    cold: bool = Field(default=False, description="boot a fresh sandbox: no warm pool, no template clone")
     preload: str | None = Field(
-        None,
+        default=None,
         description="an absolute host path: the pod's template carries this file, read-only in the guest at "
         "/opt/podbay/preload/<name>; pods of one template share its pages (model weights, a dataset)",
     )
     snapshottable: bool = Field(
-        False,
+        default=False,
         description="keep the guest's RAM in a file of the pod's own, so snapshot() and fork() take milliseconds "
         "rather than streaming the RAM (costs a copy of the template's touched pages, ~50 MiB, per pod)",
     )
@@ -96,17 +104,29 @@ class PodSpec(BaseModel):
             raise ValueError(f"is nested more than {MAX_CONTEXT_DEPTH} levels deep")
         return context
 
+    @model_validator(mode="wrap")
     @classmethod
-    def parse(cls, **fields: Any) -> PodSpec:
-        """Build a spec, turning pydantic's report into InvalidSpec for the first bad field."""
+    def _refused_as_invalid_spec(cls, data: Any, handler: ModelWrapValidatorHandler[PodSpec]) -> PodSpec:
+        """However a spec is built (`PodSpec(...)`, `parse`, `model_validate`), a bad field raises InvalidSpec
+        for the first bad field, never pydantic's ValidationError (pydantic lets other exceptions through)."""
         try:
-            return cls(**fields)
+            return handler(data)
         except RecursionError:
             raise InvalidSpec("context", "is nested too deeply", _fix_for("context")) from None
         except ValidationError as exc:
             error = exc.errors()[0]
             field = ".".join(str(part) for part in error["loc"]) or "spec"
             raise InvalidSpec(field, error["msg"], _fix_for(field)) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise InvalidSpec(
+            name, "cannot be changed: a PodSpec is frozen", f"make a new one: spec.model_copy(update={{{name!r}: ...}})"
+        )
+
+    @classmethod
+    def parse(cls, **fields: Any) -> PodSpec:
+        """Build a spec from keyword fields (unknown ones included: they are refused with InvalidSpec too)."""
+        return cls(**fields)
 
 
 def _depth(value: Any) -> int:
@@ -131,12 +151,18 @@ _FIXES = {
     "volume_mib": "use 16 to 65536",
     "preload": "pass the absolute path of a readable host file (it must fit in memory_mib with 128 MiB to spare)",
     "network": "leave network=False: a pod reaches its database through podbay's own channel, not a network",
+    "backend": "pass a backend name such as 'qemu' (`podbay doctor` lists those that run here)",
+    "boot_timeout_s": "use a number of seconds above 0, at most 600",
+    "memory_db": "pass True or False",
+    "cold": "pass True or False",
+    "snapshottable": "pass True or False",
 }
 
 
 def _fix_for(field: str) -> str:
     root = field.split(".")[0]
-    return _FIXES.get(root, f"check {root!r} against the PodSpec fields (unknown fields are refused)")
+    known = ", ".join(PodSpec.model_fields)
+    return _FIXES.get(root, f"check {root!r} against the PodSpec fields (unknown fields are refused): {known}")
 
 
 class Phase(BaseModel):

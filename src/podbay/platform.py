@@ -15,8 +15,17 @@ from collections.abc import Awaitable, Mapping, Sequence
 from types import FrameType, TracebackType
 from typing import Any, TypeVar
 
-from podbay.channel import GuestChannel, GuestProcess, OutputCallback
-from podbay.errors import BackendUnavailable, Conflict, InvalidSpec, NotFound, PodbayError, Unsupported
+from podbay.channel import GuestChannel, GuestProcess, OutputCallback, guest_answer
+from podbay.errors import (
+    BackendUnavailable,
+    Conflict,
+    InvalidSpec,
+    NotFound,
+    PodbayError,
+    Unsupported,
+    concerning,
+    errors_name_the_pod,
+)
 from podbay.guest.protocol import MAX_PAYLOAD
 from podbay.isolation.base import Availability, Backend, PodAssignment, Sandbox, SandboxConfig
 from podbay.isolation.qemu.snapshot import SnapshotSandbox, save_snapshot, start_from_snapshot
@@ -26,9 +35,9 @@ from podbay.isolation.supervise import kill_processes_mentioning, process_identi
 from podbay.models import ExecResult, FileEntry, Phase, PodInfo, PodSpec, PodState, SnapshotInfo
 from podbay.paths import PodbayPaths
 from podbay.pool.factory import Origin, PoolClaim, SandboxFactory, Start, require
-from podbay.pool.pools import Pools, shape_of
+from podbay.pool.pools import AsyncPools, Pools, shape_of
 from podbay.rundir import RunDir, read_owner, remove_run_dir
-from podbay.snapshots import SnapshotStore, describe
+from podbay.snapshots import SnapshotStore, describe, load_snapshot
 from podbay.state.base import StateLease, StateProvider
 from podbay.state.sqlite import SqliteProvider
 from podbay.state.volumes import VolumeStore
@@ -55,6 +64,7 @@ class Trace:
             self.phases.append(Phase(name=name, start_s=start, end_s=end, detail=detail))
 
 
+@errors_name_the_pod(lambda files: files._pod.id)
 class AsyncFiles:
     """`pod.files`: read and write files inside the sandbox."""
 
@@ -62,16 +72,21 @@ class AsyncFiles:
         self._pod = pod
 
     async def write(self, path: str, data: bytes | str, mode: int = 0o644) -> int:
-        payload = data.encode() if isinstance(data, str) else data
+        if not isinstance(data, bytes | bytearray | memoryview | str):
+            raise InvalidSpec(
+                "data", f"must be bytes or str, got {type(data).__name__}", "pass the file's content as bytes or str"
+            )
+        payload = data.encode() if isinstance(data, str) else bytes(data)
         if len(payload) > MAX_PAYLOAD:
             raise InvalidSpec(
                 "data", f"is {len(payload)} bytes; one write carries at most {MAX_PAYLOAD}", "write it in parts"
             )
-        header, _ = await self._pod.running_channel().request("file_write", payload, path=path, mode=mode)
-        return int(header["size"])
+        header, _ = await self._pod._running_channel().request("file_write", payload, path=path, mode=mode)
+        with guest_answer("file_write"):
+            return int(header["size"])
 
     async def read(self, path: str) -> bytes:
-        _, payload = await self._pod.running_channel().request("file_read", path=path)
+        _, payload = await self._pod._running_channel().request("file_read", path=path)
         return payload
 
     async def list(self, path: str) -> list[FileEntry]:
@@ -79,18 +94,26 @@ class AsyncFiles:
         entries: list[FileEntry] = []
         offset: int | None = 0
         while offset is not None:
-            header, _ = await self._pod.running_channel().request("file_list", path=path, offset=offset)
-            entries += (FileEntry(**entry) for entry in header["entries"])
-            next_offset = header.get("next_offset")
-            offset = int(next_offset) if next_offset is not None and int(next_offset) > offset else None
+            header, _ = await self._pod._running_channel().request("file_list", path=path, offset=offset)
+            with guest_answer("file_list"):
+                entries += (FileEntry(**entry) for entry in header["entries"])
+                next_offset = header.get("next_offset")
+                offset = int(next_offset) if next_offset is not None and int(next_offset) > offset else None
         return entries
 
     async def stat(self, path: str) -> FileEntry:
-        header, _ = await self._pod.running_channel().request("file_stat", path=path)
-        return FileEntry(name=header["path"], **{k: header[k] for k in ("type", "size", "mode", "mtime")})
+        header, _ = await self._pod._running_channel().request("file_stat", path=path)
+        with guest_answer("file_stat"):
+            return FileEntry(name=header["path"], **{k: header[k] for k in ("type", "size", "mode", "mtime")})
 
 
+@errors_name_the_pod(lambda pod: pod.id)
 class AsyncPod:
+    """A running pod. Every PodbayError its methods raise carries its id (`pod_id`); `async with pod:`
+    destroys it at the end of the block."""
+
+    files: AsyncFiles
+
     def __init__(
         self,
         platform: AsyncPlatform,
@@ -113,6 +136,14 @@ class AsyncPod:
         self.origin = origin
         self._state = PodState.RUNNING
 
+    async def __aenter__(self) -> AsyncPod:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        await self.destroy()
+
     def info(self) -> PodInfo:
         return PodInfo(
             id=self.id,
@@ -126,10 +157,12 @@ class AsyncPod:
             trace=list(self._trace.phases),
         )
 
-    def running_channel(self) -> GuestChannel:
+    def _running_channel(self) -> GuestChannel:
         """The channel to the agent, if the pod can answer (a paused pod cannot: resume it first)."""
+        if self._state is PodState.PAUSED:
+            raise Conflict(f"pod {self.id} is paused; resume it or create a new one")
         if self._state is not PodState.RUNNING:
-            raise Conflict(f"pod {self.id} is {self._state.value}; resume it or create a new one")
+            raise Conflict(f"pod {self.id} is {self._state.value}; create a new one")
         return self.sandbox.channel
 
     async def start_process(
@@ -144,9 +177,11 @@ class AsyncPod:
         on_stderr: OutputCallback | None = None,
     ) -> GuestProcess:
         _check_argv(argv)
-        return await self.running_channel().start_process(
+        process = await self._running_channel().start_process(
             argv, env=env, cwd=cwd, stdin=stdin, timeout=timeout, on_stdout=on_stdout, on_stderr=on_stderr
         )
+        process.pod_id = self.id
+        return process
 
     async def exec(
         self,
@@ -174,7 +209,7 @@ class AsyncPod:
         return await process.wait()
 
     async def pause(self) -> None:
-        self.running_channel()  # only a running pod can be paused
+        self._running_channel()  # only a running pod can be paused
         await self.sandbox.pause()
         self._state = PodState.PAUSED
 
@@ -190,7 +225,7 @@ class AsyncPod:
         a copy of it, from this process or any later one."""
         path = self._platform.snapshots.path(name)
         sandbox = self._snapshot_sandbox("snapshot", "snapshot a pod")
-        self.running_channel()
+        self._running_channel()
         if path.exists():
             raise Conflict(f"a snapshot named {name!r} exists; remove it first (`podbay snapshot rm {name}`)")
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -203,8 +238,8 @@ class AsyncPod:
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_FORK:
             raise InvalidSpec("n", f"{n!r} is not an integer from 1 to {MAX_FORK}", "pass e.g. fork(3)")
         sandbox = self._snapshot_sandbox("fork", "fork a pod")
-        self.running_channel()
-        return await self._platform.fork(self, sandbox, n)
+        self._running_channel()
+        return await self._platform._fork(self, sandbox, n)
 
     def _snapshot_sandbox(self, capability: str, operation: str) -> SnapshotSandbox:
         backend = self._platform.backends[self.spec.backend]
@@ -231,13 +266,21 @@ class AsyncPod:
 
 
 class AsyncPlatform:
+    """The embedded platform, asyncio API. `async with AsyncPlatform() as platform:` destroys its pods at the end."""
+
+    paths: PodbayPaths
+    volumes: VolumeStore
+    pools: AsyncPools
+    snapshots: SnapshotStore
+
     def __init__(self, paths: PodbayPaths | None = None, backends: Mapping[str, Backend] | None = None) -> None:
         self.paths = paths or PodbayPaths.from_env()
         self.volumes = VolumeStore(self.paths.volumes)
         self.backends: dict[str, Backend] = dict(backends or default_backends(self.paths))
         self._state: StateProvider = SqliteProvider(self.volumes)
-        self.factory = SandboxFactory(self.paths)
-        self.pools = Pools(self.factory, self._backend)
+        self._factory = SandboxFactory(self.paths)
+        self._warm = Pools(self._factory, self._backend)
+        self.pools = AsyncPools(self._warm)
         self._pods: dict[str, AsyncPod] = {}
         self._clock_offset = time.time() - time.monotonic()
         self.snapshots = SnapshotStore(self.paths.state / "snapshots")
@@ -259,9 +302,43 @@ class AsyncPlatform:
     def doctor(self) -> dict[str, Availability]:
         return {name: backend.availability() for name, backend in self.backends.items()}
 
-    async def create_agent(self, **fields: Any) -> AsyncPod:
-        """Create a pod from keyword fields of PodSpec (e.g. memory_db=True, volume="customer-42")."""
-        return await self.create(PodSpec.parse(**fields))
+    async def create_agent(
+        self,
+        *,
+        backend: str = "qemu",
+        vcpus: int = 1,
+        memory_mib: int = 256,
+        disk_mib: int = 1024,
+        memory_db: bool = False,
+        volume: str | None = None,
+        volume_mib: int = 256,
+        env: Mapping[str, str] | None = None,
+        context: Mapping[str, Any] | None = None,
+        network: bool = False,
+        boot_timeout_s: float = 60.0,
+        cold: bool = False,
+        preload: str | None = None,
+        snapshottable: bool = False,
+    ) -> AsyncPod:
+        """Create a pod from PodSpec's fields (e.g. memory_db=True, volume="customer-42"); see PodSpec for each.
+        A bad value raises InvalidSpec naming the field and the fix."""
+        spec = PodSpec.parse(
+            backend=backend,
+            vcpus=vcpus,
+            memory_mib=memory_mib,
+            disk_mib=disk_mib,
+            memory_db=memory_db,
+            volume=volume,
+            volume_mib=volume_mib,
+            env={} if env is None else env,
+            context={} if context is None else context,
+            network=network,
+            boot_timeout_s=boot_timeout_s,
+            cold=cold,
+            preload=preload,
+            snapshottable=snapshottable,
+        )
+        return await self.create(spec)
 
     async def create(self, spec: PodSpec) -> AsyncPod:
         backend = self._backend(spec.backend)
@@ -273,6 +350,11 @@ class AsyncPlatform:
         trace = Trace()
         start = await trace.timed("choose", self._choose_start(backend, spec))
         pod_id = start.run_dir.pod_id
+        with concerning(pod_id):
+            return await self._create(spec, backend, trace, start, pod_id)
+
+    async def _create(self, spec: PodSpec, backend: Backend, trace: Trace, start: Start, pod_id: str) -> AsyncPod:
+        """Prepare, start and inject the pod `start` chose; undo all of it if any part fails."""
         sandbox: Sandbox | None = None
         lease: StateLease | None = None
         try:
@@ -315,28 +397,29 @@ class AsyncPlatform:
     async def restore(self, name: str) -> AsyncPod:
         """A new running pod from the snapshot `name` (see AsyncPod.snapshot): its memory, layer and database
         as they were, its own copies of the disks, reseeded (randomness, clock, hostname)."""
-        snapshot = self.snapshots.load(name)
+        snapshot = load_snapshot(self.snapshots, name)
         backend = self._backend("qemu")
         require(backend, "snapshot", "restore a snapshot", "use a host where the qemu backend runs")
         await self._reaped()
         trace = Trace()
         run_dir = RunDir.make(self.paths.pods, backend.name)
         config = _bare_config(run_dir, snapshot.vcpus, snapshot.memory_mib)
-        try:
-            restoring = start_from_snapshot(snapshot, config, hostname=run_dir.pod_id)
-            sandbox = await trace.timed(Origin.SNAPSHOT.value, restoring, detail=f"snapshot {name!r}")
-        except BaseException:
-            run_dir.remove()
-            raise
-        spec = PodSpec.parse(
-            vcpus=snapshot.vcpus,
-            memory_mib=snapshot.memory_mib,
-            disk_mib=max(64, (snapshot.layer_size or 0) >> 20),
-            memory_db=bool(snapshot.volumes),
-        )
-        return await self._adopt(sandbox, run_dir, spec, trace, Origin.SNAPSHOT)
+        with concerning(run_dir.pod_id):
+            try:
+                restoring = start_from_snapshot(snapshot, config, hostname=run_dir.pod_id)
+                sandbox = await trace.timed(Origin.SNAPSHOT.value, restoring, detail=f"snapshot {name!r}")
+            except BaseException:
+                run_dir.remove()
+                raise
+            spec = PodSpec.parse(
+                vcpus=snapshot.vcpus,
+                memory_mib=snapshot.memory_mib,
+                disk_mib=max(64, (snapshot.layer_size or 0) >> 20),
+                memory_db=bool(snapshot.volumes),
+            )
+            return await self._adopt(sandbox, run_dir, spec, trace, Origin.SNAPSHOT)
 
-    async def fork(self, parent: AsyncPod, sandbox: SnapshotSandbox, n: int) -> list[AsyncPod]:
+    async def _fork(self, parent: AsyncPod, sandbox: SnapshotSandbox, n: int) -> list[AsyncPod]:
         run_dirs = [RunDir.make(self.paths.pods, parent.spec.backend) for _ in range(n)]
         trace = Trace()
         configs = [_bare_config(run_dir, parent.spec.vcpus, parent.spec.memory_mib) for run_dir in run_dirs]
@@ -374,16 +457,16 @@ class AsyncPlatform:
         """A claimed pool member if one fits, else a template clone or a cold boot (see podbay.pool.factory)."""
         shape = shape_of(spec)
         if spec.cold:
-            return self.factory.new_start(backend, shape, cold=True, boot_timeout_s=spec.boot_timeout_s)
+            return self._factory.new_start(backend, shape, cold=True, boot_timeout_s=spec.boot_timeout_s)
         if spec.snapshottable:  # pool members map their template's RAM: none has RAM of its own
             why = "pool members are not snapshottable"
         elif spec.memory_db and not backend.capabilities.attach_after_start:
             why = f"pool members of {backend.name} cannot take a volume after they start"
         else:
-            member, why = await self.pools.claim(shape)
+            member, why = await self._warm.claim(shape)
             if member is not None:
                 return PoolClaim(member, why)
-        return self.factory.new_start(
+        return self._factory.new_start(
             backend, shape, cold=False, boot_timeout_s=spec.boot_timeout_s, why=why, owned_memory=spec.snapshottable
         )
 
@@ -474,7 +557,7 @@ class AsyncPlatform:
         try:
             return self._pods[pod_id]
         except KeyError:
-            raise NotFound(f"no pod {pod_id!r} in this platform") from None
+            raise NotFound(f"no pod {pod_id!r} in this platform", pod_id=pod_id) from None
 
     def list(self) -> list[PodInfo]:
         return [pod.info() for pod in self._pods.values()]
@@ -486,7 +569,7 @@ class AsyncPlatform:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
         await asyncio.gather(
-            self.pools.close(), *(pod.destroy() for pod in list(self._pods.values())), return_exceptions=True
+            self._warm.close(), *(pod.destroy() for pod in list(self._pods.values())), return_exceptions=True
         )
 
 

@@ -30,13 +30,6 @@ class SnapshotStore:
             )
         return self.root / name
 
-    def load(self, name: str) -> Snapshot:
-        path = self.path(name)
-        if not path.exists():
-            known = ", ".join(info.name for info in self.list()) or "none yet"
-            raise NotFound(f"no snapshot {name!r} (snapshots: {known}); take one with pod.snapshot({name!r})")
-        return Snapshot.load(path)
-
     def list(self) -> list[SnapshotInfo]:
         if not self.root.exists():
             return []
@@ -47,6 +40,15 @@ class SnapshotStore:
         if not path.exists():
             raise NotFound(f"no snapshot {name!r}; `podbay snapshot ls` lists them")
         shutil.rmtree(path)  # restored pods keep working: they map or copied what they need
+
+
+def load_snapshot(store: SnapshotStore, name: str) -> Snapshot:
+    """The saved files of snapshot `name` (QEMU's mechanism: internal, restore() takes them)."""
+    path = store.path(name)
+    if not path.exists():
+        known = ", ".join(info.name for info in store.list()) or "none yet"
+        raise NotFound(f"no snapshot {name!r} (snapshots: {known}); take one with pod.snapshot({name!r})")
+    return Snapshot.load(path)
 
 
 def describe(name: str, snapshot: Snapshot) -> SnapshotInfo:

@@ -14,7 +14,8 @@ from podbay.isolation.base import Availability, Backend
 from podbay.models import ExecResult, FileEntry, PodInfo, PodSpec, SnapshotInfo
 from podbay.paths import PodbayPaths
 from podbay.platform import AsyncPlatform, AsyncPod, exit_on_termination_signals
-from podbay.pool.pools import Pools as AsyncPools
+from podbay.pool.pools import AsyncPools
+from podbay.pool.warm import PoolReport
 from podbay.snapshots import SnapshotStore
 from podbay.state.volumes import VolumeStore
 
@@ -94,6 +95,11 @@ class Files:
 
 
 class Pod:
+    """A running pod, blocking API. Every PodbayError its methods raise carries its id (`pod_id`); `with pod:`
+    destroys it at the end of the block."""
+
+    files: Files
+
     def __init__(self, loop: _Loop, pod: AsyncPod) -> None:
         self._loop = loop
         self._pod = pod
@@ -156,7 +162,9 @@ class Pod:
     def __enter__(self) -> Pod:
         return self
 
-    def __exit__(self, *_: object) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
         self.destroy()
 
 
@@ -167,25 +175,35 @@ class Pools:
         self._loop = loop
         self._pools = pools
 
-    def ensure(self, size: int, *, wait: float | None = None, **fields: Any) -> dict[str, Any]:
-        """Keep `size` idle members of the shape `fields` give (PodSpec's backend, vcpus, memory_mib, disk_mib),
-        refilled in the background; with `wait`, block up to that many seconds until they are all up."""
+    def ensure(
+        self,
+        size: int,
+        *,
+        wait: float | None = None,
+        backend: str = "qemu",
+        vcpus: int = 1,
+        memory_mib: int = 256,
+        disk_mib: int = 1024,
+        preload: str | None = None,
+    ) -> PoolReport:
+        """Keep `size` idle members of this shape (PodSpec's fields of the same names) refilled in the
+        background; with `wait`, block up to that many seconds until they are all up."""
 
-        async def ensure() -> dict[str, Any]:
-            pool = await self._pools.ensure(size, **fields)
-            if wait is not None:
-                await pool.wait_full(wait)
-            return pool.report()
+        return self._loop.run(
+            self._pools.ensure(
+                size, wait=wait, backend=backend, vcpus=vcpus, memory_mib=memory_mib, disk_mib=disk_mib, preload=preload
+            )
+        )
 
-        return self._loop.run(ensure())
-
-    def report(self) -> list[dict[str, Any]]:
+    def report(self) -> list[PoolReport]:
         """Per pool: size, idle members, hit rate, claim latency, refill rate, failures."""
         return self._pools.report()
 
 
 class Platform:
     """The embedded platform, blocking API. Use it as a context manager: leaving it destroys its pods."""
+
+    pools: Pools
 
     def __init__(self, paths: PodbayPaths | None = None, backends: Mapping[str, Backend] | None = None) -> None:
         self._loop = _Loop()
@@ -208,8 +226,43 @@ class Platform:
     def doctor(self) -> dict[str, Availability]:
         return self._platform.doctor()
 
-    def create_agent(self, **fields: Any) -> Pod:
-        return Pod(self._loop, self._loop.run(self._platform.create_agent(**fields)))
+    def create_agent(
+        self,
+        *,
+        backend: str = "qemu",
+        vcpus: int = 1,
+        memory_mib: int = 256,
+        disk_mib: int = 1024,
+        memory_db: bool = False,
+        volume: str | None = None,
+        volume_mib: int = 256,
+        env: Mapping[str, str] | None = None,
+        context: Mapping[str, Any] | None = None,
+        network: bool = False,
+        boot_timeout_s: float = 60.0,
+        cold: bool = False,
+        preload: str | None = None,
+        snapshottable: bool = False,
+    ) -> Pod:
+        """Create a pod from PodSpec's fields (e.g. memory_db=True, volume="customer-42"); see PodSpec for each.
+        A bad value raises InvalidSpec naming the field and the fix."""
+        creating = self._platform.create_agent(
+            backend=backend,
+            vcpus=vcpus,
+            memory_mib=memory_mib,
+            disk_mib=disk_mib,
+            memory_db=memory_db,
+            volume=volume,
+            volume_mib=volume_mib,
+            env=env,
+            context=context,
+            network=network,
+            boot_timeout_s=boot_timeout_s,
+            cold=cold,
+            preload=preload,
+            snapshottable=snapshottable,
+        )
+        return Pod(self._loop, self._loop.run(creating))
 
     def create(self, spec: PodSpec) -> Pod:
         return Pod(self._loop, self._loop.run(self._platform.create(spec)))
@@ -220,6 +273,10 @@ class Platform:
     @property
     def snapshots(self) -> SnapshotStore:
         return self._platform.snapshots
+
+    def get(self, pod_id: str) -> Pod:
+        """The pod `pod_id` of this platform (NotFound if it has none by that id)."""
+        return Pod(self._loop, self._platform.get(pod_id))
 
     def list(self) -> list[PodInfo]:
         return self._platform.list()

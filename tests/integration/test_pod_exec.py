@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from podbay import InvalidSpec, NotFound, Platform, Pod, PodbayError
+from podbay import Conflict, InvalidSpec, NotFound, Platform, Pod
 from podbay.images import find_images
 from podbay.isolation.registry import default_backends
 from podbay.paths import PodbayPaths
@@ -146,9 +146,9 @@ def test_no_network_device(pod: Pod) -> None:
 def test_pause_and_resume(pod: Pod) -> None:
     pod.pause()
     assert pod.info().state == "paused"
-    with pytest.raises(PodbayError, match="paused"):
+    with pytest.raises(Conflict, match="paused"):
         pod.exec(["true"])
-    with pytest.raises(PodbayError, match="paused"):
+    with pytest.raises(Conflict, match="paused"):
         pod.files.read("/etc/hostname")
     pod.resume()
     assert pod.exec(["echo", "back"]).stdout == "back\n"

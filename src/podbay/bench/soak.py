@@ -20,7 +20,7 @@ from typing import Any
 
 from podbay.bench.create import percentile
 from podbay.bench.leaks import host_leaks
-from podbay.errors import PodbayError
+from podbay.errors import GuestError
 from podbay.paths import PodbayPaths
 from podbay.platform import AsyncPlatform
 from podbay.rundir import remove_run_dir
@@ -38,7 +38,7 @@ async def _cycle(platform: AsyncPlatform, backend: str, index: int) -> tuple[str
     try:
         result = await pod.exec(["echo", str(index)], timeout=60)
         if result.stdout != f"{index}\n":
-            raise PodbayError(f"pod {pod.id} answered {result.stdout!r} to echo {index}")
+            raise GuestError(f"pod {pod.id} answered {result.stdout!r} to echo {index}")
     finally:
         await pod.destroy()
     return pod.id, (time.perf_counter() - started) * 1000

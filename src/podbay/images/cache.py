@@ -26,7 +26,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from podbay.errors import PodbayError
+from podbay.errors import HostError
 
 # Bump when the build procedure changes in a way the hashed inputs do not show (new steps, other flags):
 # every key changes with it, so stale artefacts are never reused.
@@ -169,7 +169,7 @@ class BuildLog:
                 raise
             returncode = proc.wait()
         if returncode != 0:
-            raise PodbayError(
+            raise HostError(
                 f"{title} failed (exit status {returncode}). Last lines of {self.path}:\n" + "\n".join(tail)
             )
         self.console.print(f"[green]✓[/] {title} [dim]({format_seconds(time.monotonic() - started)})[/]")
@@ -199,7 +199,7 @@ def _start(argv: list[str], cwd: Path | None) -> subprocess.Popen[str]:
             env={**os.environ, "LC_ALL": "C"},
         )
     except FileNotFoundError as missing:
-        raise PodbayError(f"{argv[0]} is not installed (needed to build the guest images)") from missing
+        raise HostError(f"{argv[0]} is not installed (needed to build the guest images)") from missing
 
 
 def format_seconds(seconds: float) -> str:

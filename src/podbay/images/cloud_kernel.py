@@ -27,7 +27,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from podbay.errors import ImageMissing, PodbayError
+from podbay.errors import HostError, ImageMissing
 from podbay.images.cache import BuildLog, CacheEntry, content_key, human_size, kind_lock
 
 KIND = "cloud-kernel"
@@ -108,7 +108,7 @@ def resolve_packages() -> tuple[Package, Package]:
     meta = records[METAPACKAGE]
     match = _PINNED_IMAGE.match(meta.get("Depends", ""))
     if match is None:
-        raise PodbayError(f"{METAPACKAGE} {meta['Version']} pins no linux-image-* package: {meta.get('Depends')}")
+        raise HostError(f"{METAPACKAGE} {meta['Version']} pins no linux-image-* package: {meta.get('Depends')}")
     return Package(match[1], match[2]), Package(BUSYBOX_PACKAGE, records[BUSYBOX_PACKAGE]["Version"])
 
 
@@ -162,7 +162,7 @@ def _release(root: Path) -> str:
     """The kernel release (``uname -r``) of the unpacked package: its one directory under lib/modules."""
     releases = [path.name for path in (root / "lib" / "modules").iterdir()]
     if len(releases) != 1:
-        raise PodbayError(f"expected one kernel release in {root / 'lib/modules'}, found {releases}")
+        raise HostError(f"expected one kernel release in {root / 'lib/modules'}, found {releases}")
     return releases[0]
 
 
@@ -191,7 +191,7 @@ def load_order(modules_dep: str, builtin: str, wanted: Iterable[str]) -> list[st
         if name in by_name:
             visit(by_name[name])
         elif name not in built_in:
-            raise PodbayError(f"the kernel has no module {name} and does not build it in")
+            raise HostError(f"the kernel has no module {name} and does not build it in")
     return order
 
 

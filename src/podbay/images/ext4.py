@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from podbay.errors import PodbayError
+from podbay.errors import HostError
 
 
 def make_ext4(path: Path, size_mib: int, label: str, journal: bool = True, contents: Path | None = None) -> None:
@@ -19,7 +19,7 @@ def make_ext4(path: Path, size_mib: int, label: str, journal: bool = True, conte
     keep it for volumes that must survive a crashed guest.
     """
     if size_mib <= 0:
-        raise PodbayError(f"cannot make a {size_mib} MiB ext4 image at {path}: the size must be positive")
+        raise HostError(f"cannot make a {size_mib} MiB ext4 image at {path}: the size must be positive")
     with path.open("wb") as disk:
         disk.truncate(size_mib * 2**20)
     cmd = ["mkfs.ext4", "-q", "-F", "-b", "4096", "-L", label, "-E", "lazy_itable_init=0,lazy_journal_init=1"]
@@ -30,4 +30,4 @@ def make_ext4(path: Path, size_mib: int, label: str, journal: bool = True, conte
     result = subprocess.run([*cmd, str(path)], capture_output=True, text=True, check=False)
     if result.returncode != 0:
         path.unlink(missing_ok=True)
-        raise PodbayError(f"mkfs.ext4 failed for {path} (exit status {result.returncode}): {result.stderr.strip()}")
+        raise HostError(f"mkfs.ext4 failed for {path} (exit status {result.returncode}): {result.stderr.strip()}")

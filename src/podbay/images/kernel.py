@@ -16,7 +16,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from podbay.errors import PodbayError
+from podbay.errors import HostError
 from podbay.images.cache import BuildLog, CacheEntry, content_key, human_size, kind_lock
 
 SOURCE_PACKAGE = "linux-source-6.1"
@@ -55,7 +55,7 @@ def build_kernel(images: Path, console: Console, force: bool = False) -> Path:
             return entry.path / "vmlinux"
         version = source_version()
         if version == "not-installed" or not SOURCE_TARBALL.exists():
-            raise PodbayError(
+            raise HostError(
                 f"cannot build the guest kernel: {SOURCE_TARBALL} is missing; "
                 f"install it with `apt-get install {SOURCE_PACKAGE}`"
             )
@@ -113,7 +113,7 @@ def _configure(source: Path, build_dir: Path, log: BuildLog) -> None:
     log.run("make olddefconfig", ["make", "-C", build_dir, "olddefconfig"])
     unmet = unmet_options(FRAGMENT.read_text(), (build_dir / ".config").read_text())
     if unmet:
-        raise PodbayError(
+        raise HostError(
             f"the final kernel config differs from {FRAGMENT} (an unmet dependency, or an option another "
             f"one selects; adjust the fragment), wanted: {', '.join(unmet)}"
         )

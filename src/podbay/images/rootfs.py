@@ -16,7 +16,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from podbay.errors import PodbayError
+from podbay.errors import HostError
 from podbay.images.cache import BuildLog, CacheEntry, content_key, human_size, kind_lock, tree_size
 
 PACKAGES = Path(__file__).parent / "recipes" / "rootfs.packages"
@@ -118,7 +118,7 @@ def _build_base(images: Path, console: Console, force: bool) -> CacheEntry:
 def _require_root() -> None:
     # mmdebstrap's root mode keeps real owners and device nodes, and the precompile step runs in a chroot.
     if os.geteuid() != 0:
-        raise PodbayError("building the guest root filesystem needs root: run `sudo podbay images build`")
+        raise HostError("building the guest root filesystem needs root: run `sudo podbay images build`")
 
 
 def _install_guest_files(tree: Path) -> None:

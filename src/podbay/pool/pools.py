@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
+from podbay.channel import check_timeout
 from podbay.errors import GuestError, InvalidSpec
 from podbay.isolation.base import Backend, PodAssignment, Sandbox, SandboxShape
 from podbay.models import PodSpec
 from podbay.pool.factory import SandboxFactory, require
-from podbay.pool.warm import Member, WarmPool, available_memory_mib, check_fits
+from podbay.pool.warm import Member, PoolReport, WarmPool, available_memory_mib, check_fits
 
 MAX_POOL_SIZE = 256
 MEMBER_BOOT_TIMEOUT_S = 120.0
@@ -31,30 +31,73 @@ def shape_of(spec: PodSpec) -> SandboxShape:
     )
 
 
+class AsyncPools:
+    """`platform.pools` (asyncio): warm pools of pre-started sandboxes, one per shape."""
+
+    def __init__(self, pools: Pools) -> None:
+        self._pools = pools
+
+    async def ensure(
+        self,
+        size: int,
+        *,
+        wait: float | None = None,
+        backend: str = "qemu",
+        vcpus: int = 1,
+        memory_mib: int = 256,
+        disk_mib: int = 1024,
+        preload: str | None = None,
+    ) -> PoolReport:
+        """Keep `size` idle members of this shape (PodSpec's fields of the same names) refilled in the
+        background; `size=0` empties the pool. With `wait`, wait up to that many seconds until they are all up.
+        A pod's own fields (memory_db, volume, env, context...) are not a pool's: a claim injects them."""
+        if wait is not None:
+            check_timeout(wait, "wait")
+        pool = await self._pools.ensure(
+            size, backend=backend, vcpus=vcpus, memory_mib=memory_mib, disk_mib=disk_mib, preload=preload
+        )
+        if wait is not None:
+            await pool.wait_full(wait)
+        return pool.report()
+
+    def report(self) -> list[PoolReport]:
+        """Per pool: size, idle members, hit rate, claim latency, refill rate, failures."""
+        return self._pools.report()
+
+
 class Pools:
+    """The warm pools themselves (the platform's; callers use AsyncPools or podbay.Pools)."""
+
     def __init__(self, factory: SandboxFactory, backend_for: Callable[[str], Backend]) -> None:
         self._factory = factory
         self._backend_for = backend_for
         self._pools: dict[SandboxShape, WarmPool] = {}
 
-    async def ensure(self, size: int, **fields: Any) -> WarmPool:
-        """Keep `size` idle members of the shape `fields` describe (PodSpec fields: backend, vcpus,
-        memory_mib, disk_mib), refilled in the background; `size=0` empties the pool. Returns at once."""
+    async def ensure(
+        self,
+        size: int,
+        *,
+        backend: str = "qemu",
+        vcpus: int = 1,
+        memory_mib: int = 256,
+        disk_mib: int = 1024,
+        preload: str | None = None,
+    ) -> WarmPool:
+        """Keep `size` idle members of this shape (PodSpec's fields of the same names) refilled in the
+        background; `size=0` empties the pool. Returns at once. A pod's own fields (POD_FIELDS) are not a
+        pool's: a claim injects them."""
         if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= MAX_POOL_SIZE:
             raise InvalidSpec("size", f"{size!r} is not an integer from 0 to {MAX_POOL_SIZE}", "pass e.g. size=8")
-        for name in POD_FIELDS:
-            if name in fields:
-                raise InvalidSpec(name, "is a pod's, not a pool's", "pass it to create_agent(); a claim injects it")
-        spec = PodSpec.parse(**fields)
-        backend = self._backend_for(spec.backend)
-        require(backend, "pool", "keep a warm pool", "create pods directly")
+        spec = PodSpec.parse(backend=backend, vcpus=vcpus, memory_mib=memory_mib, disk_mib=disk_mib, preload=preload)
+        runs_on = self._backend_for(spec.backend)
+        require(runs_on, "pool", "keep a warm pool", "create pods directly")
         shape = shape_of(spec)
         pool = self._pools.get(shape)
         growth = size - (pool.size if pool else 0)
         if growth > 0:
             check_fits(shape, growth, available_memory_mib())
         if pool is None:
-            pool = WarmPool(shape, size, lambda: self._start_member(backend, shape), _discard)
+            pool = WarmPool(shape, size, lambda: self._start_member(runs_on, shape), _discard)
             self._pools[shape] = pool
             pool.start()
         pool.resize(size)
@@ -70,7 +113,7 @@ class Pools:
             return None, f"the warm pool of this shape is empty ({pool.size} wanted, refilling)"
         return member, f"{pool.idle} of {pool.size} left idle"
 
-    def report(self) -> list[dict[str, Any]]:
+    def report(self) -> list[PoolReport]:
         return [pool.report() for pool in self._pools.values()]
 
     async def close(self) -> None:

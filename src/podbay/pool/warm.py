@@ -21,9 +21,9 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TypedDict
 
-from podbay.errors import InvalidSpec, PodbayError, Timeout
+from podbay.errors import GuestError, HostError, InvalidSpec, PodbayError, Timeout
 from podbay.isolation.base import Sandbox, SandboxShape
 from podbay.isolation.qemu.template import ClonedSandbox
 from podbay.rundir import RunDir
@@ -34,6 +34,39 @@ RETRY_MAX_S = 30.0
 # What a member costs the host beyond its guest memory, at most (VMM, page tables, the layer's page cache);
 # used only to refuse a pool that cannot fit, before anything starts.
 MEMBER_OVERHEAD_MIB = 64
+
+
+class PoolShape(TypedDict):
+    backend: str
+    vcpus: int
+    memory_mib: int
+    layer_mib: int
+
+
+class Percentiles(TypedDict):
+    n: int
+    p50: float
+    p90: float
+    p99: float
+    max: float
+
+
+class PoolReport(TypedDict):
+    """One warm pool's state and statistics (`platform.pools.report()`, `ensure`)."""
+
+    shape: PoolShape
+    size: int
+    idle: int
+    claims: int
+    hits: int
+    hit_rate: float | None
+    claim_ms: Percentiles | None
+    member_start_ms: Percentiles | None
+    refill_per_s: float | None
+    dead_replaced: int
+    refill_errors: int
+    last_error: str | None
+    idle_member_pids: list[int]
 
 
 @dataclass
@@ -109,7 +142,7 @@ class WarmPool:
             started = time.perf_counter()
             try:
                 if not member.sandbox.alive:
-                    raise PodbayError("its sandbox exited while it waited")
+                    raise GuestError("its sandbox exited while it waited")
                 await member.sandbox.resume()
                 if isinstance(member.sandbox, ClonedSandbox):
                     await member.sandbox.reseed(member.run_dir.pod_id)
@@ -179,7 +212,7 @@ class WarmPool:
         members, self._idle = list(self._idle), deque()
         await asyncio.gather(*(self._discard_quietly(member) for member in members), *self._discarding)
 
-    def report(self) -> dict[str, Any]:
+    def report(self) -> PoolReport:
         """Hit rate, claim latency, refill rate: what `podbay pool` and the benchmark print."""
         stats = self.stats
         elapsed = time.monotonic() - stats.first_start_at if stats.first_start_at else 0.0
@@ -222,10 +255,10 @@ def available_memory_mib() -> int:
         for line in meminfo:
             if line.startswith("MemAvailable:"):
                 return int(line.split()[1]) // 1024
-    raise PodbayError("/proc/meminfo has no MemAvailable line")
+    raise HostError("/proc/meminfo has no MemAvailable line")
 
 
-def _percentiles(samples: list[float]) -> dict[str, float] | None:
+def _percentiles(samples: list[float]) -> Percentiles | None:
     if not samples:
         return None
     ordered = sorted(samples)

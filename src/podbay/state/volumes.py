@@ -56,7 +56,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from podbay.errors import Conflict, GuestError, InvalidSpec, NotFound, PodbayError, Timeout
+from podbay.errors import Conflict, GuestError, HostError, InvalidSpec, NotFound, Timeout
 from podbay.flock import try_flock
 from podbay.images.ext4 import make_ext4
 from podbay.models import NAME_PATTERN
@@ -185,7 +185,7 @@ class VolumeStore:
             finally:
                 db.close()  # the last connection: checkpoints and removes -wal and -shm
             if mode != ("wal",):
-                raise PodbayError(f"SQLite did not put the new database of volume {name!r} in WAL mode: {mode}")
+                raise HostError(f"SQLite did not put the new database of volume {name!r} in WAL mode: {mode}")
             partial = Path(scratch) / "image.ext4"
             make_ext4(partial, size_mib, label=name[:16], journal=True, contents=contents)
             os.replace(partial, path)  # a half-made volume never appears under its name
@@ -287,7 +287,7 @@ class VolumeStore:
         try:
             self._export(name, path, inner, destination)
         except OSError as exc:  # the host's side: no space for the private copy, a permission...
-            raise PodbayError(f"cannot export {file!r} from volume {name!r}: {exc}") from None
+            raise HostError(f"cannot export {file!r} from volume {name!r}: {exc}") from None
         return destination
 
     def _export(self, name: str, path: Path, inner: str, destination: Path) -> None:
@@ -549,7 +549,7 @@ def _tool(name: str) -> str:
     found = shutil.which(name, path=f"{os.environ.get('PATH', '')}:{_TOOL_PATH}")
     if found is None:
         package = "e2fsprogs" if name in ("e2fsck", "debugfs") else "util-linux"
-        raise PodbayError(f"{name} is not installed; install {package} to export volumes")
+        raise HostError(f"{name} is not installed; install {package} to export volumes")
     return found
 
 
@@ -605,13 +605,13 @@ def _publish(source: int, destination: Path) -> None:
             size = os.fstat(source).st_size
             _copy_range(source, target, 0, size)
             if os.fstat(target).st_size != size:
-                raise PodbayError(f"cannot write {destination}: the copy came out short")
+                raise HostError(f"cannot write {destination}: the copy came out short")
             os.fsync(target)
         finally:
             os.close(target)
         os.replace(partial, destination)
     except OSError as exc:
-        raise PodbayError(f"cannot write {destination}: {exc.strerror or exc}") from None
+        raise HostError(f"cannot write {destination}: {exc.strerror or exc}") from None
     finally:
         with contextlib.suppress(OSError):
             partial.unlink()  # left only if something failed

