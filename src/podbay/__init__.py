@@ -10,17 +10,23 @@ from podbay.errors import (
     PodbayError,
     QuotaExceeded,
     Timeout,
+    Unauthorized,
     Unsupported,
 )
-from podbay.models import ExecResult, FileEntry, Phase, PodInfo, PodSpec, PodState, SandboxInfo, SnapshotInfo
+from podbay.models import ExecEvent, ExecResult, FileEntry, Phase, PodInfo, PodSpec, PodState, SandboxInfo, SnapshotInfo
 from podbay.platform import AsyncPlatform, AsyncPod
+from podbay.sdk import AsyncClient, AsyncRemotePod, Client, RemotePod
 from podbay.sync import Platform, Pod
 
 __all__ = [
+    "AsyncClient",
     "AsyncPlatform",
     "AsyncPod",
+    "AsyncRemotePod",
     "BackendUnavailable",
+    "Client",
     "Conflict",
+    "ExecEvent",
     "ExecResult",
     "FileEntry",
     "GuestError",
@@ -35,8 +41,10 @@ __all__ = [
     "PodState",
     "PodbayError",
     "QuotaExceeded",
+    "RemotePod",
     "SandboxInfo",
     "SnapshotInfo",
     "Timeout",
+    "Unauthorized",
     "Unsupported",
 ]

@@ -9,7 +9,11 @@ PodbayError                 root: catch this to catch everything podbay raises
 │   └── Unsupported         the backend cannot do this operation (names the backend and the alternative)
 ├── GuestError              the sandbox or its agent failed (crash, protocol error, command refused)
 ├── Timeout                 an operation did not finish in time
-└── QuotaExceeded           a limit was hit
+├── QuotaExceeded           a limit was hit
+└── Unauthorized            the REST API's token is missing, unknown or revoked (podbay serve, podbay.Client)
+
+Every error may carry `pod_id` (None where no pod is concerned). Over the REST API each one crosses the wire as
+`{"error": {"type", "message", "field", "pod_id"}}` and the SDK raises the same class again (`podbay.wire`).
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from __future__ import annotations
 
 class PodbayError(Exception):
     """Root of every error podbay raises."""
+
+    pod_id: str | None = None  # the pod concerned, where there is one
 
 
 class NotFound(PodbayError):
@@ -65,3 +71,7 @@ class Timeout(PodbayError):
 
 class QuotaExceeded(PodbayError):
     """A limit was hit."""
+
+
+class Unauthorized(PodbayError):
+    """The REST API's bearer token is missing, unknown or revoked."""
