@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from podbay.errors import InvalidSpec, PodbayError, Unsupported
-from podbay.models import _fix_for
+from podbay.models import PodSpec, _fix_for
 
 
 class ExecRequest(BaseModel):
@@ -69,10 +69,16 @@ def error_body(exc: PodbayError, pod_id: str | None = None) -> dict[str, Any]:
 
 def validation_error(problems: Sequence[Any]) -> InvalidSpec:
     """pydantic's (or FastAPI's) list of problems as InvalidSpec for the first one, naming the field."""
-    first = dict(problems[0]) if problems else {"loc": (), "msg": "invalid request"}
+    first: dict[str, Any] = dict(problems[0]) if problems else {"loc": (), "msg": "invalid request"}
+    if first.get("type") == "json_invalid":
+        context = first.get("ctx") or {}
+        problem = f"is not valid JSON ({context.get('error', 'JSON decode error')})"
+        return InvalidSpec("body", problem, "send one JSON object (Content-Type: application/json)")
     loc = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path", "header")]
     field = ".".join(loc) or "body"
-    return InvalidSpec(field, str(first.get("msg", "invalid")), _fix_for(field))
+    root = field.split(".")[0]
+    fix = _fix_for(field) if root in PodSpec.model_fields else "see docs/api.md for this route's fields"
+    return InvalidSpec(field, str(first.get("msg", "invalid")), fix)
 
 
 def _classes() -> dict[str, type[PodbayError]]:

@@ -118,3 +118,22 @@ def test_the_registry_lives_in_the_state_root(paths: PodbayPaths) -> None:
 
     serve(paths, scenario)
     assert Path(paths.state / "server.db").stat().st_size > 0
+
+
+def test_hostile_bodies_are_refused_with_4xx_never_500(paths: PodbayPaths) -> None:
+    async def scenario(transport: httpx.ASGITransport, token: str, _: str) -> None:
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        async with httpx.AsyncClient(transport=transport, base_url="http://podbay", headers=headers) as raw:
+            for body in [
+                b'{"backend": "local", "context": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+                b'{"backend": "local", "context": {"a": NaN}}',
+                b'{"backend": "local", "env": {"PODBAY_POD_ID": "forged"}}',
+                b"\xff\xfe",
+                b"",
+            ]:
+                answer = await raw.post("/pods", content=body)
+                assert 400 <= answer.status_code < 500, answer.text
+                assert answer.json()["error"]["type"] == "InvalidSpec"
+            assert (await raw.request("PATCH", "/pods")).status_code == 405
+
+    serve(paths, scenario)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 import typer
 
 from podbay.cli.common import errors
@@ -20,5 +22,12 @@ def serve(
 
     from podbay.server import create_app
 
+    config = uvicorn.Config(
+        create_app(), host=host.strip("[]"), port=int(port_text), log_level=log_level, access_log=False
+    )
+    server = uvicorn.Server(config)
+    # uvicorn shuts down cleanly on SIGINT and SIGTERM; a closed terminal (SIGHUP) must too, not raise
+    # SystemExit in the middle of the event loop.
+    signal.signal(signal.SIGHUP, server.handle_exit)
     errors.print(f"podbay: serving on http://{host}:{port_text}", highlight=False)
-    uvicorn.run(create_app(), host=host.strip("[]"), port=int(port_text), log_level=log_level, access_log=False)
+    server.run()

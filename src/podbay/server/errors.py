@@ -13,7 +13,8 @@
 | Timeout                          | 504    |                                                            |
 | PodbayError, anything else       | 500    | with the shape, never a traceback (the server logs it)     |
 
-Unknown routes answer 404 (NotFound), wrong methods 405 (InvalidSpec, field "method").
+Unknown routes answer 404 (NotFound), wrong methods 405 (InvalidSpec, field "method"), a body FastAPI cannot
+even parse (JSON nested past Python's recursion limit) 400 (InvalidSpec, field "body").
 """
 
 from __future__ import annotations
@@ -85,6 +86,10 @@ def install(app: FastAPI) -> None:
         error: PodbayError
         if exc.status_code == 404:
             error = NotFound(f"no route {request.method} {request.url.path}; see docs/api.md")
+        elif exc.status_code == 400:  # FastAPI gave up parsing the body (e.g. JSON nested past the recursion limit)
+            error = InvalidSpec(
+                "body", f"could not be parsed ({exc.detail})", "send one JSON object, not nested deeply"
+            )
         elif exc.status_code == 405:
             error = InvalidSpec("method", f"{request.method} is not allowed on {request.url.path}", "see docs/api.md")
         else:
