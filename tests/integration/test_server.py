@@ -211,3 +211,17 @@ def test_a_client_that_leaves_a_stream_early_kills_the_command(server: Server) -
         while "sleep 37" in pod.exec(["sh", "-c", listing]).stdout:
             assert time.monotonic() < deadline, "the abandoned command still runs"
             time.sleep(0.2)
+
+
+def test_snapshots_belong_to_their_tenant(server: Server) -> None:
+    if not default_backends(server.paths)["qemu"].availability().available:
+        pytest.skip("snapshots need the qemu backend")
+    with Client(server.url, server.token_a) as owner, owner.create_agent() as pod:
+        pod.files.write("/tmp/note", b"before")
+        assert pod.snapshot("tenant-a-snap").path == "", "the server's paths stay on the server"
+        with owner.restore("tenant-a-snap") as copy:
+            assert copy.files.read("/tmp/note") == b"before"
+    with server.raw(server.token_b) as intruder:
+        answer = intruder.post("/snapshots/tenant-a-snap/restore")
+        assert answer.status_code == 404
+        assert answer.json()["error"]["message"] == "no snapshot 'tenant-a-snap'"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from podbay.errors import InvalidSpec, NotFound
+from podbay.errors import Conflict, InvalidSpec, NotFound
 from podbay.models import PodInfo, PodSpec
 from podbay.platform import AsyncPlatform, AsyncPod
 from podbay.server.registry import Registry
@@ -55,14 +55,16 @@ class Service:
         self.registry.end_pod(pod.id, "destroyed")
 
     def check_snapshot_name(self, tenant: str, name: str) -> None:
-        """A snapshot name another tenant holds is refused as taken (its contents stay hidden)."""
-        self.platform.snapshots.path(name)  # InvalidSpec for a bad name
+        """Snapshot names are one namespace for the host: a name another tenant holds is refused as taken
+        (which says no more than that the name is in use)."""
         if self.platform.snapshots.path(name).exists() and not self.registry.owns_snapshot(tenant, name):
-            raise InvalidSpec("name", f"the snapshot name {name!r} is taken", "choose another name")
+            raise Conflict(f"the snapshot name {name!r} is taken; choose another name")
 
     def snapshot_of(self, tenant: str, name: str) -> str:
-        self.platform.snapshots.path(name)
-        if not self.registry.owns_snapshot(tenant, name):
+        """The tenant's snapshot `name`, checked here so that the store's own NotFound (which lists every
+        snapshot on the host) never reaches a tenant."""
+        path = self.platform.snapshots.path(name)  # InvalidSpec for a bad name
+        if not self.registry.owns_snapshot(tenant, name) or not path.exists():
             raise NotFound(f"no snapshot {name!r}")
         return name
 
