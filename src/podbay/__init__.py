@@ -16,26 +16,42 @@ from podbay.errors import (
     PodbayError,
     QuotaExceeded,
     Timeout,
+    Unauthorized,
     Unsupported,
 )
 from podbay.isolation.base import Availability
-from podbay.models import ExecResult, FileEntry, Phase, PodInfo, PodSpec, PodState, SandboxInfo, SnapshotInfo
+from podbay.models import (
+    ExecEvent,
+    ExecResult,
+    FileEntry,
+    Phase,
+    PodInfo,
+    PodSpec,
+    PodState,
+    SandboxInfo,
+    SnapshotInfo,
+)
 from podbay.paths import PodbayPaths
 from podbay.platform import AsyncFiles, AsyncPlatform, AsyncPod
 from podbay.pool.pools import AsyncPools
 from podbay.pool.warm import Percentiles, PoolReport, PoolShape
+from podbay.sdk import AsyncClient, AsyncRemotePod, Client, RemotePod
 from podbay.snapshots import SnapshotStore
 from podbay.state.volumes import VolumeInfo, VolumeStore
 from podbay.sync import Files, Platform, Pod, Pools, Process
 
 __all__ = [
+    "AsyncClient",
     "AsyncFiles",
     "AsyncPlatform",
     "AsyncPod",
     "AsyncPools",
+    "AsyncRemotePod",
     "Availability",
     "BackendUnavailable",
+    "Client",
     "Conflict",
+    "ExecEvent",
     "ExecResult",
     "FileEntry",
     "Files",
@@ -59,10 +75,12 @@ __all__ = [
     "Pools",
     "Process",
     "QuotaExceeded",
+    "RemotePod",
     "SandboxInfo",
     "SnapshotInfo",
     "SnapshotStore",
     "Timeout",
+    "Unauthorized",
     "Unsupported",
     "VolumeInfo",
     "VolumeStore",

@@ -12,9 +12,12 @@ PodbayError                 root: catch this to catch everything podbay raises; 
 ├── GuestError              the sandbox or its agent failed (crash, protocol error, malformed answer)
 ├── HostError               the host failed podbay: a tool is missing, a disk is full, a file cannot be written
 ├── Timeout                 an operation did not finish in time
-└── QuotaExceeded           a limit was hit
+├── QuotaExceeded           a limit was hit
+└── Unauthorized            the REST API's token is missing, unknown or revoked (podbay serve, podbay.Client)
 
-Every error about one pod carries its id in `pod_id` (None where no pod is concerned).
+Every error about one pod carries its id in `pod_id` (None where no pod is concerned). Over the REST API each
+one crosses the wire as `{"error": {"type", "message", "field", "pod_id"}}` and the SDK raises the same class
+again (`podbay.wire`).
 """
 
 from __future__ import annotations
@@ -93,6 +96,10 @@ class Timeout(PodbayError):
 
 class QuotaExceeded(PodbayError):
     """A limit was hit."""
+
+
+class Unauthorized(PodbayError):
+    """The REST API's bearer token is missing, unknown or revoked."""
 
 
 @contextmanager

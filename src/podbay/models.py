@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import json
 import re
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -227,6 +227,17 @@ class ExecResult(BaseModel):
     @property
     def ok(self) -> bool:
         return self.exit_code == 0
+
+
+class ExecEvent(BaseModel):
+    """One event of a streamed command (`pod.exec_stream`): a chunk of stdout or stderr as it came, and last
+    the exit with the whole result. Over the REST API each is one NDJSON line; `data` is base64 there."""
+
+    model_config = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64")
+
+    kind: Literal["stdout", "stderr", "exit"]
+    data: bytes = b""
+    result: ExecResult | None = None  # set on the exit event
 
 
 class FileEntry(BaseModel):

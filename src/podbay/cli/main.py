@@ -1,10 +1,11 @@
-"""Entry point: `podbay doctor | images build | templates ... | snapshot ... | run | volume ... | demo | bench ...`."""
+"""Entry point: `podbay doctor | images build | templates ... | snapshot ... | run | volume ... | demo | bench ... |
+serve | tokens ...`."""
 
 from __future__ import annotations
 
 import typer
 
-from podbay.cli import bench, demo, doctor, images, run, snapshot, templates, volume
+from podbay.cli import bench, demo, doctor, images, run, serve, snapshot, templates, tokens, volume
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -14,11 +15,13 @@ app = typer.Typer(
 app.command("doctor")(doctor.doctor)
 app.command("run", context_settings={"allow_interspersed_args": False})(run.run)
 app.command("demo")(demo.demo)
+app.command("serve")(serve.serve)
 app.add_typer(images.app, name="images")
 app.add_typer(templates.app, name="templates")
 app.add_typer(snapshot.app, name="snapshot")
 app.add_typer(volume.app, name="volume")
 app.add_typer(bench.app, name="bench")
+app.add_typer(tokens.app, name="tokens")
 
 
 def main() -> None:

@@ -1,0 +1,33 @@
+"""`podbay serve --listen HOST:PORT`: the REST API (FastAPI under uvicorn) over one platform."""
+
+from __future__ import annotations
+
+import signal
+
+import typer
+
+from podbay.cli.common import errors
+
+
+def serve(
+    listen: str = typer.Option("127.0.0.1:8080", "--listen", help="HOST:PORT to listen on (loopback by default)"),
+    log_level: str = typer.Option("info", "--log-level", help="uvicorn's log level: debug, info, warning, error"),
+) -> None:
+    """Serve pods over HTTP to the holders of API tokens (`podbay tokens create`); Ctrl-C or SIGTERM stops it
+    and destroys its pods. State: PODBAY_STATE (the registry is server.db there)."""
+    host, sep, port_text = listen.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise typer.BadParameter(f"{listen!r} is not HOST:PORT (e.g. 127.0.0.1:8080)", param_hint="--listen")
+    import uvicorn  # only the server needs it
+
+    from podbay.server import create_app
+
+    config = uvicorn.Config(
+        create_app(), host=host.strip("[]"), port=int(port_text), log_level=log_level, access_log=False
+    )
+    server = uvicorn.Server(config)
+    # uvicorn shuts down cleanly on SIGINT and SIGTERM; a closed terminal (SIGHUP) must too, not raise
+    # SystemExit in the middle of the event loop.
+    signal.signal(signal.SIGHUP, server.handle_exit)
+    errors.print(f"podbay: serving on http://{host}:{port_text}", highlight=False)
+    server.run()

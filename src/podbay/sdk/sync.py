@@ -1,0 +1,142 @@
+"""`Client`: the blocking wrapper over `AsyncClient` — its event loop in a daemon thread (podbay.sync's), one
+line per method, as `Platform` wraps `AsyncPlatform`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Iterator, Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+from podbay.models import ExecEvent, ExecResult, PodInfo, PodSpec, SnapshotInfo
+from podbay.sdk.client import DEFAULT_TIMEOUT_S, AsyncClient, AsyncRemoteFiles, AsyncRemotePod
+from podbay.sync import _Loop
+
+
+class RemoteFiles:
+    def __init__(self, loop: _Loop, files: AsyncRemoteFiles) -> None:
+        self._loop = loop
+        self._files = files
+
+    def read(self, path: str) -> bytes:
+        return self._loop.run(self._files.read(path))
+
+    def write(self, path: str, data: bytes | str, mode: int = 0o644) -> int:
+        return self._loop.run(self._files.write(path, data, mode))
+
+
+class RemotePod:
+    def __init__(self, loop: _Loop, pod: AsyncRemotePod) -> None:
+        self._loop = loop
+        self._pod = pod
+        self.id = pod.id
+        self.spec = pod.spec
+        self.files = RemoteFiles(loop, pod.files)
+
+    def info(self) -> PodInfo:
+        return self._loop.run(self._pod.info())
+
+    def exec(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        stdin: bytes | None = None,
+        timeout: float | None = None,
+    ) -> ExecResult:
+        return self._loop.run(self._pod.exec(argv, env=env, cwd=cwd, stdin=stdin, timeout=timeout))
+
+    def exec_stream(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        stdin: bytes | None = None,
+        timeout: float | None = None,
+    ) -> Iterator[ExecEvent]:
+        """Yield stdout/stderr chunks as they come, then the exit; leaving the loop early kills the command."""
+        events = self._pod.exec_stream(argv, env=env, cwd=cwd, stdin=stdin, timeout=timeout)
+        try:
+            while True:
+                try:
+                    yield self._loop.run(_next(events))
+                except StopAsyncIteration:
+                    return
+        finally:
+            self._loop.run(events.aclose())
+
+    def pause(self) -> None:
+        self._loop.run(self._pod.pause())
+
+    def resume(self) -> None:
+        self._loop.run(self._pod.resume())
+
+    def snapshot(self, name: str) -> SnapshotInfo:
+        return self._loop.run(self._pod.snapshot(name))
+
+    def fork(self, n: int) -> list[RemotePod]:
+        return [RemotePod(self._loop, child) for child in self._loop.run(self._pod.fork(n))]
+
+    def destroy(self) -> None:
+        self._loop.run(self._pod.destroy())
+
+    def __enter__(self) -> RemotePod:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.destroy()
+
+
+class Client:
+    """The service's client, blocking API; defaults from PODBAY_SERVER and PODBAY_TOKEN. A context manager:
+    leaving it closes the connection (pods live on in the server until destroyed)."""
+
+    def __init__(
+        self, base_url: str | None = None, token: str | None = None, *, timeout: float = DEFAULT_TIMEOUT_S
+    ) -> None:
+        self._loop = _Loop()
+        try:
+            self._client = self._loop.run(_construct(base_url, token, timeout))
+        except BaseException:
+            self._loop.stop()
+            raise
+        self._closed = False
+
+    def create_agent(self, **fields: Any) -> RemotePod:
+        return RemotePod(self._loop, self._loop.run(self._client.create_agent(**fields)))
+
+    def create(self, spec: PodSpec) -> RemotePod:
+        return RemotePod(self._loop, self._loop.run(self._client.create(spec)))
+
+    def get(self, pod_id: str) -> RemotePod:
+        return RemotePod(self._loop, self._loop.run(self._client.get(pod_id)))
+
+    def list(self) -> list[PodInfo]:
+        return self._loop.run(self._client.list())
+
+    def restore(self, name: str) -> RemotePod:
+        return RemotePod(self._loop, self._loop.run(self._client.restore(name)))
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._loop.run(self._client.aclose())
+        self._loop.stop()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+async def _construct(base_url: str | None, token: str | None, timeout: float) -> AsyncClient:
+    return AsyncClient(base_url, token, timeout=timeout)  # made inside the loop that will use it
+
+
+async def _next(events: AsyncGenerator[ExecEvent, None]) -> ExecEvent:
+    return await anext(events)

@@ -1,0 +1,40 @@
+"""The FastAPI application: one AsyncPlatform for the whole service, made at start-up, closed at shutdown."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from podbay.paths import PodbayPaths
+from podbay.platform import AsyncPlatform
+from podbay.server import errors
+from podbay.server.registry import Registry
+from podbay.server.routes import router
+from podbay.server.service import Service
+
+
+def create_app(paths: PodbayPaths | None = None, platform: AsyncPlatform | None = None) -> FastAPI:
+    """The service over `platform` (made from `paths`, or PODBAY_STATE/PODBAY_CACHE, at start-up if not given;
+    a given platform is closed at shutdown too). Its registry is `<state>/server.db`."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        owned = platform or AsyncPlatform(paths)
+        registry = Registry(owned.paths.state / "server.db")
+        registry.end_all_pods("the server stopped; pods do not outlive it yet")
+        app.state.service = Service(owned, registry)
+        try:
+            yield
+        finally:
+            try:
+                await owned.close()
+            finally:
+                registry.end_all_pods("the server stopped")
+                registry.close()
+
+    app = FastAPI(title="podbay", version="0.1.0", lifespan=lifespan)
+    errors.install(app)
+    app.include_router(router)
+    return app

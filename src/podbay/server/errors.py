@@ -1,0 +1,111 @@
+"""Every error the service answers, mapped to HTTP in this one place, always in podbay's one JSON shape.
+
+| error                            | status | why                                                        |
+|----------------------------------|--------|------------------------------------------------------------|
+| InvalidSpec, request validation  | 422    | the body, query or path is wrong; `field` names it         |
+| Unauthorized                     | 401    | missing, unknown or revoked token                          |
+| NotFound                         | 404    | also for another tenant's pod or snapshot (never 403)      |
+| ImageMissing                     | 503    | the server's images are not built: the operator's problem  |
+| Conflict                         | 409    | wrong state (a paused pod), a name taken                   |
+| BackendUnavailable, Unsupported  | 501    | this host or backend does not implement that operation     |
+| QuotaExceeded                    | 429    |                                                            |
+| GuestError                       | 502    | the sandbox (the upstream of this request) failed          |
+| Timeout                          | 504    |                                                            |
+| HostError                        | 500    | the server's host failed podbay (a tool, a full disk)      |
+| PodbayError, anything else       | 500    | with the shape, never a traceback (the server logs it)     |
+
+Unknown routes answer 404 (NotFound), wrong methods 405 (InvalidSpec, field "method"), a body FastAPI cannot
+even parse (JSON nested past Python's recursion limit) 400 (InvalidSpec, field "body").
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from podbay.errors import (
+    BackendUnavailable,
+    Conflict,
+    GuestError,
+    HostError,
+    ImageMissing,
+    InvalidSpec,
+    NotFound,
+    PodbayError,
+    QuotaExceeded,
+    Timeout,
+    Unauthorized,
+)
+from podbay.wire import error_body, validation_error
+
+log = logging.getLogger("podbay.server")
+
+STATUS: dict[type[PodbayError], int] = {
+    InvalidSpec: 422,
+    Unauthorized: 401,
+    ImageMissing: 503,
+    NotFound: 404,
+    Conflict: 409,
+    BackendUnavailable: 501,
+    QuotaExceeded: 429,
+    GuestError: 502,
+    Timeout: 504,
+    HostError: 500,
+    PodbayError: 500,
+}
+
+
+def status_of(exc: PodbayError) -> int:
+    """The status of the nearest class in `exc`'s ancestry that the table names."""
+    for cls in type(exc).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]
+    return 500
+
+
+def error_response(exc: PodbayError, pod_id: str | None = None) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
+    return JSONResponse(error_body(exc, pod_id), status_code=status_of(exc), headers=headers)
+
+
+def install(app: FastAPI) -> None:
+    """Route every error through `error_response`."""
+
+    async def podbay_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, PodbayError)
+        return error_response(exc, request.path_params.get("pod_id"))
+
+    async def invalid_request(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        return error_response(validation_error(exc.errors()), request.path_params.get("pod_id"))
+
+    async def http_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, HTTPException)
+        error: PodbayError
+        if exc.status_code == 404:
+            error = NotFound(f"no route {request.method} {request.url.path}; see docs/api.md")
+        elif exc.status_code == 400:  # FastAPI gave up parsing the body (e.g. JSON nested past the recursion limit)
+            error = InvalidSpec(
+                "body", f"could not be parsed ({exc.detail})", "send one JSON object, not nested deeply"
+            )
+        elif exc.status_code == 405:
+            error = InvalidSpec("method", f"{request.method} is not allowed on {request.url.path}", "see docs/api.md")
+        else:
+            error = InvalidSpec("request", str(exc.detail), "see docs/api.md")
+        return JSONResponse(error_body(error), status_code=exc.status_code)
+
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        incident = secrets.token_hex(4)
+        log.error("incident %s: %s %s failed", incident, request.method, request.url.path, exc_info=exc)
+        error = PodbayError(f"internal error; the server logged it as incident {incident}")
+        return JSONResponse(error_body(error, request.path_params.get("pod_id")), status_code=500)
+
+    app.add_exception_handler(PodbayError, podbay_error)
+    app.add_exception_handler(RequestValidationError, invalid_request)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(Exception, unexpected)

@@ -1,0 +1,178 @@
+"""The service's own state: a SQLite database (WAL) at `<state>/server.db`.
+
+Tenants; API tokens, kept only as SHA-256 hashes (the token itself is shown once, when it is made); which
+tenant owns each pod and each snapshot. `podbay tokens` and `podbay serve` open it from separate processes:
+WAL and a busy timeout let them, and a revoked token is refused from the next request on.
+
+A token is 32 random bytes (256 bits): an unsalted, fast hash is enough to store it, since nobody can guess
+its preimage; lookups go by hash, so no comparison leaks a token's bytes through timing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from podbay.errors import InvalidSpec, NotFound, Unauthorized
+from podbay.models import NAME_PATTERN
+
+TOKEN_PREFIX = "pb_"
+TENANT_NAME = re.compile(NAME_PATTERN)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS tenants (
+    name TEXT PRIMARY KEY,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tokens (
+    id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL REFERENCES tenants(name),
+    sha256 TEXT NOT NULL UNIQUE,
+    created_at REAL NOT NULL,
+    revoked_at REAL
+);
+CREATE TABLE IF NOT EXISTS pods (
+    id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL REFERENCES tenants(name),
+    created_at REAL NOT NULL,
+    ended_at REAL,
+    end_reason TEXT
+);
+CREATE TABLE IF NOT EXISTS snapshots (
+    name TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL REFERENCES tenants(name),
+    created_at REAL NOT NULL
+);
+"""
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    id: str
+    tenant: str
+    created_at: float
+    revoked_at: float | None
+
+
+class Registry:
+    """One connection, shared by the server's event loop and its worker threads under a lock."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, timeout=10.0, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _run(self, sql: str, *args: object) -> list[tuple[object, ...]]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    # ---- tenants and tokens ------------------------------------------------------------------------------
+
+    def create_token(self, tenant: str) -> tuple[str, TokenRecord]:
+        """A new token for `tenant` (made if new): the token itself, which is stored only as its hash, and its
+        record (whose id names it for `podbay tokens revoke`)."""
+        if not TENANT_NAME.match(tenant):
+            raise InvalidSpec(
+                "tenant",
+                f"{tenant!r} is not a tenant name",
+                "use 1-63 characters: lower-case letters, digits, '.', '_' or '-', starting with a letter or digit",
+            )
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        record = TokenRecord(id="tok_" + secrets.token_hex(6), tenant=tenant, created_at=time.time(), revoked_at=None)
+        with self._lock, self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("INSERT OR IGNORE INTO tenants VALUES (?, ?)", (tenant, record.created_at))
+            self._db.execute(
+                "INSERT INTO tokens VALUES (?, ?, ?, ?, NULL)",
+                (record.id, tenant, hash_token(token), record.created_at),
+            )
+        return token, record
+
+    def revoke(self, token_or_id: str) -> TokenRecord:
+        """Revoke a token, named by its id (`tok_...`) or by the token itself."""
+        key = hash_token(token_or_id) if token_or_id.startswith(TOKEN_PREFIX) else None
+        rows = self._run(
+            "UPDATE tokens SET revoked_at = coalesce(revoked_at, ?) WHERE id = ? OR sha256 = ? "
+            "RETURNING id, tenant, created_at, revoked_at",
+            time.time(),
+            token_or_id,
+            key,
+        )
+        if not rows:
+            raise NotFound(f"no token {token_or_id!r}; `podbay tokens ls` lists them")
+        return _token(rows[0])
+
+    def tokens(self) -> list[TokenRecord]:
+        rows = self._run("SELECT id, tenant, created_at, revoked_at FROM tokens ORDER BY created_at")
+        return [_token(row) for row in rows]
+
+    def tenant_of(self, token: str) -> str:
+        """The tenant a live token belongs to; Unauthorized if it is unknown or revoked."""
+        rows = self._run("SELECT tenant, revoked_at FROM tokens WHERE sha256 = ?", hash_token(token))
+        if not rows:
+            raise Unauthorized("unknown API token; make one with `podbay tokens create --tenant NAME`")
+        if rows[0][1] is not None:
+            raise Unauthorized("this API token was revoked; make a new one with `podbay tokens create`")
+        return str(rows[0][0])
+
+    # ---- ownership ---------------------------------------------------------------------------------------
+
+    def add_pod(self, pod_id: str, tenant: str) -> None:
+        self._run("INSERT INTO pods VALUES (?, ?, ?, NULL, NULL)", pod_id, tenant, time.time())
+
+    def end_pod(self, pod_id: str, reason: str) -> None:
+        self._run(
+            "UPDATE pods SET ended_at = ?, end_reason = ? WHERE id = ? AND ended_at IS NULL",
+            time.time(),
+            reason,
+            pod_id,
+        )
+
+    def owns_pod(self, tenant: str, pod_id: str) -> bool:
+        return bool(self._run("SELECT 1 FROM pods WHERE id = ? AND tenant = ? AND ended_at IS NULL", pod_id, tenant))
+
+    def live_pods(self, tenant: str) -> list[str]:
+        rows = self._run("SELECT id FROM pods WHERE tenant = ? AND ended_at IS NULL ORDER BY created_at", tenant)
+        return [str(row[0]) for row in rows]
+
+    def end_all_pods(self, reason: str) -> int:
+        """Mark every pod still recorded as live as ended (the server stopped, or starts after a stop)."""
+        return len(
+            self._run(
+                "UPDATE pods SET ended_at = ?, end_reason = ? WHERE ended_at IS NULL RETURNING id", time.time(), reason
+            )
+        )
+
+    def add_snapshot(self, name: str, tenant: str) -> None:
+        self._run("INSERT OR REPLACE INTO snapshots VALUES (?, ?, ?)", name, tenant, time.time())
+
+    def owns_snapshot(self, tenant: str, name: str) -> bool:
+        return bool(self._run("SELECT 1 FROM snapshots WHERE name = ? AND tenant = ?", name, tenant))
+
+
+def _token(row: tuple[object, ...]) -> TokenRecord:
+    revoked = row[3]
+    return TokenRecord(
+        id=str(row[0]),
+        tenant=str(row[1]),
+        created_at=float(str(row[2])),
+        revoked_at=float(str(revoked)) if revoked is not None else None,
+    )

@@ -1,0 +1,182 @@
+"""The REST routes: pods, exec (plain and streamed as NDJSON), files, snapshots, fork. See docs/api.md."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import StreamingResponse
+
+from podbay.errors import InvalidSpec, PodbayError, Unauthorized
+from podbay.guest.protocol import MAX_PAYLOAD
+from podbay.models import ExecEvent, ExecResult, PodInfo, PodSpec, SnapshotInfo
+from podbay.server.service import Service
+from podbay.wire import ExecRequest, FileWritten, ForkRequest, SnapshotRequest, error_body
+
+router = APIRouter()
+_background: set[asyncio.Future[None]] = set()  # kills of abandoned streamed commands, until they are sent
+
+
+def _forget(task: asyncio.Future[None]) -> None:
+    _background.discard(task)
+    if not task.cancelled():
+        task.exception()  # the pod may be gone already: nothing to kill
+
+
+def service(request: Request) -> Service:
+    found: Service = request.app.state.service
+    return found
+
+
+def tenant(request: Request) -> str:
+    """The tenant of the request's bearer token: every route but /healthz needs one."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("no API token: send `Authorization: Bearer <token>` (`podbay tokens create`)")
+    return service(request).registry.tenant_of(token.strip())
+
+
+ServiceDep = Annotated[Service, Depends(service)]
+TenantDep = Annotated[str, Depends(tenant)]
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, bool]:
+    return {"ok": True}
+
+
+@router.post("/pods", response_model=PodInfo, status_code=201)
+async def create_pod(spec: PodSpec, svc: ServiceDep, who: TenantDep) -> PodInfo:
+    return (await svc.create(who, spec)).info()
+
+
+@router.get("/pods", response_model=list[PodInfo])
+async def list_pods(svc: ServiceDep, who: TenantDep) -> list[PodInfo]:
+    return svc.pods(who)
+
+
+@router.get("/pods/{pod_id}", response_model=PodInfo)
+async def get_pod(pod_id: str, svc: ServiceDep, who: TenantDep) -> PodInfo:
+    return svc.pod(who, pod_id).info()
+
+
+@router.delete("/pods/{pod_id}", response_model=PodInfo)
+async def destroy_pod(pod_id: str, svc: ServiceDep, who: TenantDep) -> PodInfo:
+    pod = svc.pod(who, pod_id)
+    await svc.destroy(pod)
+    return pod.info()
+
+
+@router.post("/pods/{pod_id}/pause", response_model=PodInfo)
+async def pause_pod(pod_id: str, svc: ServiceDep, who: TenantDep) -> PodInfo:
+    pod = svc.pod(who, pod_id)
+    await pod.pause()
+    return pod.info()
+
+
+@router.post("/pods/{pod_id}/resume", response_model=PodInfo)
+async def resume_pod(pod_id: str, svc: ServiceDep, who: TenantDep) -> PodInfo:
+    pod = svc.pod(who, pod_id)
+    await pod.resume()
+    return pod.info()
+
+
+@router.post("/pods/{pod_id}/exec", response_model=ExecResult)
+async def exec_in_pod(pod_id: str, body: ExecRequest, svc: ServiceDep, who: TenantDep) -> ExecResult:
+    pod = svc.pod(who, pod_id)
+    return await pod.exec(body.argv, env=body.env, cwd=body.cwd, stdin=body.stdin, timeout=body.timeout)
+
+
+@router.post("/pods/{pod_id}/exec/stream")
+async def exec_stream(pod_id: str, body: ExecRequest, svc: ServiceDep, who: TenantDep) -> StreamingResponse:
+    """NDJSON: a line per stdout/stderr chunk as it comes (`data` in base64), then one exit line with the
+    result. Errors before the command starts answer as usual; a failure after it started is one last line in
+    the error shape. A client that goes away kills the command."""
+    pod = svc.pod(who, pod_id)
+    queue: asyncio.Queue[ExecEvent | None] = asyncio.Queue()
+    process = await pod.start_process(
+        body.argv,
+        env=body.env,
+        cwd=body.cwd,
+        stdin=body.stdin is not None,
+        timeout=body.timeout,
+        on_stdout=lambda chunk: queue.put_nowait(ExecEvent(kind="stdout", data=chunk)),
+        on_stderr=lambda chunk: queue.put_nowait(ExecEvent(kind="stderr", data=chunk)),
+    )
+    if body.stdin is not None:
+        await process.write_stdin(body.stdin, eof=True)
+    waiter = asyncio.ensure_future(process.wait())
+    waiter.add_done_callback(lambda _: queue.put_nowait(None))  # after every chunk: wait() ends after them
+
+    async def lines() -> AsyncIterator[str]:
+        try:
+            while (event := await queue.get()) is not None:
+                yield event.model_dump_json() + "\n"
+            try:
+                result = waiter.result()
+            except PodbayError as exc:
+                yield json.dumps(error_body(exc, pod_id)) + "\n"
+                return
+            yield ExecEvent(kind="exit", result=result).model_dump_json() + "\n"
+        finally:
+            if not waiter.done():  # the client went away: the command goes too (not awaited: we are cancelled)
+                waiter.cancel()
+                kill = asyncio.ensure_future(process.signal(9))
+                _background.add(kill)
+                kill.add_done_callback(_forget)
+
+    return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+
+@router.get("/pods/{pod_id}/files")
+async def read_file(
+    pod_id: str, svc: ServiceDep, who: TenantDep, path: Annotated[str, Query(min_length=1)]
+) -> Response:
+    data = await svc.pod(who, pod_id).files.read(path)
+    return Response(content=data, media_type="application/octet-stream")
+
+
+@router.put("/pods/{pod_id}/files", response_model=FileWritten)
+async def write_file(
+    pod_id: str,
+    request: Request,
+    svc: ServiceDep,
+    who: TenantDep,
+    path: Annotated[str, Query(min_length=1)],
+    mode: Annotated[int, Query(ge=0, le=0o7777)] = 0o644,
+) -> FileWritten:
+    pod = svc.pod(who, pod_id)
+    data = bytearray()
+    async for chunk in request.stream():
+        data += chunk
+        if len(data) > MAX_PAYLOAD:  # stop reading: the body would never fit one write
+            raise InvalidSpec("body", f"is more than {MAX_PAYLOAD} bytes", "upload it in parts")
+    size = await pod.files.write(path, bytes(data), mode)
+    return FileWritten(path=path, size=size)
+
+
+@router.post("/pods/{pod_id}/snapshot", response_model=SnapshotInfo, status_code=201)
+async def snapshot_pod(pod_id: str, body: SnapshotRequest, svc: ServiceDep, who: TenantDep) -> SnapshotInfo:
+    pod = svc.pod(who, pod_id)
+    svc.check_snapshot_name(who, body.name)
+    info = await pod.snapshot(body.name)
+    svc.registry.add_snapshot(body.name, who)
+    return info.model_copy(update={"path": ""})  # a path on the server's host is none of the client's business
+
+
+@router.post("/snapshots/{name}/restore", response_model=PodInfo, status_code=201)
+async def restore_snapshot(name: str, svc: ServiceDep, who: TenantDep) -> PodInfo:
+    pod = await svc.platform.restore(svc.snapshot_of(who, name))
+    await svc.adopt(who, pod)
+    return pod.info()
+
+
+@router.post("/pods/{pod_id}/fork", response_model=list[PodInfo], status_code=201)
+async def fork_pod(pod_id: str, body: ForkRequest, svc: ServiceDep, who: TenantDep) -> list[PodInfo]:
+    children = await svc.pod(who, pod_id).fork(body.n)
+    for child in children:
+        await svc.adopt(who, child)
+    return [child.info() for child in children]
