@@ -436,10 +436,14 @@ def _identity(path: Path) -> bytes:
 
 
 def sparse_copy(source: Path, target: Path) -> int:
-    """Copy `source` to a new file `target`, only its data extents (holes stay holes); return bytes copied."""
+    """Copy `source` to a new file `target`, only its data extents (holes stay holes); return bytes copied.
+
+    Across filesystems too: `copy_file_range` refuses a copy between two filesystems (EXDEV: a template on
+    disk, a pod's RAM in tmpfs), `sendfile` does the same in-kernel copy there."""
     copied = 0
     with open(source, "rb") as src, open(target, "xb") as dst:
         size = os.fstat(src.fileno()).st_size
+        copy = _copy_range
         offset = 0
         while offset < size:
             try:
@@ -449,16 +453,36 @@ def sparse_copy(source: Path, target: Path) -> int:
                     break
                 raise
             end = os.lseek(src.fileno(), start, os.SEEK_HOLE)
-            position = start
-            while position < end:
-                done = os.copy_file_range(src.fileno(), dst.fileno(), end - position, position, position)
-                if done == 0:
-                    break
-                position += done
-            copied += position - start
+            try:
+                copy(src.fileno(), dst.fileno(), start, end)
+            except OSError as exc:
+                if exc.errno != errno.EXDEV or copy is _send_range:
+                    raise
+                copy = _send_range
+                copy(src.fileno(), dst.fileno(), start, end)
+            copied += end - start
             offset = end
         os.ftruncate(dst.fileno(), size)
     return copied
+
+
+def _copy_range(src: int, dst: int, start: int, end: int) -> None:
+    position = start
+    while position < end:
+        done = os.copy_file_range(src, dst, end - position, position, position)
+        if done == 0:
+            raise OSError(errno.EIO, "the source file shrank while it was copied")
+        position += done
+
+
+def _send_range(src: int, dst: int, start: int, end: int) -> None:
+    os.lseek(dst, start, os.SEEK_SET)
+    position = start
+    while position < end:
+        done = os.sendfile(dst, src, position, end - position)
+        if done == 0:
+            raise OSError(errno.EIO, "the source file shrank while it was copied")
+        position += done
 
 
 def placeholder(path: Path) -> Path:
