@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -41,7 +42,7 @@ from podbay.errors import (
     Timeout,
     Unauthorized,
 )
-from podbay.wire import error_body, validation_error
+from podbay.wire import ErrorBody, error_body, validation_error
 
 log = logging.getLogger("podbay.server")
 
@@ -58,6 +59,27 @@ STATUS: dict[type[PodbayError], int] = {
     HostError: 500,
     PodbayError: 500,
 }
+
+
+# What each error status means, for the OpenAPI document (`responses` below); the table above is the source.
+MEANING: dict[int, str] = {
+    400: "InvalidSpec: the body could not even be parsed",
+    401: "Unauthorized: missing, unknown or revoked token",
+    404: "NotFound: no such pod, snapshot or route (also another tenant's)",
+    409: "Conflict: the pod is in the wrong state, or the name is taken",
+    422: "InvalidSpec: the body, query or path is wrong; `field` names it",
+    429: "QuotaExceeded",
+    500: "HostError or an unexpected failure (the server logs it with an incident id)",
+    501: "BackendUnavailable or Unsupported: this host or backend does not implement it",
+    502: "GuestError: the sandbox failed",
+    503: "ImageMissing: the server's images are not built",
+    504: "Timeout",
+}
+
+
+def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """FastAPI's `responses=` for these error statuses: each in the one error shape (ErrorBody)."""
+    return {status: {"model": ErrorBody, "description": MEANING[status]} for status in statuses}
 
 
 def status_of(exc: PodbayError) -> int:

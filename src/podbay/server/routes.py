@@ -9,10 +9,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from podbay.errors import InvalidSpec, PodbayError, Unauthorized
 from podbay.guest.protocol import MAX_PAYLOAD
 from podbay.models import ExecEvent, ExecResult, PodInfo, PodSpec, SnapshotInfo
+from podbay.server.errors import responses
 from podbay.server.service import Service
 from podbay.wire import ExecRequest, FileWritten, ForkRequest, SnapshotRequest, error_body
 
@@ -31,16 +33,31 @@ def service(request: Request) -> Service:
     return found
 
 
-def tenant(request: Request) -> str:
+bearer = HTTPBearer(
+    scheme_name="token",
+    description="an API token of one tenant (`podbay tokens create --tenant NAME`), shown once when made",
+    auto_error=False,  # a missing token answers 401 in podbay's error shape, from `tenant` below
+)
+
+
+def tenant(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> str:
     """The tenant of the request's bearer token: every route but /healthz needs one."""
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    token = credentials.credentials.strip() if credentials is not None else ""
+    if not token:
         raise Unauthorized("no API token: send `Authorization: Bearer <token>` (`podbay tokens create`)")
-    return service(request).registry.tenant_of(token.strip())
+    return service(request).registry.tenant_of(token)
 
 
 ServiceDep = Annotated[Service, Depends(service)]
 TenantDep = Annotated[str, Depends(tenant)]
+
+# The error statuses each route can answer, all in the one error shape (see errors.py): every route with a
+# token, those naming a pod, those that reach a backend, and those with a JSON body.
+ANY = (401, 500)
+POD = (*ANY, 404, 422)
+BACKEND = (409, 429, 501, 502, 503, 504)
+BODY = (400, 422)
+BINARY = {"schema": {"type": "string", "format": "binary"}}
 
 
 @router.get("/healthz")
@@ -48,49 +65,59 @@ async def healthz() -> dict[str, bool]:
     return {"ok": True}
 
 
-@router.post("/pods", response_model=PodInfo, status_code=201)
+@router.post("/pods", response_model=PodInfo, status_code=201, responses=responses(*ANY, *BODY, *BACKEND))
 async def create_pod(spec: PodSpec, svc: ServiceDep, who: TenantDep) -> PodInfo:
     return (await svc.create(who, spec)).info()
 
 
-@router.get("/pods", response_model=list[PodInfo])
+@router.get("/pods", response_model=list[PodInfo], responses=responses(*ANY))
 async def list_pods(svc: ServiceDep, who: TenantDep) -> list[PodInfo]:
     return svc.pods(who)
 
 
-@router.get("/pods/{pod_id}", response_model=PodInfo)
+@router.get("/pods/{pod_id}", response_model=PodInfo, responses=responses(*POD))
 async def get_pod(pod_id: str, svc: ServiceDep, who: TenantDep) -> PodInfo:
     return svc.pod(who, pod_id).info()
 
 
-@router.delete("/pods/{pod_id}", response_model=PodInfo)
+@router.delete("/pods/{pod_id}", response_model=PodInfo, responses=responses(*POD, *BACKEND))
 async def destroy_pod(pod_id: str, svc: ServiceDep, who: TenantDep) -> PodInfo:
     pod = svc.pod(who, pod_id)
     await svc.destroy(pod)
     return pod.info()
 
 
-@router.post("/pods/{pod_id}/pause", response_model=PodInfo)
+@router.post("/pods/{pod_id}/pause", response_model=PodInfo, responses=responses(*POD, *BACKEND))
 async def pause_pod(pod_id: str, svc: ServiceDep, who: TenantDep) -> PodInfo:
     pod = svc.pod(who, pod_id)
     await pod.pause()
     return pod.info()
 
 
-@router.post("/pods/{pod_id}/resume", response_model=PodInfo)
+@router.post("/pods/{pod_id}/resume", response_model=PodInfo, responses=responses(*POD, *BACKEND))
 async def resume_pod(pod_id: str, svc: ServiceDep, who: TenantDep) -> PodInfo:
     pod = svc.pod(who, pod_id)
     await pod.resume()
     return pod.info()
 
 
-@router.post("/pods/{pod_id}/exec", response_model=ExecResult)
+@router.post("/pods/{pod_id}/exec", response_model=ExecResult, responses=responses(*POD, *BODY, *BACKEND))
 async def exec_in_pod(pod_id: str, body: ExecRequest, svc: ServiceDep, who: TenantDep) -> ExecResult:
     pod = svc.pod(who, pod_id)
     return await pod.exec(body.argv, env=body.env, cwd=body.cwd, stdin=body.stdin, timeout=body.timeout)
 
 
-@router.post("/pods/{pod_id}/exec/stream")
+@router.post(
+    "/pods/{pod_id}/exec/stream",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "NDJSON: one ExecEvent per line, the last an exit event (or the error shape)",
+            "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
+        },
+        **responses(*POD, *BODY, *BACKEND),
+    },
+)
 async def exec_stream(pod_id: str, body: ExecRequest, svc: ServiceDep, who: TenantDep) -> StreamingResponse:
     """NDJSON: a line per stdout/stderr chunk as it comes (`data` in base64), then one exit line with the
     result. Errors before the command starts answer as usual; a failure after it started is one last line in
@@ -131,7 +158,14 @@ async def exec_stream(pod_id: str, body: ExecRequest, svc: ServiceDep, who: Tena
     return StreamingResponse(lines(), media_type="application/x-ndjson")
 
 
-@router.get("/pods/{pod_id}/files")
+@router.get(
+    "/pods/{pod_id}/files",
+    response_class=Response,
+    responses={
+        200: {"description": "the file's bytes", "content": {"application/octet-stream": BINARY}},
+        **responses(*POD, *BACKEND),
+    },
+)
 async def read_file(
     pod_id: str, svc: ServiceDep, who: TenantDep, path: Annotated[str, Query(min_length=1)]
 ) -> Response:
@@ -139,7 +173,14 @@ async def read_file(
     return Response(content=data, media_type="application/octet-stream")
 
 
-@router.put("/pods/{pod_id}/files", response_model=FileWritten)
+@router.put(
+    "/pods/{pod_id}/files",
+    response_model=FileWritten,
+    responses=responses(*POD, *BACKEND),
+    openapi_extra={
+        "requestBody": {"required": True, "content": {"application/octet-stream": BINARY}},
+    },
+)
 async def write_file(
     pod_id: str,
     request: Request,
@@ -158,7 +199,9 @@ async def write_file(
     return FileWritten(path=path, size=size)
 
 
-@router.post("/pods/{pod_id}/snapshot", response_model=SnapshotInfo, status_code=201)
+@router.post(
+    "/pods/{pod_id}/snapshot", response_model=SnapshotInfo, status_code=201, responses=responses(*POD, *BODY, *BACKEND)
+)
 async def snapshot_pod(pod_id: str, body: SnapshotRequest, svc: ServiceDep, who: TenantDep) -> SnapshotInfo:
     pod = svc.pod(who, pod_id)
     svc.check_snapshot_name(who, body.name)
@@ -167,14 +210,16 @@ async def snapshot_pod(pod_id: str, body: SnapshotRequest, svc: ServiceDep, who:
     return info.model_copy(update={"path": ""})  # a path on the server's host is none of the client's business
 
 
-@router.post("/snapshots/{name}/restore", response_model=PodInfo, status_code=201)
+@router.post("/snapshots/{name}/restore", response_model=PodInfo, status_code=201, responses=responses(*POD, *BACKEND))
 async def restore_snapshot(name: str, svc: ServiceDep, who: TenantDep) -> PodInfo:
     pod = await svc.platform.restore(svc.snapshot_of(who, name))
     await svc.adopt(who, pod)
     return pod.info()
 
 
-@router.post("/pods/{pod_id}/fork", response_model=list[PodInfo], status_code=201)
+@router.post(
+    "/pods/{pod_id}/fork", response_model=list[PodInfo], status_code=201, responses=responses(*POD, *BODY, *BACKEND)
+)
 async def fork_pod(pod_id: str, body: ForkRequest, svc: ServiceDep, who: TenantDep) -> list[PodInfo]:
     children = await svc.pod(who, pod_id).fork(body.n)
     for child in children:
