@@ -24,6 +24,7 @@ ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 RESERVED_ENV_PREFIX = "PODBAY_"
 MAX_CONTEXT_BYTES = 256 << 10
 MAX_CONTEXT_DEPTH = 64  # nesting the guest's JSON parser handles with room to spare
+MAX_TIMEOUT_S = 30 * 24 * 3600.0  # a pod's timeout_s: at most 30 days
 
 
 class PodState(enum.StrEnum):
@@ -60,6 +61,14 @@ class PodSpec(BaseModel):
         default=False,
         description="keep the guest's RAM in a file of the pod's own, so snapshot() and fork() take milliseconds "
         "rather than streaming the RAM (costs a copy of the template's touched pages, ~50 MiB, per pod)",
+    )
+    timeout_s: float | None = Field(
+        default=None,
+        gt=0,
+        le=MAX_TIMEOUT_S,
+        allow_inf_nan=False,
+        description="destroy the pod this many seconds after it is created (None: never); "
+        "pod.set_timeout(seconds) moves the deadline to that many seconds from now",
     )
 
     @field_validator("env")
@@ -156,6 +165,7 @@ _FIXES = {
     "memory_db": "pass True or False",
     "cold": "pass True or False",
     "snapshottable": "pass True or False",
+    "timeout_s": f"use a number of seconds above 0, at most {MAX_TIMEOUT_S:.0f} (30 days), or None for no timeout",
 }
 
 
@@ -199,6 +209,8 @@ class PodInfo(BaseModel):
     origin: str | None = None  # how the sandbox was obtained: pool claim, template clone, snapshot restore, cold boot
     trace: list[Phase] = Field(default_factory=list)
     error: str | None = None
+    expires_at: float | None = None  # wall-clock epoch seconds when the pod's timeout destroys it; None: no timeout
+    ended_reason: str | None = None  # why a destroyed pod ended, e.g. "timeout after 30 s"
 
 
 class SnapshotInfo(BaseModel):

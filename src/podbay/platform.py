@@ -32,7 +32,7 @@ from podbay.isolation.qemu.snapshot import SnapshotSandbox, save_snapshot, start
 from podbay.isolation.qemu.snapshot import fork as fork_pod
 from podbay.isolation.registry import default_backends
 from podbay.isolation.supervise import kill_processes_mentioning, process_identity
-from podbay.models import ExecResult, FileEntry, Phase, PodInfo, PodSpec, PodState, SnapshotInfo
+from podbay.models import MAX_TIMEOUT_S, ExecResult, FileEntry, Phase, PodInfo, PodSpec, PodState, SnapshotInfo
 from podbay.paths import PodbayPaths
 from podbay.pool.factory import Origin, PoolClaim, SandboxFactory, Start, require
 from podbay.pool.pools import AsyncPools, Pools, shape_of
@@ -46,6 +46,7 @@ T = TypeVar("T")
 log = logging.getLogger("podbay")
 REAP_INTERVAL_S = 30.0  # a long-lived platform looks for orphans this often
 MAX_FORK = 16
+ENDED_REMEMBERED = 1024  # why a pod that ended by itself (a timeout) is gone: the last this many are kept
 
 
 class Trace:
@@ -135,6 +136,12 @@ class AsyncPod:
         self._run_dir = run_dir
         self.origin = origin
         self._state = PodState.RUNNING
+        self._destroy_lock = asyncio.Lock()  # one teardown at a time (a timeout may fire during destroy())
+        self._deadline: float | None = None  # monotonic; when the platform's timer destroys this pod
+        self._timeout_s: float | None = None  # the timeout that set the deadline (for ended_reason)
+        self._expired = False  # the deadline passed: the timer is destroying it
+        self._ended_reason: str | None = None
+        self._error: str | None = None
 
     async def __aenter__(self) -> AsyncPod:
         return self
@@ -155,7 +162,19 @@ class AsyncPod:
             created_at=self._platform.wall_clock(self._trace.origin),
             origin=self.origin.value,
             trace=list(self._trace.phases),
+            error=self._error,
+            expires_at=None if self._deadline is None else self._platform.wall_clock(self._deadline),
+            ended_reason=self._ended_reason,
         )
+
+    async def set_timeout(self, seconds: float) -> None:
+        """Destroy this pod `seconds` from now (extends or shortens its timeout, as E2B's set_timeout does);
+        a pod created without timeout_s gets one. Conflict if the pod is destroyed or failed."""
+        _check_timeout(seconds)
+        if self._expired or self._destroy_lock.locked() or self._state in (PodState.DESTROYED, PodState.FAILED):
+            state = "being destroyed" if self._expired or self._destroy_lock.locked() else self._state.value
+            raise Conflict(f"pod {self.id} is {state}; its timeout cannot be changed")
+        self._platform._arm(self, float(seconds))
 
     def _running_channel(self) -> GuestChannel:
         """The channel to the agent, if the pod can answer (a paused pod cannot: resume it first)."""
@@ -253,16 +272,23 @@ class AsyncPod:
     async def destroy(self) -> None:
         """Stop the sandbox and release the pod's database. If anything of the sandbox may still run, this
         raises, the pod is FAILED and keeps its volume; calling destroy() again retries."""
-        if self._state is PodState.DESTROYED:
-            return
-        try:
-            await self._trace.timed(
-                "destroy", self._platform.teardown(self.id, self.sandbox, self._lease, self._run_dir)
-            )
-        except BaseException:
-            self._state = PodState.FAILED
-            raise
-        self._state = PodState.DESTROYED
+        await self._destroy("destroyed")
+
+    async def _destroy(self, reason: str) -> None:
+        async with self._destroy_lock:  # a second caller waits for the first, then finds the pod destroyed
+            if self._state is PodState.DESTROYED:
+                return
+            self._deadline = None
+            try:
+                await self._trace.timed(
+                    "destroy", self._platform.teardown(self.id, self.sandbox, self._lease, self._run_dir)
+                )
+            except BaseException as exc:
+                self._state = PodState.FAILED
+                self._error = f"destroying it ({reason}) failed: {exc}"
+                raise
+            self._state = PodState.DESTROYED
+            self._ended_reason = reason
 
 
 class AsyncPlatform:
@@ -286,6 +312,10 @@ class AsyncPlatform:
         self.snapshots = SnapshotStore(self.paths.state / "snapshots")
         self._first_reap: asyncio.Task[list[str]] | None = None
         self._reaper: asyncio.Task[None] | None = None
+        self._timer: asyncio.Task[None] | None = None  # one task for every pod's timeout: wakes at the nearest
+        self._timer_wake = asyncio.Event()
+        self._expiring: set[asyncio.Task[None]] = set()  # destroys of expired pods under way
+        self._ended: dict[str, str] = {}  # pod id -> why it ended by itself (the last ENDED_REMEMBERED)
         exit_on_termination_signals()
 
     async def __aenter__(self) -> AsyncPlatform:
@@ -319,6 +349,7 @@ class AsyncPlatform:
         cold: bool = False,
         preload: str | None = None,
         snapshottable: bool = False,
+        timeout_s: float | None = None,
     ) -> AsyncPod:
         """Create a pod from PodSpec's fields (e.g. memory_db=True, volume="customer-42"); see PodSpec for each.
         A bad value raises InvalidSpec naming the field and the fix."""
@@ -337,6 +368,7 @@ class AsyncPlatform:
             cold=cold,
             preload=preload,
             snapshottable=snapshottable,
+            timeout_s=timeout_s,
         )
         return await self.create(spec)
 
@@ -385,8 +417,57 @@ class AsyncPlatform:
                 exc.add_note(f"and cleaning up after it failed too: {cleanup}")
             raise
         pod = AsyncPod(self, pod_id, spec, sandbox, lease, trace, start.run_dir, start.origin)
-        self._pods[pod_id] = pod
+        self._register(pod)
         return pod
+
+    def _register(self, pod: AsyncPod) -> None:
+        self._pods[pod.id] = pod
+        if pod.spec.timeout_s is not None:
+            self._arm(pod, pod.spec.timeout_s)
+
+    def _arm(self, pod: AsyncPod, timeout_s: float) -> None:
+        """Set `pod` to be destroyed `timeout_s` from now, and wake the timer to wait for the nearest deadline."""
+        pod._deadline = time.monotonic() + timeout_s
+        pod._timeout_s = timeout_s
+        if self._timer is None or self._timer.done():
+            self._timer = asyncio.create_task(self._expire_pods())
+        self._timer_wake.set()
+
+    async def _expire_pods(self) -> None:
+        """The platform's one timer: destroy each pod whose deadline passed, then sleep until the nearest one
+        (or until a deadline is set or moved)."""
+        while True:
+            self._timer_wake.clear()
+            now = time.monotonic()
+            nearest: float | None = None
+            for pod in list(self._pods.values()):
+                if pod._deadline is None:
+                    continue
+                if pod._deadline <= now:
+                    pod._deadline, pod._expired = None, True
+                    expiring = asyncio.create_task(self._expire(pod))
+                    self._expiring.add(expiring)
+                    expiring.add_done_callback(self._expiring.discard)
+                else:
+                    nearest = pod._deadline if nearest is None else min(nearest, pod._deadline)
+            wait = None if nearest is None else nearest - now
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._timer_wake.wait(), wait)
+
+    async def _expire(self, pod: AsyncPod) -> None:
+        """The normal teardown, fail-closed: a failure is logged, the pod stays FAILED in this platform (close()
+        tries again) and its run directory is left for the reaper."""
+        reason = f"timeout after {_seconds(pod._timeout_s or 0)} s"
+        try:
+            await pod._destroy(reason)
+        except Exception as exc:
+            log.warning("pod %s: destroying it at its timeout failed; left for the reaper: %s", pod.id, exc)
+            self._pods.setdefault(pod.id, pod)
+            return
+        if pod._state is PodState.DESTROYED and pod._ended_reason == reason:
+            self._ended[pod.id] = reason
+            while len(self._ended) > ENDED_REMEMBERED:
+                del self._ended[next(iter(self._ended))]
 
     async def _reaped(self) -> None:
         if self._first_reap is None:  # once, before this platform's first pod: shared by concurrent creates
@@ -450,7 +531,7 @@ class AsyncPlatform:
                 exc.add_note(f"and cleaning up after it failed too: {cleanup}")
             raise
         pod = AsyncPod(self, run_dir.pod_id, spec, sandbox, None, trace, run_dir, origin)
-        self._pods[pod.id] = pod
+        self._register(pod)  # a fork child has its parent's timeout_s, counted from its own start
         return pod
 
     async def _choose_start(self, backend: Backend, spec: PodSpec) -> Start:
@@ -557,25 +638,48 @@ class AsyncPlatform:
         try:
             return self._pods[pod_id]
         except KeyError:
-            raise NotFound(f"no pod {pod_id!r} in this platform", pod_id=pod_id) from None
+            ended = self.ended_reason(pod_id)
+            gone = f"pod {pod_id!r} was destroyed ({ended})" if ended else f"no pod {pod_id!r} in this platform"
+            raise NotFound(gone, pod_id=pod_id) from None
+
+    def ended_reason(self, pod_id: str) -> str | None:
+        """Why a pod of this platform that ended by itself (its timeout) is gone; None if not known."""
+        return self._ended.get(pod_id)
 
     def list(self) -> list[PodInfo]:
         return [pod.info() for pod in self._pods.values()]
 
     async def close(self) -> None:
         """Destroy every pod this platform still holds, and its warm pools' idle members."""
-        if self._reaper is not None:
-            self._reaper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reaper
+        for task in (self._reaper, self._timer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        await asyncio.gather(*list(self._expiring), return_exceptions=True)  # teardowns are not cut short
         await asyncio.gather(
-            self._warm.close(), *(pod.destroy() for pod in list(self._pods.values())), return_exceptions=True
+            self._warm.close(),
+            *(pod._destroy("the platform closed") for pod in list(self._pods.values())),
+            return_exceptions=True,
         )
 
 
 def _bare_config(run_dir: RunDir, vcpus: int, memory_mib: int) -> SandboxConfig:
     """A restore's or fork child's start: its disks are copies of the saved ones, made in its run directory."""
     return SandboxConfig(pod_id=run_dir.pod_id, run_dir=run_dir.path, vcpus=vcpus, memory_mib=memory_mib, layer=None)
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.3f}".rstrip("0").rstrip(".")
+
+
+def _check_timeout(seconds: float) -> None:
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0 < seconds <= MAX_TIMEOUT_S:
+        raise InvalidSpec(
+            "timeout_s",
+            f"{seconds!r} is not a number of seconds above 0, at most {MAX_TIMEOUT_S:.0f} (30 days)",
+            "pass e.g. set_timeout(300)",
+        )
 
 
 def _check_argv(argv: Sequence[str]) -> None:

@@ -153,6 +153,10 @@ class Pod:
     def snapshot(self, name: str) -> SnapshotInfo:
         return self._loop.run(self._pod.snapshot(name))
 
+    def set_timeout(self, seconds: float) -> None:
+        """Destroy this pod `seconds` from now (extends or shortens its timeout); see AsyncPod.set_timeout."""
+        self._loop.run(self._pod.set_timeout(seconds))
+
     def fork(self, n: int) -> list[Pod]:
         return [Pod(self._loop, child) for child in self._loop.run(self._pod.fork(n))]
 
@@ -243,6 +247,7 @@ class Platform:
         cold: bool = False,
         preload: str | None = None,
         snapshottable: bool = False,
+        timeout_s: float | None = None,
     ) -> Pod:
         """Create a pod from PodSpec's fields (e.g. memory_db=True, volume="customer-42"); see PodSpec for each.
         A bad value raises InvalidSpec naming the field and the fix."""
@@ -261,6 +266,7 @@ class Platform:
             cold=cold,
             preload=preload,
             snapshottable=snapshottable,
+            timeout_s=timeout_s,
         )
         return Pod(self._loop, self._loop.run(creating))
 

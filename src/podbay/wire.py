@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from podbay.errors import HostError, InvalidSpec, PodbayError, Unsupported
-from podbay.models import PodSpec, _fix_for
+from podbay.models import MAX_TIMEOUT_S, PodSpec, _fix_for
 
 
 class ExecRequest(BaseModel):
@@ -32,6 +32,14 @@ class SnapshotRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str
+
+
+class TimeoutRequest(BaseModel):
+    """`POST /pods/{id}/timeout`: destroy the pod this many seconds from now."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    timeout_s: float = Field(gt=0, le=MAX_TIMEOUT_S, allow_inf_nan=False)
 
 
 class ForkRequest(BaseModel):

@@ -225,3 +225,24 @@ def test_snapshots_belong_to_their_tenant(server: Server) -> None:
         answer = intruder.post("/snapshots/tenant-a-snap/restore")
         assert answer.status_code == 404
         assert answer.json()["error"]["message"] == "no snapshot 'tenant-a-snap'"
+
+
+def test_a_pod_is_destroyed_at_its_timeout_and_can_be_extended(server: Server) -> None:
+    with Client(server.url, server.token_a) as client:
+        pod = client.create_agent(backend=server.backend, timeout_s=2)
+        sandbox = pod.info().sandbox
+        pod.set_timeout(6)  # extended: alive past the original deadline
+        expires_at = pod.info().expires_at
+        assert expires_at is not None and expires_at > time.time() + 3
+        time.sleep(3.5)
+        assert pod.exec(["true"]).ok
+        deadline = time.monotonic() + 30
+        while pod.id in {info.id for info in client.list()} and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert pod.id not in {info.id for info in client.list()}, "destroyed at the new deadline"
+        with pytest.raises(NotFound, match="timeout after 6 s"):
+            pod.info()
+        assert sandbox is not None and sandbox.pid is not None
+        status = Path(f"/proc/{sandbox.pid}/status")
+        assert not status.exists() or "zombie" in status.read_text().lower(), "its process is gone"
+        assert not (server.paths.pods / pod.id).exists()

@@ -17,6 +17,7 @@ from podbay import AsyncClient, ExecResult, InvalidSpec, NotFound, Unauthorized
 from podbay.isolation.fake import LocalProcessBackend
 from podbay.paths import PodbayPaths
 from podbay.platform import AsyncPlatform
+from podbay.sdk.client import AsyncRemotePod
 from podbay.server import create_app
 from podbay.server.registry import Registry
 
@@ -135,5 +136,41 @@ def test_hostile_bodies_are_refused_with_4xx_never_500(paths: PodbayPaths) -> No
                 assert 400 <= answer.status_code < 500, answer.text
                 assert answer.json()["error"]["type"] == "InvalidSpec"
             assert (await raw.request("PATCH", "/pods")).status_code == 405
+
+    serve(paths, scenario)
+
+
+def test_a_pod_times_out_over_the_api(paths: PodbayPaths) -> None:
+    async def scenario(transport: httpx.ASGITransport, token_a: str, token_b: str) -> None:
+        async with (
+            AsyncClient("http://podbay", token_a, transport=transport) as a,
+            AsyncClient("http://podbay", token_b, transport=transport) as b,
+        ):
+            pod = await a.create_agent(backend="local", timeout_s=3600)
+            info = await pod.info()
+            assert info.spec.timeout_s == 3600 and info.expires_at is not None
+            with pytest.raises(InvalidSpec) as bad:
+                await pod.set_timeout(0)
+            assert bad.value.field == "timeout_s"
+            async with httpx.AsyncClient(transport=transport, base_url="http://podbay") as raw:
+                auth = {"Authorization": f"Bearer {token_a}"}
+                for body in ('{"timeout_s": -1}', '{"timeout_s": 1e9}', '{"seconds": 5}', "{}"):
+                    answer = await raw.post(f"/pods/{pod.id}/timeout", content=body, headers=auth)
+                    assert answer.status_code == 422, body
+                    assert answer.json()["error"]["type"] == "InvalidSpec"
+                answer = await raw.post(f"/pods/{pod.id}/timeout", json={"timeout_s": 7200}, headers=auth)
+                assert answer.status_code == 200
+                assert answer.json()["expires_at"] > info.expires_at + 3000
+            with pytest.raises(NotFound):
+                await AsyncRemotePod(b, info).set_timeout(1)  # another tenant's pod: 404
+            await pod.set_timeout(0.5)
+            for _ in range(200):
+                if not await a.list():
+                    break
+                await asyncio.sleep(0.05)
+            assert await a.list() == []
+            with pytest.raises(NotFound, match=r"timeout after 0\.5 s") as missing:
+                await pod.info()
+            assert missing.value.pod_id == pod.id
 
     serve(paths, scenario)

@@ -1,7 +1,7 @@
 """`AsyncClient`: the REST API of `podbay serve` with the embedded platform's method names and models.
 
 `AsyncClient` mirrors `AsyncPlatform` (create_agent, create, get, list, restore), `AsyncRemotePod` mirrors
-`AsyncPod` (exec, exec_stream, files, pause, resume, snapshot, fork, destroy, info). Errors are the same
+`AsyncPod` (exec, exec_stream, files, pause, resume, set_timeout, snapshot, fork, destroy, info). Errors are the same
 `PodbayError` subclasses the server raised, rebuilt from the wire (`podbay.wire`).
 """
 
@@ -19,7 +19,14 @@ from pydantic import ValidationError
 
 from podbay.errors import HostError, InvalidSpec, PodbayError, Timeout
 from podbay.models import ExecEvent, ExecResult, PodInfo, PodSpec, SnapshotInfo
-from podbay.wire import ExecRequest, FileWritten, SnapshotRequest, error_from_body, validation_error
+from podbay.wire import (
+    ExecRequest,
+    FileWritten,
+    SnapshotRequest,
+    TimeoutRequest,
+    error_from_body,
+    validation_error,
+)
 
 DEFAULT_TIMEOUT_S = 300.0  # creates boot sandboxes and execs run commands: generous by default
 
@@ -108,6 +115,14 @@ class AsyncRemotePod:
         body = SnapshotRequest(name=name).model_dump_json()
         response = await self._client._request("POST", f"/pods/{self.id}/snapshot", content=body)
         return SnapshotInfo.model_validate(response.json())
+
+    async def set_timeout(self, seconds: float) -> None:
+        """Destroy this pod `seconds` from now (extends or shortens its timeout), as the embedded pod's."""
+        try:
+            body = TimeoutRequest(timeout_s=seconds).model_dump_json()
+        except ValidationError as exc:
+            raise validation_error(exc.errors()) from None
+        await self._client._request("POST", f"/pods/{self.id}/timeout", content=body)
 
     async def fork(self, n: int) -> list[AsyncRemotePod]:
         body = json.dumps({"n": n})  # the server checks n (a bad one answers InvalidSpec naming it)

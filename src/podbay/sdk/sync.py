@@ -75,6 +75,9 @@ class RemotePod:
     def snapshot(self, name: str) -> SnapshotInfo:
         return self._loop.run(self._pod.snapshot(name))
 
+    def set_timeout(self, seconds: float) -> None:
+        self._loop.run(self._pod.set_timeout(seconds))
+
     def fork(self, n: int) -> list[RemotePod]:
         return [RemotePod(self._loop, child) for child in self._loop.run(self._pod.fork(n))]
 

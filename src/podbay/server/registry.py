@@ -149,6 +149,13 @@ class Registry:
     def owns_pod(self, tenant: str, pod_id: str) -> bool:
         return bool(self._run("SELECT 1 FROM pods WHERE id = ? AND tenant = ? AND ended_at IS NULL", pod_id, tenant))
 
+    def end_reason(self, tenant: str, pod_id: str) -> str | None:
+        """Why the tenant's pod `pod_id` ended (e.g. "timeout after 30 s"); None if it did not or is not theirs."""
+        rows = self._run(
+            "SELECT end_reason FROM pods WHERE id = ? AND tenant = ? AND ended_at IS NOT NULL", pod_id, tenant
+        )
+        return str(rows[0][0]) if rows and rows[0][0] is not None else None
+
     def live_pods(self, tenant: str) -> list[str]:
         rows = self._run("SELECT id FROM pods WHERE tenant = ? AND ended_at IS NULL ORDER BY created_at", tenant)
         return [str(row[0]) for row in rows]

@@ -16,7 +16,7 @@ from podbay.guest.protocol import MAX_PAYLOAD
 from podbay.models import ExecEvent, ExecResult, PodInfo, PodSpec, SnapshotInfo
 from podbay.server.errors import responses
 from podbay.server.service import Service
-from podbay.wire import ExecRequest, FileWritten, ForkRequest, SnapshotRequest, error_body
+from podbay.wire import ExecRequest, FileWritten, ForkRequest, SnapshotRequest, TimeoutRequest, error_body
 
 router = APIRouter()
 _background: set[asyncio.Future[None]] = set()  # kills of abandoned streamed commands, until they are sent
@@ -98,6 +98,14 @@ async def pause_pod(pod_id: str, svc: ServiceDep, who: TenantDep) -> PodInfo:
 async def resume_pod(pod_id: str, svc: ServiceDep, who: TenantDep) -> PodInfo:
     pod = svc.pod(who, pod_id)
     await pod.resume()
+    return pod.info()
+
+
+@router.post("/pods/{pod_id}/timeout", response_model=PodInfo, responses=responses(*POD, *BODY, *BACKEND))
+async def set_pod_timeout(pod_id: str, body: TimeoutRequest, svc: ServiceDep, who: TenantDep) -> PodInfo:
+    """Destroy the pod `timeout_s` seconds from now (extends or shortens its timeout)."""
+    pod = svc.pod(who, pod_id)
+    await pod.set_timeout(body.timeout_s)
     return pod.info()
 
 

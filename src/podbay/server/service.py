@@ -16,12 +16,14 @@ class Service:
     def pod(self, tenant: str, pod_id: str) -> AsyncPod:
         """The tenant's pod; another tenant's answers exactly as a pod that does not exist."""
         if not self.registry.owns_pod(tenant, pod_id):
-            raise NotFound(f"no pod {pod_id!r}")
+            ended = self.registry.end_reason(tenant, pod_id)  # only the tenant's own pod says why it is gone
+            raise NotFound(f"no pod {pod_id!r}: it ended ({ended})" if ended else f"no pod {pod_id!r}")
         try:
             return self.platform.get(pod_id)
         except NotFound:
-            self.registry.end_pod(pod_id, "gone from the platform")
-            raise NotFound(f"no pod {pod_id!r}") from None
+            ended = self.platform.ended_reason(pod_id)
+            self.registry.end_pod(pod_id, ended or "gone from the platform")
+            raise NotFound(f"no pod {pod_id!r}: it ended ({ended})" if ended else f"no pod {pod_id!r}") from None
 
     def pods(self, tenant: str) -> list[PodInfo]:
         found = []
@@ -29,7 +31,7 @@ class Service:
             try:
                 found.append(self.platform.get(pod_id).info())
             except NotFound:
-                self.registry.end_pod(pod_id, "gone from the platform")
+                self.registry.end_pod(pod_id, self.platform.ended_reason(pod_id) or "gone from the platform")
         return found
 
     async def create(self, tenant: str, spec: PodSpec) -> AsyncPod:
