@@ -1,11 +1,11 @@
 """Entry point: `podbay doctor | images build | templates ... | snapshot ... | run | volume ... | demo | bench ... |
-serve | tokens ...`."""
+serve | tokens ... | quotas ...`."""
 
 from __future__ import annotations
 
 import typer
 
-from podbay.cli import bench, demo, doctor, images, run, serve, snapshot, templates, tokens, volume
+from podbay.cli import bench, demo, doctor, images, quotas, run, serve, snapshot, templates, tokens, volume
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -22,6 +22,7 @@ app.add_typer(snapshot.app, name="snapshot")
 app.add_typer(volume.app, name="volume")
 app.add_typer(bench.app, name="bench")
 app.add_typer(tokens.app, name="tokens")
+app.add_typer(quotas.app, name="quotas")
 
 
 def main() -> None:

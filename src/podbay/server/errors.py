@@ -8,7 +8,7 @@
 | ImageMissing                     | 503    | the server's images are not built: the operator's problem  |
 | Conflict                         | 409    | wrong state (a paused pod), a name taken                   |
 | BackendUnavailable, Unsupported  | 501    | this host or backend does not implement that operation     |
-| QuotaExceeded                    | 429    |                                                            |
+| QuotaExceeded                    | 429    | a tenant's quota (pods, memory, snapshots): the arithmetic |
 | GuestError                       | 502    | the sandbox (the upstream of this request) failed          |
 | Timeout                          | 504    |                                                            |
 | HostError                        | 500    | the server's host failed podbay (a tool, a full disk)      |
@@ -68,7 +68,7 @@ MEANING: dict[int, str] = {
     404: "NotFound: no such pod, snapshot or route (also another tenant's)",
     409: "Conflict: the pod is in the wrong state, or the name is taken",
     422: "InvalidSpec: the body, query or path is wrong; `field` names it",
-    429: "QuotaExceeded",
+    429: "QuotaExceeded: the tenant's quota (pods, memory, snapshots) would be exceeded; the message says how",
     500: "HostError or an unexpected failure (the server logs it with an incident id)",
     501: "BackendUnavailable or Unsupported: this host or backend does not implement it",
     502: "GuestError: the sandbox failed",

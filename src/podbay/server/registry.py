@@ -1,8 +1,9 @@
 """The service's own state: a SQLite database (WAL) at `<state>/server.db`.
 
 Tenants; API tokens, kept only as SHA-256 hashes (the token itself is shown once, when it is made); which
-tenant owns each pod and each snapshot. `podbay tokens` and `podbay serve` open it from separate processes:
-WAL and a busy timeout let them, and a revoked token is refused from the next request on.
+tenant owns each pod and each snapshot; each tenant's quotas. `podbay tokens`, `podbay quotas` and `podbay serve`
+open it from separate processes: WAL and a busy timeout let them, and a revoked token is refused (a quota
+applies) from the next request on.
 
 A token is 32 random bytes (256 bits): an unsalted, fast hash is enough to store it, since nobody can guess
 its preimage; lookups go by hash, so no comparison leaks a token's bytes through timing.
@@ -51,6 +52,17 @@ CREATE TABLE IF NOT EXISTS snapshots (
 );
 """
 
+# Limits per tenant (`podbay quotas set`); NULL, or no row at all, is unlimited.
+QUOTA_SCHEMA = """
+CREATE TABLE IF NOT EXISTS quotas (
+    tenant TEXT PRIMARY KEY REFERENCES tenants(name),
+    pods INTEGER,
+    memory_mib INTEGER,
+    snapshots INTEGER
+);
+"""
+QUOTA_KINDS = ("pods", "memory_mib", "snapshots")
+
 
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
@@ -64,6 +76,17 @@ class TokenRecord:
     revoked_at: float | None
 
 
+@dataclass(frozen=True)
+class Quota:
+    """A tenant's limits; None is unlimited. `pods` and `memory_mib` count the pods alive (running or paused),
+    `snapshots` the snapshots it owns that still exist."""
+
+    tenant: str
+    pods: int | None = None
+    memory_mib: int | None = None
+    snapshots: int | None = None
+
+
 class Registry:
     """One connection, shared by the server's event loop and its worker threads under a lock."""
 
@@ -75,6 +98,7 @@ class Registry:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(SCHEMA)
+        self._db.executescript(QUOTA_SCHEMA)
 
     def close(self) -> None:
         with self._lock:
@@ -173,6 +197,38 @@ class Registry:
 
     def owns_snapshot(self, tenant: str, name: str) -> bool:
         return bool(self._run("SELECT 1 FROM snapshots WHERE name = ? AND tenant = ?", name, tenant))
+
+    def snapshots(self, tenant: str) -> list[str]:
+        return [str(row[0]) for row in self._run("SELECT name FROM snapshots WHERE tenant = ? ORDER BY name", tenant)]
+
+    # ---- quotas ------------------------------------------------------------------------------------------
+
+    def require_tenant(self, tenant: str) -> None:
+        if not self._run("SELECT 1 FROM tenants WHERE name = ?", tenant):
+            raise NotFound(f"no tenant {tenant!r}; tenants are made with their first token (`podbay tokens create`)")
+
+    def quota(self, tenant: str) -> Quota:
+        """The tenant's limits (all None, unlimited, unless set)."""
+        rows = self._run("SELECT pods, memory_mib, snapshots FROM quotas WHERE tenant = ?", tenant)
+        if not rows:
+            return Quota(tenant)
+        pods, memory, snapshots = (None if value is None else int(str(value)) for value in rows[0])
+        return Quota(tenant, pods=pods, memory_mib=memory, snapshots=snapshots)
+
+    def set_quota(self, tenant: str, limits: dict[str, int | None]) -> Quota:
+        """Set some of the tenant's limits (`QUOTA_KINDS`; None lifts one); those not named stay as they are."""
+        self.require_tenant(tenant)
+        for kind, value in limits.items():
+            if kind not in QUOTA_KINDS:
+                raise InvalidSpec(kind, "is not a quota", f"use one of {', '.join(QUOTA_KINDS)}")
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise InvalidSpec(kind, f"{value!r} is not a limit", "use a whole number >= 0, or None (unlimited)")
+        with self._lock, self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("INSERT OR IGNORE INTO quotas (tenant) VALUES (?)", (tenant,))
+            for kind, value in limits.items():  # kind is one of QUOTA_KINDS, checked above
+                self._db.execute(f"UPDATE quotas SET {kind} = ? WHERE tenant = ?", (value, tenant))
+        return self.quota(tenant)
 
 
 def _token(row: tuple[object, ...]) -> TokenRecord:

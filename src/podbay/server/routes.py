@@ -211,25 +211,18 @@ async def write_file(
     "/pods/{pod_id}/snapshot", response_model=SnapshotInfo, status_code=201, responses=responses(*POD, *BODY, *BACKEND)
 )
 async def snapshot_pod(pod_id: str, body: SnapshotRequest, svc: ServiceDep, who: TenantDep) -> SnapshotInfo:
-    pod = svc.pod(who, pod_id)
-    svc.check_snapshot_name(who, body.name)
-    info = await pod.snapshot(body.name)
-    svc.registry.add_snapshot(body.name, who)
+    info = await svc.snapshot(who, svc.pod(who, pod_id), body.name)
     return info.model_copy(update={"path": ""})  # a path on the server's host is none of the client's business
 
 
 @router.post("/snapshots/{name}/restore", response_model=PodInfo, status_code=201, responses=responses(*POD, *BACKEND))
 async def restore_snapshot(name: str, svc: ServiceDep, who: TenantDep) -> PodInfo:
-    pod = await svc.platform.restore(svc.snapshot_of(who, name))
-    await svc.adopt(who, pod)
-    return pod.info()
+    return (await svc.restore(who, name)).info()
 
 
 @router.post(
     "/pods/{pod_id}/fork", response_model=list[PodInfo], status_code=201, responses=responses(*POD, *BODY, *BACKEND)
 )
 async def fork_pod(pod_id: str, body: ForkRequest, svc: ServiceDep, who: TenantDep) -> list[PodInfo]:
-    children = await svc.pod(who, pod_id).fork(body.n)
-    for child in children:
-        await svc.adopt(who, child)
+    children = await svc.fork(who, svc.pod(who, pod_id), body.n)
     return [child.info() for child in children]

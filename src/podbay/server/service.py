@@ -1,17 +1,26 @@
-"""What the routes share: one AsyncPlatform, the registry, and the tenant check in front of every pod."""
+"""What the routes share: one AsyncPlatform, the registry, the tenant check in front of every pod, and the
+tenant's quotas in front of everything that makes a pod or a snapshot."""
 
 from __future__ import annotations
 
-from podbay.errors import Conflict, InvalidSpec, NotFound
-from podbay.models import PodInfo, PodSpec
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from podbay.errors import Conflict, InvalidSpec, NotFound, QuotaExceeded
+from podbay.models import PodInfo, PodSpec, SnapshotInfo
 from podbay.platform import AsyncPlatform, AsyncPod
 from podbay.server.registry import Registry
+from podbay.snapshots import load_snapshot
 
 
 class Service:
     def __init__(self, platform: AsyncPlatform, registry: Registry) -> None:
         self.platform = platform
         self.registry = registry
+        # What creates, restores, forks and snapshots in flight will add, per tenant: counted by every quota
+        # check, so that two requests at once cannot both pass it (see `reserve`).
+        self.reserved: dict[str, Counter[str]] = {}
 
     def pod(self, tenant: str, pod_id: str) -> AsyncPod:
         """The tenant's pod; another tenant's answers exactly as a pod that does not exist."""
@@ -36,9 +45,71 @@ class Service:
 
     async def create(self, tenant: str, spec: PodSpec) -> AsyncPod:
         check_servable(spec)
-        pod = await self.platform.create(spec)
-        await self.adopt(tenant, pod)
+        with self.reserve(tenant, pods=1, memory_mib=spec.memory_mib):
+            pod = await self.platform.create(spec)
+            await self.adopt(tenant, pod)
         return pod
+
+    async def restore(self, tenant: str, name: str) -> AsyncPod:
+        self.snapshot_of(tenant, name)
+        memory = self.snapshot_memory(name) if self.registry.quota(tenant).memory_mib is not None else 0
+        with self.reserve(tenant, pods=1, memory_mib=memory):
+            pod = await self.platform.restore(name)
+            await self.adopt(tenant, pod)
+        return pod
+
+    async def fork(self, tenant: str, parent: AsyncPod, n: int) -> list[AsyncPod]:
+        with self.reserve(tenant, pods=n, memory_mib=n * parent.spec.memory_mib):
+            children = await parent.fork(n)
+            for child in children:
+                await self.adopt(tenant, child)
+        return children
+
+    async def snapshot(self, tenant: str, pod: AsyncPod, name: str) -> SnapshotInfo:
+        self.check_snapshot_name(tenant, name)
+        with self.reserve(tenant, snapshots=1):
+            info = await pod.snapshot(name)
+            self.registry.add_snapshot(name, tenant)
+        return info
+
+    def snapshot_memory(self, name: str) -> int:
+        """The guest memory a pod restored from snapshot `name` gets."""
+        return load_snapshot(self.platform.snapshots, name).memory_mib
+
+    # ---- quotas ------------------------------------------------------------------------------------------
+
+    @contextmanager
+    def reserve(self, tenant: str, **adding: int) -> Iterator[None]:
+        """Check that what the tenant has, plus what is in flight, plus `adding` fits its quotas (QuotaExceeded,
+        429, if not), and hold `adding` as in flight until the block ends. Check and reservation happen with no
+        await between them, so concurrent requests on the event loop see each other's reservations; the block
+        records what it made in the registry before the reservation is released."""
+        quota = self.registry.quota(tenant)
+        reserved = self.reserved.setdefault(tenant, Counter())
+        limits = {"pods": quota.pods, "memory_mib": quota.memory_mib, "snapshots": quota.snapshots}
+        if any(limits[kind] is not None and adding.get(kind) for kind in limits):
+            used = self.usage(tenant)
+            for kind, limit in limits.items():
+                if limit is not None and adding.get(kind):
+                    have = used[kind] + reserved[kind]
+                    if have + adding[kind] > limit:
+                        raise QuotaExceeded(exceeded(tenant, kind, have, adding[kind], limit))
+        reserved.update(adding)
+        try:
+            yield
+        finally:
+            reserved.subtract(adding)
+
+    def usage(self, tenant: str) -> dict[str, int]:
+        """What the tenant holds now: live pods (running or paused; ended and expired ones are freed), their
+        guest memory, and its snapshots that still exist."""
+        pods = self.pods(tenant)
+        snapshots = [name for name in self.registry.snapshots(tenant) if self.platform.snapshots.path(name).exists()]
+        return {
+            "pods": len(pods),
+            "memory_mib": sum(info.spec.memory_mib for info in pods),
+            "snapshots": len(snapshots),
+        }
 
     async def adopt(self, tenant: str, pod: AsyncPod) -> None:
         """Record `pod` as the tenant's; a pod that cannot be recorded is destroyed (nobody could reach it)."""
@@ -69,6 +140,27 @@ class Service:
         if not self.registry.owns_snapshot(tenant, name) or not path.exists():
             raise NotFound(f"no snapshot {name!r}")
         return name
+
+
+FIXES = {
+    "pods": "destroy a pod first, or ask the operator to raise it (`podbay quotas set --tenant {t} --pods N`)",
+    "memory_mib": "destroy a pod or ask for less memory_mib, or ask the operator to raise it "
+    "(`podbay quotas set --tenant {t} --memory-mib M`)",
+    "snapshots": "ask the operator to remove one (`podbay snapshot rm NAME`) or to raise it "
+    "(`podbay quotas set --tenant {t} --snapshots S`)",
+}
+
+
+def exceeded(tenant: str, kind: str, have: int, adding: int, limit: int) -> str:
+    """What was exceeded, with the arithmetic and the fix: `tenant acme: 3 running pods + 1 = 4 > quota 3; ...`."""
+    total = have + adding
+    if kind == "pods":
+        sums = f"{have} running pods + {adding} = {total} > quota {limit}"
+    elif kind == "memory_mib":
+        sums = f"{have} MiB of guest memory in running pods + {adding} MiB = {total} MiB > quota {limit} MiB"
+    else:
+        sums = f"{have} snapshots + {adding} = {total} > quota {limit}"
+    return f"tenant {tenant}: {sums}; {FIXES[kind].format(t=tenant)}"
 
 
 def check_servable(spec: PodSpec) -> None:
