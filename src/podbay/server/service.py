@@ -3,15 +3,29 @@
 from __future__ import annotations
 
 from podbay.errors import Conflict, InvalidSpec, NotFound
+from podbay.metering import PriceTable, UsageReport
 from podbay.models import PodInfo, PodSpec
 from podbay.platform import AsyncPlatform, AsyncPod
 from podbay.server.registry import Registry
+from podbay.server.usage import UsageLedger
 
 
 class Service:
-    def __init__(self, platform: AsyncPlatform, registry: Registry) -> None:
+    def __init__(self, platform: AsyncPlatform, registry: Registry, prices: PriceTable | None = None) -> None:
         self.platform = platform
         self.registry = registry
+        self.prices = prices or PriceTable()
+        self.ledger = UsageLedger(registry)
+        platform.on_pod_end(self.ledger.record)  # every end: destroy, timeout, shutdown
+
+    def usage(self, tenant: str, pod_id: str | None, start: float | None, end: float | None) -> UsageReport:
+        """One pod's usage (recorded if it ended, so far if it runs), or the tenant's pods that ended in
+        [start, end). Another tenant's pod answers as one that does not exist."""
+        if pod_id is None:
+            return UsageReport.of(self.ledger.of_tenant(tenant, start, end), self.prices, start, end)
+        recorded = self.ledger.of_pod(tenant, pod_id)
+        usage = recorded or self.pod(tenant, pod_id).usage().model_copy(update={"tenant": tenant})
+        return UsageReport.of([usage], self.prices)
 
     def pod(self, tenant: str, pod_id: str) -> AsyncPod:
         """The tenant's pod; another tenant's answers exactly as a pod that does not exist."""
