@@ -20,6 +20,7 @@ from podbay.errors import (
     Unsupported,
 )
 from podbay.isolation.base import Availability
+from podbay.metering import Cost, PriceTable, Usage, UsageReport, UsageTotals
 from podbay.models import (
     ExecEvent,
     ExecResult,
@@ -51,6 +52,7 @@ __all__ = [
     "BackendUnavailable",
     "Client",
     "Conflict",
+    "Cost",
     "ExecEvent",
     "ExecResult",
     "FileEntry",
@@ -73,6 +75,7 @@ __all__ = [
     "PoolReport",
     "PoolShape",
     "Pools",
+    "PriceTable",
     "Process",
     "QuotaExceeded",
     "RemotePod",
@@ -82,6 +85,9 @@ __all__ = [
     "Timeout",
     "Unauthorized",
     "Unsupported",
+    "Usage",
+    "UsageReport",
+    "UsageTotals",
     "VolumeInfo",
     "VolumeStore",
 ]

@@ -11,7 +11,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import FrameType, TracebackType
 from typing import Any, TypeVar
 
@@ -32,6 +32,7 @@ from podbay.isolation.qemu.snapshot import SnapshotSandbox, save_snapshot, start
 from podbay.isolation.qemu.snapshot import fork as fork_pod
 from podbay.isolation.registry import default_backends
 from podbay.isolation.supervise import kill_processes_mentioning, process_identity
+from podbay.metering import Clock, Meter, Usage, allocated_bytes
 from podbay.models import MAX_TIMEOUT_S, ExecResult, FileEntry, Phase, PodInfo, PodSpec, PodState, SnapshotInfo
 from podbay.paths import PodbayPaths
 from podbay.pool.factory import Origin, PoolClaim, SandboxFactory, Start, require
@@ -142,6 +143,7 @@ class AsyncPod:
         self._expired = False  # the deadline passed: the timer is destroying it
         self._ended_reason: str | None = None
         self._error: str | None = None
+        self._meter = Meter(platform._clock)  # see podbay.metering: from the hand-over to a teardown that succeeds
 
     async def __aenter__(self) -> AsyncPod:
         return self
@@ -166,6 +168,16 @@ class AsyncPod:
             expires_at=None if self._deadline is None else self._platform.wall_clock(self._deadline),
             ended_reason=self._ended_reason,
         )
+
+    def usage(self) -> Usage:
+        """What this pod used so far (or in all, once destroyed): see podbay.metering; a paused pod accrues
+        memory and storage but no vCPU time."""
+        spec = self.spec
+        storage = spec.disk_mib + (spec.volume_mib if spec.memory_db else 0)
+        return self._meter.usage(self.id, spec.vcpus, spec.memory_mib, storage, self._database_bytes())
+
+    def _database_bytes(self) -> int:
+        return sum(allocated_bytes(volume.image) for volume in self._lease.volumes) if self._lease else 0
 
     async def set_timeout(self, seconds: float) -> None:
         """Destroy this pod `seconds` from now (extends or shortens its timeout, as E2B's set_timeout does);
@@ -231,12 +243,14 @@ class AsyncPod:
         self._running_channel()  # only a running pod can be paused
         await self.sandbox.pause()
         self._state = PodState.PAUSED
+        self._meter.pause()
 
     async def resume(self) -> None:
         if self._state is not PodState.PAUSED:
             raise Conflict(f"pod {self.id} is {self._state.value}, not paused")
         await self.sandbox.resume()
         self._state = PodState.RUNNING
+        self._meter.resume()
 
     async def snapshot(self, name: str) -> SnapshotInfo:
         """Save this running pod as `name`: its memory, writable layer and database volume, quiesced together
@@ -279,6 +293,7 @@ class AsyncPod:
             if self._state is PodState.DESTROYED:
                 return
             self._deadline = None
+            database_bytes = self._database_bytes()  # before the teardown deletes an anonymous volume
             try:
                 await self._trace.timed(
                     "destroy", self._platform.teardown(self.id, self.sandbox, self._lease, self._run_dir)
@@ -289,6 +304,8 @@ class AsyncPod:
                 raise
             self._state = PodState.DESTROYED
             self._ended_reason = reason
+            self._meter.stop(database_bytes)
+            self._platform._ended_usage(self)
 
 
 class AsyncPlatform:
@@ -299,7 +316,16 @@ class AsyncPlatform:
     pools: AsyncPools
     snapshots: SnapshotStore
 
-    def __init__(self, paths: PodbayPaths | None = None, backends: Mapping[str, Backend] | None = None) -> None:
+    def __init__(
+        self,
+        paths: PodbayPaths | None = None,
+        backends: Mapping[str, Backend] | None = None,
+        *,
+        clock: Clock | None = None,
+    ) -> None:
+        """`clock`: the monotonic clock pods are metered by (time.monotonic; tests pass their own)."""
+        self._clock: Clock = clock or time.monotonic
+        self._usage_listeners: list[Callable[[Usage], object]] = []
         self.paths = paths or PodbayPaths.from_env()
         self.volumes = VolumeStore(self.paths.volumes)
         self.backends: dict[str, Backend] = dict(backends or default_backends(self.paths))
@@ -325,6 +351,18 @@ class AsyncPlatform:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
     ) -> None:
         await self.close()
+
+    def on_pod_end(self, listener: Callable[[Usage], object]) -> None:
+        """Call `listener` with a pod's final usage when its teardown succeeds (the service records it)."""
+        self._usage_listeners.append(listener)
+
+    def _ended_usage(self, pod: AsyncPod) -> None:
+        usage = pod.usage()
+        for listener in self._usage_listeners:
+            try:
+                listener(usage)
+            except Exception:  # a listener must not turn a done teardown into a failure
+                log.exception("pod %s: recording its usage failed", pod.id)
 
     def wall_clock(self, monotonic: float) -> float:
         return monotonic + self._clock_offset

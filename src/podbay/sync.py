@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 from podbay.channel import GuestProcess, OutputCallback
 from podbay.isolation.base import Availability, Backend
+from podbay.metering import Usage
 from podbay.models import ExecResult, FileEntry, PodInfo, PodSpec, SnapshotInfo
 from podbay.paths import PodbayPaths
 from podbay.platform import AsyncPlatform, AsyncPod, exit_on_termination_signals
@@ -108,6 +109,10 @@ class Pod:
 
     def info(self) -> PodInfo:
         return self._pod.info()
+
+    def usage(self) -> Usage:
+        """What this pod used so far (or in all, once destroyed); see podbay.metering."""
+        return self._pod.usage()
 
     def exec(
         self,

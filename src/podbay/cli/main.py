@@ -1,11 +1,11 @@
 """Entry point: `podbay doctor | images build | templates ... | snapshot ... | run | volume ... | demo | bench ... |
-serve | tokens ... | quotas ...`."""
+serve | tokens ... | quotas ... | usage`."""
 
 from __future__ import annotations
 
 import typer
 
-from podbay.cli import bench, demo, doctor, images, quotas, run, serve, snapshot, templates, tokens, volume
+from podbay.cli import bench, demo, doctor, images, quotas, run, serve, snapshot, templates, tokens, usage, volume
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -16,6 +16,7 @@ app.command("doctor")(doctor.doctor)
 app.command("run", context_settings={"allow_interspersed_args": False})(run.run)
 app.command("demo")(demo.demo)
 app.command("serve")(serve.serve)
+app.command("usage")(usage.usage)
 app.add_typer(images.app, name="images")
 app.add_typer(templates.app, name="templates")
 app.add_typer(snapshot.app, name="snapshot")

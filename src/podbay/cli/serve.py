@@ -3,27 +3,36 @@
 from __future__ import annotations
 
 import signal
+from pathlib import Path
 
 import typer
 
 from podbay.cli.common import errors
+from podbay.metering import PriceTable
 
 
 def serve(
     listen: str = typer.Option("127.0.0.1:8080", "--listen", help="HOST:PORT to listen on (loopback by default)"),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn's log level: debug, info, warning, error"),
+    prices: Path | None = typer.Option(
+        None, "--prices", help="a JSON price table (PriceTable's fields; those left out keep their defaults)"
+    ),
 ) -> None:
     """Serve pods over HTTP to the holders of API tokens (`podbay tokens create`); Ctrl-C or SIGTERM stops it
     and destroys its pods. State: PODBAY_STATE (the registry is server.db there)."""
     host, sep, port_text = listen.rpartition(":")
     if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise typer.BadParameter(f"{listen!r} is not HOST:PORT (e.g. 127.0.0.1:8080)", param_hint="--listen")
+    try:
+        table = PriceTable.load(prices) if prices is not None else None
+    except (OSError, ValueError) as exc:
+        raise typer.BadParameter(f"{prices}: {exc}", param_hint="--prices") from None
     import uvicorn  # only the server needs it
 
     from podbay.server import create_app
 
     config = uvicorn.Config(
-        create_app(), host=host.strip("[]"), port=int(port_text), log_level=log_level, access_log=False
+        create_app(prices=table), host=host.strip("[]"), port=int(port_text), log_level=log_level, access_log=False
     )
     server = uvicorn.Server(config)
     # uvicorn shuts down cleanly on SIGINT and SIGTERM; a closed terminal (SIGHUP) must too, not raise

@@ -18,6 +18,7 @@ import httpx
 from pydantic import ValidationError
 
 from podbay.errors import HostError, InvalidSpec, PodbayError, Timeout
+from podbay.metering import UsageReport
 from podbay.models import ExecEvent, ExecResult, PodInfo, PodSpec, SnapshotInfo
 from podbay.wire import (
     ExecRequest,
@@ -189,6 +190,21 @@ class AsyncClient:
     async def list(self) -> list[PodInfo]:
         response = await self._request("GET", "/pods")
         return [PodInfo.model_validate(info) for info in response.json()]
+
+    async def usage(
+        self, pod_id: str | None = None, *, start: float | None = None, end: float | None = None
+    ) -> UsageReport:
+        """What a pod used and costs (ended or running), or the tenant's pods that ended in [start, end)
+        (epoch seconds), under the server's price table."""
+        params: dict[str, str | float] = {}
+        if pod_id is not None:
+            params["pod"] = pod_id
+        if start is not None:
+            params["from"] = start
+        if end is not None:
+            params["to"] = end
+        response = await self._request("GET", "/usage", params=params)
+        return UsageReport.model_validate(response.json())
 
     async def restore(self, name: str) -> AsyncRemotePod:
         response = await self._request("POST", f"/snapshots/{name}/restore")

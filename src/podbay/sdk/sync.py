@@ -7,6 +7,7 @@ from collections.abc import AsyncGenerator, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
+from podbay.metering import UsageReport
 from podbay.models import ExecEvent, ExecResult, PodInfo, PodSpec, SnapshotInfo
 from podbay.sdk.client import DEFAULT_TIMEOUT_S, AsyncClient, AsyncRemoteFiles, AsyncRemotePod
 from podbay.sync import _Loop
@@ -117,6 +118,9 @@ class Client:
 
     def list(self) -> list[PodInfo]:
         return self._loop.run(self._client.list())
+
+    def usage(self, pod_id: str | None = None, *, start: float | None = None, end: float | None = None) -> UsageReport:
+        return self._loop.run(self._client.usage(pod_id, start=start, end=end))
 
     def restore(self, name: str) -> RemotePod:
         return RemotePod(self._loop, self._loop.run(self._client.restore(name)))

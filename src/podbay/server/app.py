@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from podbay.metering import PriceTable
 from podbay.paths import PodbayPaths
 from podbay.platform import AsyncPlatform
 from podbay.server import errors
@@ -15,16 +16,19 @@ from podbay.server.routes import router
 from podbay.server.service import Service
 
 
-def create_app(paths: PodbayPaths | None = None, platform: AsyncPlatform | None = None) -> FastAPI:
+def create_app(
+    paths: PodbayPaths | None = None, platform: AsyncPlatform | None = None, prices: PriceTable | None = None
+) -> FastAPI:
     """The service over `platform` (made from `paths`, or PODBAY_STATE/PODBAY_CACHE, at start-up if not given;
-    a given platform is closed at shutdown too). Its registry is `<state>/server.db`."""
+    a given platform is closed at shutdown too). Its registry is `<state>/server.db`; `prices` prices usage
+    (PriceTable's defaults if None)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = platform or AsyncPlatform(paths)
         registry = Registry(owned.paths.state / "server.db")
         registry.end_all_pods("the server stopped; pods do not outlive it yet")
-        app.state.service = Service(owned, registry)
+        app.state.service = Service(owned, registry, prices)
         try:
             yield
         finally:

@@ -13,6 +13,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from podbay.errors import InvalidSpec, PodbayError, Unauthorized
 from podbay.guest.protocol import MAX_PAYLOAD
+from podbay.metering import UsageReport
 from podbay.models import ExecEvent, ExecResult, PodInfo, PodSpec, SnapshotInfo
 from podbay.server.errors import responses
 from podbay.server.service import Service
@@ -226,3 +227,16 @@ async def restore_snapshot(name: str, svc: ServiceDep, who: TenantDep) -> PodInf
 async def fork_pod(pod_id: str, body: ForkRequest, svc: ServiceDep, who: TenantDep) -> list[PodInfo]:
     children = await svc.fork(who, svc.pod(who, pod_id), body.n)
     return [child.info() for child in children]
+
+
+@router.get("/usage", response_model=UsageReport, responses=responses(*POD))
+async def usage(
+    svc: ServiceDep,
+    who: TenantDep,
+    pod: Annotated[str | None, Query(description="one pod (ended or running); else the tenant's pods")] = None,
+    start: Annotated[float | None, Query(alias="from", description="epoch seconds: ended at or after")] = None,
+    end: Annotated[float | None, Query(alias="to", description="epoch seconds: pods that ended before")] = None,
+) -> UsageReport:
+    """The caller's usage and its cost under the server's price table: one pod (`?pod=ID`), or every pod of the
+    tenant that ended in [from, to). Another tenant's pod answers 404, as a pod that does not exist."""
+    return svc.usage(who, pod, start, end)

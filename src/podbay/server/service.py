@@ -8,19 +8,33 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from podbay.errors import Conflict, InvalidSpec, NotFound, QuotaExceeded
+from podbay.metering import PriceTable, UsageReport
 from podbay.models import PodInfo, PodSpec, SnapshotInfo
 from podbay.platform import AsyncPlatform, AsyncPod
 from podbay.server.registry import Registry
+from podbay.server.usage import UsageLedger
 from podbay.snapshots import load_snapshot
 
 
 class Service:
-    def __init__(self, platform: AsyncPlatform, registry: Registry) -> None:
+    def __init__(self, platform: AsyncPlatform, registry: Registry, prices: PriceTable | None = None) -> None:
         self.platform = platform
         self.registry = registry
         # What creates, restores, forks and snapshots in flight will add, per tenant: counted by every quota
         # check, so that two requests at once cannot both pass it (see `reserve`).
         self.reserved: dict[str, Counter[str]] = {}
+        self.prices = prices or PriceTable()
+        self.ledger = UsageLedger(registry)
+        platform.on_pod_end(self.ledger.record)  # every end: destroy, timeout, shutdown
+
+    def usage(self, tenant: str, pod_id: str | None, start: float | None, end: float | None) -> UsageReport:
+        """One pod's usage (recorded if it ended, so far if it runs), or the tenant's pods that ended in
+        [start, end). Another tenant's pod answers as one that does not exist."""
+        if pod_id is None:
+            return UsageReport.of(self.ledger.of_tenant(tenant, start, end), self.prices, start, end)
+        recorded = self.ledger.of_pod(tenant, pod_id)
+        usage = recorded or self.pod(tenant, pod_id).usage().model_copy(update={"tenant": tenant})
+        return UsageReport.of([usage], self.prices)
 
     def pod(self, tenant: str, pod_id: str) -> AsyncPod:
         """The tenant's pod; another tenant's answers exactly as a pod that does not exist."""
@@ -88,7 +102,7 @@ class Service:
         reserved = self.reserved.setdefault(tenant, Counter())
         limits = {"pods": quota.pods, "memory_mib": quota.memory_mib, "snapshots": quota.snapshots}
         if any(limits[kind] is not None and adding.get(kind) for kind in limits):
-            used = self.usage(tenant)
+            used = self.holdings(tenant)
             for kind, limit in limits.items():
                 if limit is not None and adding.get(kind):
                     have = used[kind] + reserved[kind]
@@ -100,7 +114,7 @@ class Service:
         finally:
             reserved.subtract(adding)
 
-    def usage(self, tenant: str) -> dict[str, int]:
+    def holdings(self, tenant: str) -> dict[str, int]:
         """What the tenant holds now: live pods (running or paused; ended and expired ones are freed), their
         guest memory, and its snapshots that still exist."""
         pods = self.pods(tenant)
