@@ -22,7 +22,6 @@ from podbay.isolation.fake import LocalProcessBackend
 from podbay.isolation.supervise import is_gone
 from podbay.paths import PodbayPaths
 from podbay.platform import AsyncPlatform
-from podbay.pool.pools import POD_FIELDS
 
 
 @pytest.fixture
@@ -83,6 +82,10 @@ def test_cold_skips_a_full_pool(platform: Platform) -> None:
     pod = platform.create_agent(backend="local", cold=True)
     assert pod.info().origin == "cold boot"
     assert platform.pools.report()[0]["idle"] == 1
+
+
+# What a pod assigns to its sandbox: given at claim, never to a pool.
+POD_FIELDS = ("memory_db", "volume", "volume_mib", "env", "context", "cold")
 
 
 @pytest.mark.parametrize("field", POD_FIELDS)

@@ -14,10 +14,8 @@ from podbay.pool.factory import SandboxFactory, require
 from podbay.pool.warm import Member, PoolReport, WarmPool, available_memory_mib, check_fits
 
 MAX_POOL_SIZE = 256
-MEMBER_BOOT_TIMEOUT_S = 120.0
-WARM_UP_RUNS = 2  # a member may be the one that builds the template
-# A pool is of sandboxes, not of pods: what a pod assigns is given at claim, never to a pool.
-POD_FIELDS = ("memory_db", "volume", "volume_mib", "env", "context", "cold")
+MEMBER_BOOT_TIMEOUT_S = 120.0  # a member may be the one that builds the template
+WARM_UP_RUNS = 2
 
 
 def shape_of(spec: PodSpec) -> SandboxShape:
@@ -53,9 +51,8 @@ class AsyncPools:
         A pod's own fields (memory_db, volume, env, context...) are not a pool's: a claim injects them."""
         if wait is not None:
             check_timeout(wait, "wait")
-        pool = await self._pools.ensure(
-            size, backend=backend, vcpus=vcpus, memory_mib=memory_mib, disk_mib=disk_mib, preload=preload
-        )
+        spec = PodSpec.parse(backend=backend, vcpus=vcpus, memory_mib=memory_mib, disk_mib=disk_mib, preload=preload)
+        pool = await self._pools.ensure(size, spec)
         if wait is not None:
             await pool.wait_full(wait)
         return pool.report()
@@ -73,22 +70,11 @@ class Pools:
         self._backend_for = backend_for
         self._pools: dict[SandboxShape, WarmPool] = {}
 
-    async def ensure(
-        self,
-        size: int,
-        *,
-        backend: str = "qemu",
-        vcpus: int = 1,
-        memory_mib: int = 256,
-        disk_mib: int = 1024,
-        preload: str | None = None,
-    ) -> WarmPool:
-        """Keep `size` idle members of this shape (PodSpec's fields of the same names) refilled in the
-        background; `size=0` empties the pool. Returns at once. A pod's own fields (POD_FIELDS) are not a
-        pool's: a claim injects them."""
+    async def ensure(self, size: int, spec: PodSpec) -> WarmPool:
+        """Keep `size` idle members of `spec`'s sandbox shape refilled in the background; `size=0` empties the
+        pool. Returns at once."""
         if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= MAX_POOL_SIZE:
             raise InvalidSpec("size", f"{size!r} is not an integer from 0 to {MAX_POOL_SIZE}", "pass e.g. size=8")
-        spec = PodSpec.parse(backend=backend, vcpus=vcpus, memory_mib=memory_mib, disk_mib=disk_mib, preload=preload)
         runs_on = self._backend_for(spec.backend)
         require(runs_on, "pool", "keep a warm pool", "create pods directly")
         shape = shape_of(spec)
