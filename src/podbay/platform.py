@@ -549,11 +549,24 @@ class AsyncPlatform:
                 run_dir.remove()
             raise
         spec = parent.spec.model_copy(update={"volume": None})  # each child's database is its own copy
-        children = []
-        for child, run_dir in zip(forked.children, run_dirs, strict=True):
-            child_trace = Trace()
-            child_trace.phases = list(trace.phases)
-            children.append(await self._adopt(child, run_dir, spec, child_trace, Origin.FORK))
+
+        def child_trace() -> Trace:
+            copy = Trace()
+            copy.phases = list(trace.phases)
+            return copy
+
+        adopted = await asyncio.gather(
+            *(
+                self._adopt(child, run_dir, spec, child_trace(), Origin.FORK)
+                for child, run_dir in zip(forked.children, run_dirs, strict=True)
+            ),
+            return_exceptions=True,
+        )
+        children = [child for child in adopted if isinstance(child, AsyncPod)]
+        failed = [error for error in adopted if isinstance(error, BaseException)]
+        if failed:  # all or none: a child that could not be adopted was torn down; so are its siblings
+            await asyncio.gather(*(child.destroy() for child in children), return_exceptions=True)
+            raise failed[0]
         return children
 
     async def _adopt(self, sandbox: Sandbox, run_dir: RunDir, spec: PodSpec, trace: Trace, origin: Origin) -> AsyncPod:
