@@ -64,17 +64,20 @@ class QemuBackend:
             return Availability(True, "KVM: " + kvm.reason)
         return Availability(True, f"runs under TCG: {kvm.reason}")
 
-    def describe(self) -> SandboxInfo:
-        accelerator = self.accelerator()
+    @classmethod
+    def describe(cls) -> SandboxInfo:
+        """Host facts only (the accelerator): clones and restores describe themselves with it too."""
+        accelerator = cls.accelerator()
         return SandboxInfo(
-            backend=self.name,
-            isolation=self.isolation,
+            backend=cls.name,
+            isolation=cls.isolation,
             accelerator=accelerator,
             security_boundary=accelerator == "kvm",
             note=KVM_NOTE if accelerator == "kvm" else TCG_NOTE,
         )
 
-    def accelerator(self) -> str:
+    @staticmethod
+    def accelerator() -> str:
         return "kvm" if hardware_kvm().available else "tcg"
 
     def images(self) -> ImageSet:

@@ -84,11 +84,8 @@ from podbay.isolation.qemu.template import (
     template_command,
 )
 from podbay.isolation.supervise import volume_mounts
-from podbay.paths import PodbayPaths
 
 SNAPSHOT_FORMAT = 1
-SNAPSHOT_FD_NAME = "podbay-snapshot"
-SAVE_TIMEOUT_S = 120.0
 FREEZE_TIMEOUT_S = 30.0  # the guest thaws by itself after this if the host never sends `thaw`
 MemoryMode = Literal["mapped", "owned"]
 
@@ -262,7 +259,7 @@ class SnapshotSandbox(ClonedSandbox):
             await _when_listening(self._files.qmp_socket, self._qmp.connect)
             capabilities = [{"capability": "x-ignore-shared", "state": self.ignore_shared}]
             await self._qmp.execute("migrate-set-capabilities", {"capabilities": capabilities})
-            await self._pass_state(os.O_RDONLY)
+            await self.pass_state(self._state, os.O_RDONLY)
             await self._qmp.execute("migrate-incoming", {"uri": f"fd:{STATE_FD_NAME}"})
 
         async def agent() -> None:
@@ -285,29 +282,6 @@ class SnapshotSandbox(ClonedSandbox):
                 group.create_task(agent())
         except BaseExceptionGroup as failed:
             raise failed.exceptions[0] from None
-
-    async def save_to(self, state: Path, ignore_shared: bool) -> None:
-        """Migrate into `state` (a new file). QEMU stops the guest when the save completes (postmigrate)."""
-        capabilities = [{"capability": "x-ignore-shared", "state": ignore_shared}]
-        await self.qmp("migrate-set-capabilities", {"capabilities": capabilities})
-        fd = os.open(state, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            self._qmp.send_fd_scm(fd)
-            await self.qmp("getfd", {"fdname": SNAPSHOT_FD_NAME})
-        finally:
-            os.close(fd)
-        await self.qmp("migrate", {"uri": f"fd:{SNAPSHOT_FD_NAME}"})
-        deadline = time.monotonic() + SAVE_TIMEOUT_S
-        while True:
-            status = await self.qmp("query-migrate")
-            phase = status.get("status") if isinstance(status, dict) else None
-            if phase == "completed":
-                return
-            if phase in ("failed", "cancelled"):
-                raise GuestError(f"QEMU could not save the pod: {status.get('error-desc', phase)}")
-            if time.monotonic() > deadline:
-                raise Timeout(f"saving the pod did not finish within {SAVE_TIMEOUT_S} s (status {phase})")
-            await asyncio.sleep(0.002)
 
     async def recover_after_failed_save(self) -> None:
         """Whatever a failed save left: cancel the migration, run the guest again."""
@@ -370,7 +344,7 @@ async def start_clone(
     are no longer shared with other clones. `reseed=False` is for tests that show what an unreseeded clone
     would produce."""
     template.shape.matches(config)
-    check_template(template, config.run_dir)
+    check_template(template)
     started = time.perf_counter()
     if config.layer is None:
         config = replace(config, layer=await clone_layer(template, config.run_dir))
@@ -434,7 +408,7 @@ async def _launch(
         if owned_memory_dir is not None:
             shutil.rmtree(owned_memory_dir, ignore_errors=True)
         raise
-    described = QemuBackend(PodbayPaths(cache=layout.run_dir, state=layout.run_dir)).describe()
+    described = QemuBackend.describe()
     info = described.model_copy(update={"pid": process.pid, "console_log": str(files.console_log)})
     sandbox = SnapshotSandbox(
         info, files, process, layout, logs, uid,
@@ -488,7 +462,8 @@ async def save_snapshot(
             frozen = saved_frozen = tuple(header.get("frozen", ()))
             timings["freeze_ms"] = _ms_since(started)
         mark = time.perf_counter()
-        await sandbox.save_to(building / "state", ignore_shared=sandbox.memory_shared)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+        await sandbox.migrate_to(building / "state", flags, ignore_shared=sandbox.memory_shared, what="the pod")
         saved = True
         timings["state_ms"] = _ms_since(mark)
         mark = time.perf_counter()

@@ -107,7 +107,7 @@ MEMORY_ID = "mem"
 STATE_FD_NAME = "podbay-state"  # the name QEMU knows the state file's descriptor by (QMP getfd)
 PLACEHOLDER_BYTES = 1 << 20  # an unused volume slot: a sparse file the guest never mounts
 SEED_BYTES = 64  # host randomness sent to every clone
-SAVE_TIMEOUT_S = 60.0
+SAVE_TIMEOUT_S = 120.0  # a save that streams the RAM (a snapshot of a pod that maps its template's) takes longer
 # Commands run in the template before it is saved, so a clone's first commands find their pages in the guest's
 # page cache (the first python3 of a fresh guest costs ~1.6 s under TCG, later ones ~0.2 s).
 # The last one rekeys the kernel's CRNG just before the save (RNDRESEEDCRNG, without reading the boot id): a
@@ -511,7 +511,7 @@ def find_template(
 ) -> Template | None:
     """The cached template for `shape` (carrying `preload`) and the current images, or None if it is not built."""
     images = images or find_images(paths)
-    accelerator = QemuBackend(paths, images).accelerator()
+    accelerator = QemuBackend.accelerator()
     key = template_key(images, shape, accelerator, preload=preload)
     entry = CacheEntry(root or templates_root(paths), KIND, key)
     if not (entry.path / "meta.json").exists():
@@ -709,13 +709,11 @@ async def _copy_preload(sandbox: ClonedSandbox, preload: Preload) -> Preload:
     return replace(preload, sha256=digest.hexdigest())
 
 
-def check_template(template: Template, run_dir: Path) -> None:
+def check_template(template: Template) -> None:
     """Refuse a template this host cannot clone (another accelerator) or one with a part missing."""
-    described = QemuBackend(PodbayPaths(cache=template.path, state=run_dir)).describe()
-    if described.accelerator != template.accelerator:
-        raise InvalidSpec(
-            "template", f"it was built for {template.accelerator}, this host runs {described.accelerator}", _OTHER
-        )
+    accelerator = QemuBackend.accelerator()
+    if accelerator != template.accelerator:
+        raise InvalidSpec("template", f"it was built for {template.accelerator}, this host runs {accelerator}", _OTHER)
     for part in (template.memory, template.state, template.layer):
         if not part.exists():
             raise NotFound(f"template {template.key} is incomplete ({part.name} is missing): rebuild it")
@@ -772,8 +770,7 @@ async def _start(template: Template, config: SandboxConfig) -> ClonedSandbox:
             console=console,
         ),
     )
-    # describe() reads host facts only (the accelerator): the paths of this throwaway backend are never used.
-    described = QemuBackend(PodbayPaths(cache=template.path, state=config.run_dir)).describe()
+    described = QemuBackend.describe()
     info = described.model_copy(update={"pid": process.pid, "console_log": str(files.console_log)})
     sandbox = ClonedSandbox(info, files, process, config, logs, uid, state=template.state)
     try:
@@ -801,10 +798,11 @@ class ClonedSandbox(QemuSandbox):
     async def qmp(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
         return await self._qmp.execute(command, arguments)
 
-    async def _pass_state(self, flags: int) -> None:
-        """Hand QEMU the state file as a descriptor (SCM_RIGHTS + `getfd`): it opens nothing by path, and its
-        `-chroot` hides the file anyway. QEMU 7.2 takes `fd:NAME` for both directions of a migration."""
-        fd = os.open(self._state, flags | os.O_CLOEXEC)
+    async def pass_state(self, path: Path, flags: int) -> None:
+        """Hand QEMU a device-state file as a descriptor (SCM_RIGHTS + `getfd`): it opens nothing by path, and
+        its `-chroot` hides the file anyway. QEMU 7.2 takes `fd:NAME` for both directions of a migration (a
+        second `getfd` of the name replaces the first)."""
+        fd = os.open(path, flags | os.O_CLOEXEC, 0o600)
         try:
             self._qmp.send_fd_scm(fd)
             await self._qmp.execute("getfd", {"fdname": STATE_FD_NAME})
@@ -830,22 +828,27 @@ class ClonedSandbox(QemuSandbox):
         The guest is saved running (no `stop` first): the state then records it as running, so a clone runs as
         soon as its state is loaded, without a `cont` round trip. A guest stopped before the save would restore
         paused."""
-        capabilities = [{"capability": "x-ignore-shared", "state": True}]
+        await self.migrate_to(self._state, os.O_WRONLY | os.O_TRUNC, ignore_shared=True, what="the template")
+
+    async def migrate_to(self, state: Path, flags: int, *, ignore_shared: bool, what: str) -> None:
+        """Write the device state into `state` — and the RAM too, unless `ignore_shared` skips it because it is a
+        shared file already. QEMU stops the guest when the save completes."""
+        capabilities = [{"capability": "x-ignore-shared", "state": ignore_shared}]
         await self.qmp("migrate-set-capabilities", {"capabilities": capabilities})
-        await self._pass_state(os.O_WRONLY | os.O_TRUNC)
+        await self.pass_state(state, flags)
         await self.qmp("migrate", {"uri": f"fd:{STATE_FD_NAME}"})
         deadline = time.monotonic() + SAVE_TIMEOUT_S
         while True:
             status = await self.qmp("query-migrate")
-            state = status.get("status") if isinstance(status, dict) else None
-            if state == "completed":
+            phase = status.get("status") if isinstance(status, dict) else None
+            if phase == "completed":
                 return
-            if state in ("failed", "cancelled"):
-                why = status.get("error-desc", state)
-                raise GuestError(f"saving the template failed: {why}\n{self.diagnostics()}")
+            if phase in ("failed", "cancelled"):
+                why = status.get("error-desc", phase)
+                raise GuestError(f"saving {what} failed: {why}\n{self.diagnostics()}")
             if time.monotonic() > deadline:
-                raise Timeout(f"saving the template did not finish within {SAVE_TIMEOUT_S} s (status {state})")
-            await asyncio.sleep(0.005)
+                raise Timeout(f"saving {what} did not finish within {SAVE_TIMEOUT_S} s (status {phase})")
+            await asyncio.sleep(0.002)
 
     async def stop_after_save(self) -> None:
         """Stop the template VM without running its guest again (destroy() would resume it to shut its agent
