@@ -1,5 +1,5 @@
-"""`podbay bench create | isolation | soak | reliability | clone | pool | snapshot | fork | density`: `--json`
-prints one JSON document on stdout; the human summary goes to stderr."""
+"""`podbay bench create | isolation | soak | reliability | clone | pool | run | snapshot | fork | density`:
+`--json` prints one JSON document on stdout; the human summary goes to stderr."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from podbay.bench import density as density_bench
 from podbay.bench import isolation as isolation_bench
 from podbay.bench import pool as pool_bench
 from podbay.bench import reliability as reliability_bench
+from podbay.bench import run as run_bench
 from podbay.bench import snapshot as snapshot_bench
 from podbay.bench import soak as soak_bench
 from podbay.cli.common import errors, reported_errors
@@ -114,6 +115,20 @@ def pool(
     if as_json:
         print(json.dumps(result, indent=2))
     errors.print(pool_bench.summary(result), highlight=False)
+
+
+@app.command("run")
+def run(
+    n: int = typer.Option(10, "--n", min=1, help="runs to time, after one warm-up run"),
+    cold: bool = typer.Option(False, "--cold", help="boot each pod instead of cloning the template"),
+    as_json: bool = typer.Option(False, "--json", help="print the JSON result"),
+) -> None:
+    """`podbay run -- true`, the whole command as a user waits for it: median, p90, min and max wall time."""
+    with reported_errors():
+        result = run_bench.bench_run(n, ["true"], cold=cold)
+    if as_json:
+        print(json.dumps(result, indent=2))
+    errors.print(run_bench.summary(result), highlight=False)
 
 
 @app.command("snapshot")
