@@ -19,6 +19,7 @@ from typing import Any
 
 from podbay.bench.create import percentile
 from podbay.bench.memory import tree_uss_pss_kib
+from podbay.errors import GuestError
 from podbay.images import find_images
 from podbay.isolation.base import SandboxConfig
 from podbay.isolation.qemu.snapshot import start_clone
@@ -148,7 +149,7 @@ async def _sequential(template: Template, work: Path, n: int) -> tuple[list[floa
             result = await (await sandbox.channel.start_process(["true"])).wait()
             first_exec.append((time.perf_counter() - started) * 1000)
             if result.exit_code != 0:
-                raise RuntimeError(f"`true` exited {result.exit_code} in a clone")
+                raise GuestError(f"`true` exited {result.exit_code} in a clone")
             agent.append(sandbox.timings["agent_answers_ms"])
             ready.append(sandbox.timings["ready_ms"])
         finally:
@@ -183,7 +184,7 @@ async def _idle_memory(template: Template, work: Path, alive: int) -> dict[str, 
 def _pid(sandbox: ClonedSandbox) -> int:
     pid = sandbox.info.pid
     if pid is None:
-        raise RuntimeError("a clone without a pid")
+        raise GuestError("a clone without a pid")
     return pid
 
 

@@ -37,6 +37,7 @@ from typing import Any
 
 from podbay.bench.clone import initialised_clone, spread
 from podbay.bench.memory import descendants, tree_uss_pss_kib
+from podbay.errors import GuestError, InvalidSpec
 from podbay.images import find_images
 from podbay.isolation.qemu.template import (
     ClonedSandbox,
@@ -72,7 +73,7 @@ def bench_density(
     reads it whole after its start unless `read_preload` is False.
     """
     if not counts or any(count < 1 for count in counts):
-        raise ValueError(f"counts must be positive: {counts!r}")
+        raise InvalidSpec("counts", f"{counts!r} has a count below 1", "pass pod counts of 1 or more, e.g. 1,10,50")
     shape = TemplateShape(memory_mib=memory_mib)
     results = [
         asyncio.run(_one_run(paths, sorted(set(counts)), shape, window_s, settle_s, preload, read_preload, root))
@@ -156,7 +157,7 @@ async def _clone(template: Template, work: Path, index: int) -> ClonedSandbox:
 async def _run(sandbox: ClonedSandbox, argv: list[str]) -> str:
     result = await (await sandbox.channel.start_process(argv, timeout=300)).wait()
     if result.exit_code != 0:
-        raise RuntimeError(f"{argv} exited {result.exit_code} in a clone: {result.stderr.strip()}")
+        raise GuestError(f"{argv} exited {result.exit_code} in a clone: {result.stderr.strip()}")
     return result.stdout
 
 
@@ -210,7 +211,7 @@ async def _measure(template: Template, sandboxes: list[ClonedSandbox], window_s:
 
 def _pid(sandbox: ClonedSandbox) -> int:
     if sandbox.info.pid is None:
-        raise RuntimeError("a clone without a pid")
+        raise GuestError("a clone without a pid")
     return sandbox.info.pid
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from podbay.bench.clone import spread, stats
+from podbay.errors import GuestError
 from podbay.images import find_images, make_ext4
 from podbay.isolation.base import SandboxConfig, VolumeAttachment
 from podbay.isolation.qemu.snapshot import (
@@ -138,7 +139,7 @@ async def _source(template: Template, work: Path) -> SnapshotSandbox:
 async def _exec(pod: SnapshotSandbox, argv: list[str]) -> None:
     result = await (await pod.channel.start_process(argv, timeout=120)).wait()
     if result.exit_code != 0:
-        raise RuntimeError(f"{argv} exited {result.exit_code} in a pod: {result.stderr}")
+        raise GuestError(f"{argv} exited {result.exit_code} in a pod: {result.stderr}")
 
 
 async def _snapshot_run(template: Template, work: Path, n: int) -> dict[str, Any]:
