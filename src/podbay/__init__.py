@@ -8,6 +8,7 @@ from podbay.channel import GuestProcess
 from podbay.errors import (
     BackendUnavailable,
     Conflict,
+    Forbidden,
     GuestError,
     HostError,
     ImageMissing,
@@ -57,6 +58,7 @@ __all__ = [
     "ExecResult",
     "FileEntry",
     "Files",
+    "Forbidden",
     "GuestError",
     "GuestProcess",
     "HostError",

@@ -13,7 +13,8 @@ PodbayError                 root: catch this to catch everything podbay raises; 
 ├── HostError               the host failed podbay: a tool is missing, a disk is full, a file cannot be written
 ├── Timeout                 an operation did not finish in time
 ├── QuotaExceeded           a limit was hit
-└── Unauthorized            the REST API's token is missing, unknown or revoked (podbay serve, podbay.Client)
+├── Unauthorized            the REST API's token is missing, unknown or revoked (podbay serve, podbay.Client)
+└── Forbidden               the token is of the wrong kind: a tenant's on /admin routes, an admin's elsewhere
 
 Every error about one pod carries its id in `pod_id` (None where no pod is concerned). Over the REST API each
 one crosses the wire as `{"error": {"type", "message", "field", "pod_id"}}` and the SDK raises the same class
@@ -100,6 +101,11 @@ class QuotaExceeded(PodbayError):
 
 class Unauthorized(PodbayError):
     """The REST API's bearer token is missing, unknown or revoked."""
+
+
+class Forbidden(PodbayError):
+    """The REST API's bearer token is valid but of the wrong kind: a tenant's token on an /admin route, or an
+    admin token (which acts for no tenant) on a tenant's route."""
 
 
 @contextmanager

@@ -53,10 +53,16 @@ def test_every_error_status_answers_in_the_one_error_shape() -> None:
 def test_every_route_but_healthz_needs_the_bearer_token() -> None:
     doc = document()
     schemes = doc["components"]["securitySchemes"]
-    assert schemes == {"token": {"type": "http", "scheme": "bearer", "description": schemes["token"]["description"]}}
+    assert set(schemes) == {"token", "admin_token"}
+    assert all(scheme["type"] == "http" and scheme["scheme"] == "bearer" for scheme in schemes.values())
     for method, path, op in _operations(doc):
-        expected = None if path == "/healthz" else [{"token": []}]
+        if path == "/healthz":
+            expected = None
+        else:
+            expected = [{"admin_token": []}] if path.startswith("/admin/") else [{"token": []}]
         assert op.get("security") == expected, (method, path)
+        if path.startswith("/admin/"):
+            assert "403" in op["responses"], (method, path)
 
 
 def test_the_raw_byte_routes_say_so() -> None:

@@ -11,6 +11,7 @@ from podbay import errors
 from podbay.errors import (
     BackendUnavailable,
     Conflict,
+    Forbidden,
     GuestError,
     HostError,
     ImageMissing,
@@ -29,6 +30,7 @@ from podbay.wire import error_body, error_from_body
 EXAMPLES: list[tuple[PodbayError, int]] = [
     (InvalidSpec("vcpus", "is -1", "use 1 to 16"), 422),
     (Unauthorized("no token"), 401),
+    (Forbidden("an admin token on a tenant's route"), 403),
     (NotFound("no pod 'x'"), 404),
     (ImageMissing("run podbay images build"), 503),
     (Conflict("pod is paused"), 409),

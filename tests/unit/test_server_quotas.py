@@ -153,13 +153,23 @@ def test_quotas_set_and_show_round_trip(paths: PodbayPaths, monkeypatch: pytest.
         shown: dict[str, object] = json.loads(result.stdout)
         return shown
 
-    assert show() == {"tenant": "acme", "pods": None, "memory_mib": None, "snapshots": None}
+    unlimited = {"volumes": None, "volume_mib": None}
+    assert show() == {"tenant": "acme", "pods": None, "memory_mib": None, "snapshots": None, **unlimited}
     result = runner.invoke(cli, ["quotas", "set", "--tenant", "acme", "--pods", "3", "--memory-mib", "4096"])
     assert result.exit_code == 0, result.output
-    assert show() == {"tenant": "acme", "pods": 3, "memory_mib": 4096, "snapshots": None}
-    result = runner.invoke(cli, ["quotas", "set", "--tenant", "acme", "--snapshots", "5", "--pods", "unlimited"])
+    assert show() == {"tenant": "acme", "pods": 3, "memory_mib": 4096, "snapshots": None, **unlimited}
+    result = runner.invoke(
+        cli, ["quotas", "set", "--tenant", "acme", "--snapshots", "5", "--pods", "unlimited", "--volumes", "2"]
+    )
     assert result.exit_code == 0, result.output
-    assert show() == {"tenant": "acme", "pods": None, "memory_mib": 4096, "snapshots": 5}
+    assert show() == {
+        "tenant": "acme",
+        "pods": None,
+        "memory_mib": 4096,
+        "snapshots": 5,
+        "volumes": 2,
+        "volume_mib": None,
+    }
     assert "4096" in runner.invoke(cli, ["quotas", "show", "--tenant", "acme"]).stdout
     for argv in (
         ["quotas", "set", "--tenant", "nobody", "--pods", "1"],

@@ -47,17 +47,18 @@ schema = schemathesis.openapi.from_path(COMMITTED)
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FastAPI, str]]:
-    """The app over the test double in a private state root, and a valid token of one tenant."""
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FastAPI, str, str]]:
+    """The app over the test double in a private state root, a valid token of one tenant and an admin token."""
     root = tmp_path_factory.mktemp("schemathesis")
     paths = PodbayPaths(cache=root / "cache", state=root / "state")
     registry = Registry(paths.state / "server.db")
     token, _ = registry.create_token("acme")
+    admin_token, _ = registry.create_admin_token()
     registry.close()
     app = create_app(platform=AsyncPlatform(paths, backends={"local": LocalProcessBackend()}))
     with get_client(app):  # starts the app's lifespan on schemathesis's own event loop, until shutdown_lifespans
         pass
-    yield app, token
+    yield app, token, admin_token
     shutdown_lifespans()  # the app's shutdown: its pods are destroyed, its platform closed
     assert not paths.pods.exists() or list(paths.pods.iterdir()) == [], "the shutdown destroys the pods"
 
@@ -69,10 +70,14 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FastAPI, 
     database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
-def test_the_api_conforms_to_its_document(case: Any, served: tuple[FastAPI, str]) -> None:
-    app, token = served
+def test_the_api_conforms_to_its_document(case: Any, served: tuple[FastAPI, str, str]) -> None:
+    app, token, admin_token = served
     if (case.method, case.path) == ("POST", "/pods") and isinstance(case.body, dict):
         case.body = {**case.body, "backend": "local"}  # the only backend here: real pods, the other fields fuzzed
+    if (case.method, case.path) == ("POST", "/volumes") and isinstance(case.body, dict):
+        case.body = {**case.body, "size_mib": 16}  # each is a real ext4 image: the other fields fuzzed
+    if case.path.startswith("/admin/") and (case.method, case.path) != ("PUT", "/admin/pools"):
+        token = admin_token  # (a pool would start members: with a tenant's token it answers 403)
     if (case.method, case.path) in ON_LIVE_PODS and next(TURNS) % 2:
         case.path_parameters = {**(case.path_parameters or {}), "pod_id": plain_pod(app, token)}
     case.call_and_validate(app=app, headers={"Authorization": f"Bearer {token}"}, checks=CHECKS)

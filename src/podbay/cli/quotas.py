@@ -43,13 +43,25 @@ def set_(
         None, "--memory-mib", help=f"most guest memory (MiB) of its pods alive at once: {LIMIT_HELP}"
     ),
     snapshots: str | None = typer.Option(None, "--snapshots", help=f"most snapshots kept: {LIMIT_HELP}"),
+    volumes: str | None = typer.Option(None, "--volumes", help=f"most named volumes kept: {LIMIT_HELP}"),
+    volume_mib: str | None = typer.Option(
+        None, "--volume-mib", help=f"most MiB of named volumes (the sum of their sizes): {LIMIT_HELP}"
+    ),
 ) -> None:
     """Set some of a tenant's quotas; the server enforces them from its next request on."""
-    given = {"pods": pods, "memory_mib": memory_mib, "snapshots": snapshots}
+    given = {
+        "pods": pods,
+        "memory_mib": memory_mib,
+        "snapshots": snapshots,
+        "volumes": volumes,
+        "volume_mib": volume_mib,
+    }
     with reported_errors():
         limits = {kind: _limit(kind, value) for kind, value in given.items() if value is not None}
         if not limits:
-            raise InvalidSpec("quotas", "none given", "pass --pods, --memory-mib and/or --snapshots")
+            raise InvalidSpec(
+                "quotas", "none given", "pass --pods, --memory-mib, --snapshots, --volumes and/or --volume-mib"
+            )
         quota = _registry().set_quota(tenant, limits)
     _print(quota, as_json=False)
 
@@ -71,8 +83,8 @@ def _print(quota: Quota, *, as_json: bool) -> None:
     if as_json:
         print(json.dumps(dataclasses.asdict(quota), indent=2))
         return
-    table = Table("tenant", "pods", "memory (MiB)", "snapshots")
-    table.add_row(quota.tenant, *(_shown(value) for value in (quota.pods, quota.memory_mib, quota.snapshots)))
+    table = Table("tenant", "pods", "memory (MiB)", "snapshots", "volumes", "volumes (MiB)")
+    table.add_row(quota.tenant, *(_shown(value) for value in quota.limits().values()))
     console.print(table)
 
 

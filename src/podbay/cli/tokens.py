@@ -1,4 +1,5 @@
-"""`podbay tokens create | revoke | ls`: the service's API tokens, one tenant each, kept hashed in server.db."""
+"""`podbay tokens create | revoke | ls`: the service's API tokens, kept hashed in server.db: a tenant's token acts
+for its tenant; an admin token (`--admin`) acts for no tenant, only on the /admin routes."""
 
 from __future__ import annotations
 
@@ -9,10 +10,14 @@ import typer
 from rich.table import Table
 
 from podbay.cli.common import console, errors, reported_errors
+from podbay.errors import InvalidSpec
 from podbay.paths import PodbayPaths
 from podbay.server.registry import Registry
 
-app = typer.Typer(no_args_is_help=True, help="API tokens of `podbay serve` (tenants are made with their first token).")
+app = typer.Typer(
+    no_args_is_help=True,
+    help="API tokens of `podbay serve` (tenants are made with their first token; --admin tokens manage them).",
+)
 
 
 def _registry() -> Registry:
@@ -20,11 +25,17 @@ def _registry() -> Registry:
 
 
 @app.command("create")
-def create(tenant: str = typer.Option(..., "--tenant", help="the tenant the token acts for (made if new)")) -> None:
+def create(
+    tenant: str | None = typer.Option(None, "--tenant", help="the tenant the token acts for (made if new)"),
+    admin: bool = typer.Option(False, "--admin", help="an admin token: /admin routes only, for no tenant"),
+) -> None:
     """Make a token and print it once on stdout: only its hash is kept."""
     with reported_errors():
-        token, record = _registry().create_token(tenant)
-    errors.print(f"token {record.id} for tenant {record.tenant!r} (shown once; keep it secret):", highlight=False)
+        if admin == (tenant is not None):
+            raise InvalidSpec("tenant", "give exactly one of --tenant NAME and --admin", "pass one of them")
+        token, record = _registry().create_admin_token() if tenant is None else _registry().create_token(tenant)
+    whose = "admin token" if record.tenant is None else f"token for tenant {record.tenant!r}"
+    errors.print(f"{whose} {record.id} (shown once; keep it secret):", highlight=False)
     print(token)
 
 
@@ -33,12 +44,12 @@ def revoke(token: str = typer.Argument(..., help="the token's id (tok_...) or th
     """Revoke a token: the server refuses it (401) from the next request on."""
     with reported_errors():
         record = _registry().revoke(token)
-    console.print(f"revoked {record.id} (tenant {record.tenant!r})", highlight=False)
+    console.print(f"revoked {record.id} ({_whose(record.tenant)})", highlight=False)
 
 
 @app.command("ls")
 def ls(as_json: bool = typer.Option(False, "--json", help="print the list as JSON on stdout")) -> None:
-    """Every token: id, tenant, when made, whether revoked (never the token)."""
+    """Every token: id, tenant (or admin), when made, whether revoked (never the token)."""
     with reported_errors():
         records = _registry().tokens()
     if as_json:
@@ -46,8 +57,12 @@ def ls(as_json: bool = typer.Option(False, "--json", help="print the list as JSO
         return
     table = Table("id", "tenant", "created", "revoked")
     for record in records:
-        table.add_row(record.id, record.tenant, _when(record.created_at), _when(record.revoked_at) or "-")
+        table.add_row(record.id, _whose(record.tenant), _when(record.created_at), _when(record.revoked_at) or "-")
     console.print(table)
+
+
+def _whose(tenant: str | None) -> str:
+    return "admin" if tenant is None else f"tenant {tenant!r}"
 
 
 def _when(stamp: float | None) -> str:

@@ -4,11 +4,12 @@
 |----------------------------------|--------|------------------------------------------------------------|
 | InvalidSpec, request validation  | 422    | the body, query or path is wrong; `field` names it         |
 | Unauthorized                     | 401    | missing, unknown or revoked token                          |
+| Forbidden                        | 403    | a tenant's token on /admin, an admin token on tenant routes|
 | NotFound                         | 404    | also for another tenant's pod or snapshot (never 403)      |
 | ImageMissing                     | 503    | the server's images are not built: the operator's problem  |
 | Conflict                         | 409    | wrong state (a paused pod), a name taken                   |
 | BackendUnavailable, Unsupported  | 501    | this host or backend does not implement that operation     |
-| QuotaExceeded                    | 429    | a tenant's quota (pods, memory, snapshots): the arithmetic |
+| QuotaExceeded                    | 429    | a tenant's quota (pods, memory, snapshots, volumes): sums  |
 | GuestError                       | 502    | the sandbox (the upstream of this request) failed          |
 | Timeout                          | 504    |                                                            |
 | HostError                        | 500    | the server's host failed podbay (a tool, a full disk)      |
@@ -32,6 +33,7 @@ from starlette.exceptions import HTTPException
 from podbay.errors import (
     BackendUnavailable,
     Conflict,
+    Forbidden,
     GuestError,
     HostError,
     ImageMissing,
@@ -49,6 +51,7 @@ log = logging.getLogger("podbay.server")
 STATUS: dict[type[PodbayError], int] = {
     InvalidSpec: 422,
     Unauthorized: 401,
+    Forbidden: 403,
     ImageMissing: 503,
     NotFound: 404,
     Conflict: 409,
@@ -65,10 +68,11 @@ STATUS: dict[type[PodbayError], int] = {
 MEANING: dict[int, str] = {
     400: "InvalidSpec: the body could not even be parsed",
     401: "Unauthorized: missing, unknown or revoked token",
+    403: "Forbidden: the token is of the wrong kind (a tenant's on /admin, an admin's on tenant routes)",
     404: "NotFound: no such pod, snapshot or route (also another tenant's)",
     409: "Conflict: the pod is in the wrong state, or the name is taken",
     422: "InvalidSpec: the body, query or path is wrong; `field` names it",
-    429: "QuotaExceeded: the tenant's quota (pods, memory, snapshots) would be exceeded; the message says how",
+    429: "QuotaExceeded: the tenant's quota (pods, memory, snapshots, volumes) would be exceeded; the message says how",
     500: "HostError or an unexpected failure (the server logs it with an incident id)",
     501: "BackendUnavailable or Unsupported: this host or backend does not implement it",
     502: "GuestError: the sandbox failed",
@@ -100,6 +104,9 @@ def install(app: FastAPI) -> None:
 
     async def podbay_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, PodbayError)
+        service = getattr(request.app.state, "service", None)
+        if service is not None:  # no host path or pid in any answer (see redact.py)
+            service.redactor.error(exc)
         return error_response(exc, request.path_params.get("pod_id"))
 
     async def invalid_request(request: Request, exc: Exception) -> JSONResponse:

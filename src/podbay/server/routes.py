@@ -68,7 +68,7 @@ async def healthz() -> dict[str, bool]:
 
 @router.post("/pods", response_model=PodInfo, status_code=201, responses=responses(*ANY, *BODY, *BACKEND))
 async def create_pod(spec: PodSpec, svc: ServiceDep, who: TenantDep) -> PodInfo:
-    return (await svc.create(who, spec)).info()
+    return svc.shown(who, await svc.create(who, spec))
 
 
 @router.get("/pods", response_model=list[PodInfo], responses=responses(*ANY))
@@ -78,28 +78,28 @@ async def list_pods(svc: ServiceDep, who: TenantDep) -> list[PodInfo]:
 
 @router.get("/pods/{pod_id}", response_model=PodInfo, responses=responses(*POD))
 async def get_pod(pod_id: str, svc: ServiceDep, who: TenantDep) -> PodInfo:
-    return svc.pod(who, pod_id).info()
+    return svc.shown(who, svc.pod(who, pod_id))
 
 
 @router.delete("/pods/{pod_id}", response_model=PodInfo, responses=responses(*POD, *BACKEND))
 async def destroy_pod(pod_id: str, svc: ServiceDep, who: TenantDep) -> PodInfo:
     pod = svc.pod(who, pod_id)
     await svc.destroy(pod)
-    return pod.info()
+    return svc.shown(who, pod)
 
 
 @router.post("/pods/{pod_id}/pause", response_model=PodInfo, responses=responses(*POD, *BACKEND))
 async def pause_pod(pod_id: str, svc: ServiceDep, who: TenantDep) -> PodInfo:
     pod = svc.pod(who, pod_id)
     await pod.pause()
-    return pod.info()
+    return svc.shown(who, pod)
 
 
 @router.post("/pods/{pod_id}/resume", response_model=PodInfo, responses=responses(*POD, *BACKEND))
 async def resume_pod(pod_id: str, svc: ServiceDep, who: TenantDep) -> PodInfo:
     pod = svc.pod(who, pod_id)
     await pod.resume()
-    return pod.info()
+    return svc.shown(who, pod)
 
 
 @router.post("/pods/{pod_id}/timeout", response_model=PodInfo, responses=responses(*POD, *BODY, *BACKEND))
@@ -107,7 +107,7 @@ async def set_pod_timeout(pod_id: str, body: TimeoutRequest, svc: ServiceDep, wh
     """Destroy the pod `timeout_s` seconds from now (extends or shortens its timeout)."""
     pod = svc.pod(who, pod_id)
     await pod.set_timeout(body.timeout_s)
-    return pod.info()
+    return svc.shown(who, pod)
 
 
 @router.post("/pods/{pod_id}/exec", response_model=ExecResult, responses=responses(*POD, *BODY, *BACKEND))
@@ -154,7 +154,7 @@ async def exec_stream(pod_id: str, body: ExecRequest, svc: ServiceDep, who: Tena
             try:
                 result = waiter.result()
             except PodbayError as exc:
-                yield json.dumps(error_body(exc, pod_id)) + "\n"
+                yield json.dumps(error_body(svc.redactor.error(exc), pod_id)) + "\n"
                 return
             yield ExecEvent(kind="exit", result=result).model_dump_json() + "\n"
         finally:
@@ -213,12 +213,12 @@ async def write_file(
 )
 async def snapshot_pod(pod_id: str, body: SnapshotRequest, svc: ServiceDep, who: TenantDep) -> SnapshotInfo:
     info = await svc.snapshot(who, svc.pod(who, pod_id), body.name)
-    return info.model_copy(update={"path": ""})  # a path on the server's host is none of the client's business
+    return svc.redactor.snapshot_info(info)  # a path on the server's host is none of the client's business
 
 
 @router.post("/snapshots/{name}/restore", response_model=PodInfo, status_code=201, responses=responses(*POD, *BACKEND))
 async def restore_snapshot(name: str, svc: ServiceDep, who: TenantDep) -> PodInfo:
-    return (await svc.restore(who, name)).info()
+    return svc.shown(who, await svc.restore(who, name))
 
 
 @router.post(
@@ -226,7 +226,7 @@ async def restore_snapshot(name: str, svc: ServiceDep, who: TenantDep) -> PodInf
 )
 async def fork_pod(pod_id: str, body: ForkRequest, svc: ServiceDep, who: TenantDep) -> list[PodInfo]:
     children = await svc.fork(who, svc.pod(who, pod_id), body.n)
-    return [child.info() for child in children]
+    return [svc.shown(who, child) for child in children]
 
 
 @router.get("/usage", response_model=UsageReport, responses=responses(*POD))

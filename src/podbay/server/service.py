@@ -1,5 +1,6 @@
-"""What the routes share: one AsyncPlatform, the registry, the tenant check in front of every pod, and the
-tenant's quotas in front of everything that makes a pod or a snapshot."""
+"""What the routes share: one AsyncPlatform, the registry, the tenant check in front of every pod, the
+tenant's quotas in front of everything that makes a pod, a snapshot or a volume, its named volumes
+(tenant_volumes.py), and what it may see of its pods (redact.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from podbay.errors import Conflict, InvalidSpec, NotFound, QuotaExceeded
 from podbay.metering import PriceTable, UsageReport
 from podbay.models import PodInfo, PodSpec, SnapshotInfo
 from podbay.platform import AsyncPlatform, AsyncPod
-from podbay.server.registry import Registry
+from podbay.server.redact import Redactor
+from podbay.server.registry import QUOTA_KINDS, Registry
+from podbay.server.tenant_volumes import TenantVolumes, as_tenant_sees
 from podbay.server.usage import UsageLedger
 from podbay.snapshots import load_snapshot
 
@@ -25,7 +28,16 @@ class Service:
         self.reserved: dict[str, Counter[str]] = {}
         self.prices = prices or PriceTable()
         self.ledger = UsageLedger(registry)
+        self.volumes = TenantVolumes(platform.volumes, registry)
+        self.redactor = Redactor([platform.paths.state, platform.paths.cache])
         platform.on_pod_end(self.ledger.record)  # every end: destroy, timeout, shutdown
+
+    def shown(self, tenant: str, pod: AsyncPod) -> PodInfo:
+        """The pod's info as its tenant may see it (see redact.py)."""
+        return self.shown_info(tenant, pod.info())
+
+    def shown_info(self, tenant: str, info: PodInfo) -> PodInfo:
+        return self.redactor.pod_info(info, self.volumes.tenant_name(tenant, info.volume or info.spec.volume))
 
     def usage(self, tenant: str, pod_id: str | None, start: float | None, end: float | None) -> UsageReport:
         """One pod's usage (recorded if it ended, so far if it runs), or the tenant's pods that ended in
@@ -52,17 +64,37 @@ class Service:
         found = []
         for pod_id in self.registry.live_pods(tenant):
             try:
-                found.append(self.platform.get(pod_id).info())
+                found.append(self.shown(tenant, self.platform.get(pod_id)))
             except NotFound:
                 self.registry.end_pod(pod_id, self.platform.ended_reason(pod_id) or "gone from the platform")
         return found
 
     async def create(self, tenant: str, spec: PodSpec) -> AsyncPod:
         check_servable(spec)
-        with self.reserve(tenant, pods=1, memory_mib=spec.memory_mib):
-            pod = await self.platform.create(spec)
+        if spec.volume is None:
+            with self.reserve(tenant, pods=1, memory_mib=spec.memory_mib):
+                pod = await self.platform.create(spec)
+                await self.adopt(tenant, pod)
+            return pod
+        return await self.create_with_volume(tenant, spec, spec.volume)
+
+    async def create_with_volume(self, tenant: str, spec: PodSpec, name: str) -> AsyncPod:
+        """A pod on the tenant's volume `name`, made on first use (of spec.volume_mib, within its volume
+        quotas); the platform sees only the volume's host name."""
+        if not spec.memory_db:
+            raise InvalidSpec("volume", "a volume holds the pod's database", "also pass memory_db=True")
+        existing = self.registry.volume(tenant, name)
+        adding = {"volumes": 1, "volume_mib": spec.volume_mib} if existing is None else {}
+        with self.reserve(tenant, pods=1, memory_mib=spec.memory_mib, **adding):
+            record, _ = self.volumes.host_name_for_pod(tenant, name, spec.volume_mib)
+            with as_tenant_sees(record):
+                pod = await self.platform.create(spec.model_copy(update={"volume": record.host_name}))
             await self.adopt(tenant, pod)
         return pod
+
+    async def create_volume(self, tenant: str, name: str, size_mib: int) -> None:
+        with self.reserve(tenant, volumes=1, volume_mib=size_mib):
+            await self.volumes.create(tenant, name, size_mib)
 
     async def restore(self, tenant: str, name: str) -> AsyncPod:
         self.snapshot_of(tenant, name)
@@ -98,9 +130,8 @@ class Service:
         429, if not), and hold `adding` as in flight until the block ends. Check and reservation happen with no
         await between them, so concurrent requests on the event loop see each other's reservations; the block
         records what it made in the registry before the reservation is released."""
-        quota = self.registry.quota(tenant)
+        limits = self.registry.quota(tenant).limits()
         reserved = self.reserved.setdefault(tenant, Counter())
-        limits = {"pods": quota.pods, "memory_mib": quota.memory_mib, "snapshots": quota.snapshots}
         if any(limits[kind] is not None and adding.get(kind) for kind in limits):
             used = self.holdings(tenant)
             for kind, limit in limits.items():
@@ -116,14 +147,19 @@ class Service:
 
     def holdings(self, tenant: str) -> dict[str, int]:
         """What the tenant holds now: live pods (running or paused; ended and expired ones are freed), their
-        guest memory, and its snapshots that still exist."""
+        guest memory, its snapshots that still exist, its named volumes and the sum of their sizes."""
         pods = self.pods(tenant)
         snapshots = [name for name in self.registry.snapshots(tenant) if self.platform.snapshots.path(name).exists()]
-        return {
+        volumes = self.registry.volumes(tenant)
+        held = {
             "pods": len(pods),
             "memory_mib": sum(info.spec.memory_mib for info in pods),
             "snapshots": len(snapshots),
+            "volumes": len(volumes),
+            "volume_mib": sum(volume.size_mib for volume in volumes),
         }
+        assert set(held) == set(QUOTA_KINDS)
+        return held
 
     async def adopt(self, tenant: str, pod: AsyncPod) -> None:
         """Record `pod` as the tenant's; a pod that cannot be recorded is destroyed (nobody could reach it)."""
@@ -162,6 +198,10 @@ FIXES = {
     "(`podbay quotas set --tenant {t} --memory-mib M`)",
     "snapshots": "ask the operator to remove one (`podbay snapshot rm NAME`) or to raise it "
     "(`podbay quotas set --tenant {t} --snapshots S`)",
+    "volumes": "delete a volume (`DELETE /volumes/NAME`), or ask the operator to raise it "
+    "(`podbay quotas set --tenant {t} --volumes V`)",
+    "volume_mib": "delete a volume or ask for a smaller one, or ask the operator to raise it "
+    "(`podbay quotas set --tenant {t} --volume-mib M`)",
 }
 
 
@@ -172,20 +212,17 @@ def exceeded(tenant: str, kind: str, have: int, adding: int, limit: int) -> str:
         sums = f"{have} running pods + {adding} = {total} > quota {limit}"
     elif kind == "memory_mib":
         sums = f"{have} MiB of guest memory in running pods + {adding} MiB = {total} MiB > quota {limit} MiB"
+    elif kind == "volume_mib":
+        sums = f"{have} MiB of volumes + {adding} MiB = {total} MiB > quota {limit} MiB"
     else:
-        sums = f"{have} snapshots + {adding} = {total} > quota {limit}"
+        sums = f"{have} {kind} + {adding} = {total} > quota {limit}"
     return f"tenant {tenant}: {sums}; {FIXES[kind].format(t=tenant)}"
 
 
 def check_servable(spec: PodSpec) -> None:
-    """Fields the service refuses from tenants: host paths, and names shared across tenants."""
+    """Fields the service refuses from tenants: host paths. (A volume name is the tenant's own: see
+    create_with_volume.)"""
     if spec.preload is not None:
         raise InvalidSpec(
             "preload", "names a file on the server's host", "the service does not take host paths; leave it out"
-        )
-    if spec.volume is not None:
-        raise InvalidSpec(
-            "volume",
-            "named volumes are not served by the REST API yet (they are not separated by tenant)",
-            "leave volume out: memory_db=True gives the pod its own database",
         )
