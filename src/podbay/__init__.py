@@ -37,12 +37,24 @@ from podbay.paths import PodbayPaths
 from podbay.platform import AsyncFiles, AsyncPlatform, AsyncPod
 from podbay.pool.pools import AsyncPools
 from podbay.pool.warm import Percentiles, PoolReport, PoolShape
-from podbay.sdk import AsyncClient, AsyncRemotePod, Client, RemotePod
+from podbay.sdk import Admin, AsyncAdmin, AsyncClient, AsyncRemotePod, Client, RemotePod
 from podbay.snapshots import SnapshotStore
 from podbay.state.volumes import VolumeInfo, VolumeStore
 from podbay.sync import Files, Platform, Pod, Pools, Process
+from podbay.tenancy import (
+    NewToken,
+    PercentilesInfo,
+    PoolShapeInfo,
+    PoolStatus,
+    QuotaInfo,
+    TenantInfo,
+    TenantVolume,
+    TokenInfo,
+)
 
 __all__ = [
+    "Admin",
+    "AsyncAdmin",
     "AsyncClient",
     "AsyncFiles",
     "AsyncPlatform",
@@ -64,8 +76,10 @@ __all__ = [
     "HostError",
     "ImageMissing",
     "InvalidSpec",
+    "NewToken",
     "NotFound",
     "Percentiles",
+    "PercentilesInfo",
     "Phase",
     "Platform",
     "Pod",
@@ -76,15 +90,21 @@ __all__ = [
     "PodbayPaths",
     "PoolReport",
     "PoolShape",
+    "PoolShapeInfo",
+    "PoolStatus",
     "Pools",
     "PriceTable",
     "Process",
     "QuotaExceeded",
+    "QuotaInfo",
     "RemotePod",
     "SandboxInfo",
     "SnapshotInfo",
     "SnapshotStore",
+    "TenantInfo",
+    "TenantVolume",
     "Timeout",
+    "TokenInfo",
     "Unauthorized",
     "Unsupported",
     "Usage",

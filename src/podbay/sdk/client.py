@@ -1,12 +1,15 @@
 """`AsyncClient`: the REST API of `podbay serve` with the embedded platform's method names and models.
 
-`AsyncClient` mirrors `AsyncPlatform` (create_agent, create, get, list, restore), `AsyncRemotePod` mirrors
+`AsyncClient` mirrors `AsyncPlatform` (create_agent, create, get, list, restore) and has the tenant's named
+volumes (volumes, volume, create_volume, delete_volume) and, for an admin token, `admin` (podbay.sdk.admin);
+`AsyncRemotePod` mirrors
 `AsyncPod` (exec, exec_stream, files, pause, resume, set_timeout, snapshot, fork, destroy, info). Errors are the same
 `PodbayError` subclasses the server raised, rebuilt from the wire (`podbay.wire`).
 """
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import json
 import os
@@ -20,6 +23,8 @@ from pydantic import ValidationError
 from podbay.errors import HostError, InvalidSpec, PodbayError, Timeout
 from podbay.metering import UsageReport
 from podbay.models import ExecEvent, ExecResult, PodInfo, PodSpec, SnapshotInfo
+from podbay.sdk.admin import AsyncAdmin
+from podbay.tenancy import TenantVolume, VolumeRequest
 from podbay.wire import (
     ExecRequest,
     FileWritten,
@@ -165,6 +170,7 @@ class AsyncClient:
             timeout=httpx.Timeout(timeout, connect=10.0),
             transport=transport,
         )
+        self.admin = AsyncAdmin(self)  # the /admin routes: for a client with an admin token
 
     async def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         if "content" in kwargs and isinstance(kwargs["content"], str):
@@ -205,6 +211,26 @@ class AsyncClient:
             params["to"] = end
         response = await self._request("GET", "/usage", params=params)
         return UsageReport.model_validate(response.json())
+
+    async def volumes(self) -> builtins.list[TenantVolume]:
+        """The tenant's named volumes (its own namespace: another tenant's are never listed)."""
+        response = await self._request("GET", "/volumes")
+        return [TenantVolume.model_validate(item) for item in response.json()]
+
+    async def volume(self, name: str) -> TenantVolume:
+        return TenantVolume.model_validate((await self._request("GET", f"/volumes/{name}")).json())
+
+    async def create_volume(self, name: str, size_mib: int = 256) -> TenantVolume:
+        """A new volume with an empty database; `create_agent(memory_db=True, volume=name)` also makes one."""
+        try:
+            body = VolumeRequest(name=name, size_mib=size_mib).model_dump_json()
+        except ValidationError as exc:
+            raise validation_error(exc.errors()) from None
+        return TenantVolume.model_validate((await self._request("POST", "/volumes", content=body)).json())
+
+    async def delete_volume(self, name: str) -> TenantVolume:
+        """Delete the volume and its data for good (Conflict while a pod holds it)."""
+        return TenantVolume.model_validate((await self._request("DELETE", f"/volumes/{name}")).json())
 
     async def restore(self, name: str) -> AsyncRemotePod:
         response = await self._request("POST", f"/snapshots/{name}/restore")

@@ -3,14 +3,17 @@ line per method, as `Platform` wraps `AsyncPlatform`."""
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import AsyncGenerator, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
 from podbay.metering import UsageReport
 from podbay.models import ExecEvent, ExecResult, PodInfo, PodSpec, SnapshotInfo
+from podbay.sdk.admin import Admin
 from podbay.sdk.client import DEFAULT_TIMEOUT_S, AsyncClient, AsyncRemoteFiles, AsyncRemotePod
 from podbay.sync import _Loop
+from podbay.tenancy import TenantVolume
 
 
 class RemoteFiles:
@@ -106,6 +109,7 @@ class Client:
             self._loop.stop()
             raise
         self._closed = False
+        self.admin = Admin(self._loop, self._client.admin)
 
     def create_agent(self, **fields: Any) -> RemotePod:
         return RemotePod(self._loop, self._loop.run(self._client.create_agent(**fields)))
@@ -124,6 +128,18 @@ class Client:
 
     def restore(self, name: str) -> RemotePod:
         return RemotePod(self._loop, self._loop.run(self._client.restore(name)))
+
+    def volumes(self) -> builtins.list[TenantVolume]:
+        return self._loop.run(self._client.volumes())
+
+    def volume(self, name: str) -> TenantVolume:
+        return self._loop.run(self._client.volume(name))
+
+    def create_volume(self, name: str, size_mib: int = 256) -> TenantVolume:
+        return self._loop.run(self._client.create_volume(name, size_mib))
+
+    def delete_volume(self, name: str) -> TenantVolume:
+        return self._loop.run(self._client.delete_volume(name))
 
     def close(self) -> None:
         if self._closed:

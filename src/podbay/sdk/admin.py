@@ -1,0 +1,136 @@
+"""`client.admin`: the /admin routes of `podbay serve` (tenants, tokens, quotas, warm pools), for a client made
+with an admin token (`podbay tokens create --admin`); a tenant's token gets Forbidden from every one.
+`AsyncAdmin` is the asyncio core, `Admin` its blocking wrapper."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+from podbay.sync import _Loop
+from podbay.tenancy import NewToken, PoolStatus, QuotaInfo, TenantInfo, TokenInfo
+
+if TYPE_CHECKING:
+    from podbay.sdk.client import AsyncClient
+
+
+class AsyncAdmin:
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+
+    async def tenants(self) -> list[TenantInfo]:
+        response = await self._client._request("GET", "/admin/tenants")
+        return [TenantInfo.model_validate(item) for item in response.json()]
+
+    async def tenant(self, name: str) -> TenantInfo:
+        return TenantInfo.model_validate((await self._client._request("GET", f"/admin/tenants/{name}")).json())
+
+    async def create_tenant(self, name: str) -> TenantInfo:
+        response = await self._client._request("POST", "/admin/tenants", content=json.dumps({"name": name}))
+        return TenantInfo.model_validate(response.json())
+
+    async def delete_tenant(self, name: str) -> TenantInfo:
+        """Delete a tenant that holds nothing (Conflict otherwise); its tokens are revoked."""
+        return TenantInfo.model_validate((await self._client._request("DELETE", f"/admin/tenants/{name}")).json())
+
+    async def quota(self, tenant: str) -> QuotaInfo:
+        return QuotaInfo.model_validate((await self._client._request("GET", f"/admin/tenants/{tenant}/quota")).json())
+
+    async def set_quota(self, tenant: str, **limits: int | None) -> QuotaInfo:
+        """Change the limits named (pods, memory_mib, snapshots, volumes, volume_mib; None lifts one)."""
+        url = f"/admin/tenants/{tenant}/quota"
+        response = await self._client._request("PATCH", url, content=json.dumps(limits))
+        return QuotaInfo.model_validate(response.json())
+
+    async def tokens(self, tenant: str | None = None) -> list[TokenInfo]:
+        params = {"tenant": tenant} if tenant is not None else {}
+        response = await self._client._request("GET", "/admin/tokens", params=params)
+        return [TokenInfo.model_validate(item) for item in response.json()]
+
+    async def create_token(self, tenant: str) -> NewToken:
+        """A token for an existing tenant: `.token` is shown this once."""
+        response = await self._client._request("POST", "/admin/tokens", content=json.dumps({"tenant": tenant}))
+        return NewToken.model_validate(response.json())
+
+    async def revoke_token(self, token_id: str) -> TokenInfo:
+        return TokenInfo.model_validate((await self._client._request("DELETE", f"/admin/tokens/{token_id}")).json())
+
+    async def pools(self) -> list[PoolStatus]:
+        response = await self._client._request("GET", "/admin/pools")
+        return [PoolStatus.model_validate(item) for item in response.json()]
+
+    async def ensure_pool(
+        self,
+        size: int,
+        *,
+        backend: str = "qemu",
+        vcpus: int = 1,
+        memory_mib: int = 256,
+        disk_mib: int = 1024,
+        wait_s: float | None = None,
+    ) -> PoolStatus:
+        """Keep `size` idle members of this shape (0 drains the pool); with `wait_s`, until they are all up."""
+        body = {
+            "size": size,
+            "backend": backend,
+            "vcpus": vcpus,
+            "memory_mib": memory_mib,
+            "disk_mib": disk_mib,
+            "wait_s": wait_s,
+        }
+        response = await self._client._request("PUT", "/admin/pools", content=json.dumps(body))
+        return PoolStatus.model_validate(response.json())
+
+
+class Admin:
+    """`client.admin` of the blocking `Client`: AsyncAdmin's methods, one line each."""
+
+    def __init__(self, loop: _Loop, admin: AsyncAdmin) -> None:
+        self._loop = loop
+        self._admin = admin
+
+    def tenants(self) -> list[TenantInfo]:
+        return self._loop.run(self._admin.tenants())
+
+    def tenant(self, name: str) -> TenantInfo:
+        return self._loop.run(self._admin.tenant(name))
+
+    def create_tenant(self, name: str) -> TenantInfo:
+        return self._loop.run(self._admin.create_tenant(name))
+
+    def delete_tenant(self, name: str) -> TenantInfo:
+        return self._loop.run(self._admin.delete_tenant(name))
+
+    def quota(self, tenant: str) -> QuotaInfo:
+        return self._loop.run(self._admin.quota(tenant))
+
+    def set_quota(self, tenant: str, **limits: int | None) -> QuotaInfo:
+        return self._loop.run(self._admin.set_quota(tenant, **limits))
+
+    def tokens(self, tenant: str | None = None) -> list[TokenInfo]:
+        return self._loop.run(self._admin.tokens(tenant))
+
+    def create_token(self, tenant: str) -> NewToken:
+        return self._loop.run(self._admin.create_token(tenant))
+
+    def revoke_token(self, token_id: str) -> TokenInfo:
+        return self._loop.run(self._admin.revoke_token(token_id))
+
+    def pools(self) -> list[PoolStatus]:
+        return self._loop.run(self._admin.pools())
+
+    def ensure_pool(
+        self,
+        size: int,
+        *,
+        backend: str = "qemu",
+        vcpus: int = 1,
+        memory_mib: int = 256,
+        disk_mib: int = 1024,
+        wait_s: float | None = None,
+    ) -> PoolStatus:
+        return self._loop.run(
+            self._admin.ensure_pool(
+                size, backend=backend, vcpus=vcpus, memory_mib=memory_mib, disk_mib=disk_mib, wait_s=wait_s
+            )
+        )
