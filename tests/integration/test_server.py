@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from podbay import Client, NotFound, Unauthorized, Unsupported
+from podbay.bench.leaks import processes_mentioning
 from podbay.isolation.registry import default_backends
 from podbay.paths import PodbayPaths
 
@@ -242,7 +243,45 @@ def test_a_pod_is_destroyed_at_its_timeout_and_can_be_extended(server: Server) -
         assert pod.id not in {info.id for info in client.list()}, "destroyed at the new deadline"
         with pytest.raises(NotFound, match="timeout after 6 s"):
             pod.info()
-        assert sandbox is not None and sandbox.pid is not None
-        status = Path(f"/proc/{sandbox.pid}/status")
-        assert not status.exists() or "zombie" in status.read_text().lower(), "its process is gone"
+        assert sandbox is not None and sandbox.pid is None, "a tenant never learns the host's pids"
+        assert processes_mentioning(server.paths.pods / pod.id) == [], "its processes are gone"
         assert not (server.paths.pods / pod.id).exists()
+
+
+WRITE_NOTE = (
+    "import os, sqlite3; db = sqlite3.connect(os.environ['PODBAY_DB_PATH']); "
+    "db.execute('CREATE TABLE notes (text TEXT)'); db.execute(\"INSERT INTO notes VALUES ('kept')\"); db.commit()"
+)
+TABLES = (
+    "import os, sqlite3; db = sqlite3.connect(os.environ['PODBAY_DB_PATH']); "
+    "print([row[0] for row in db.execute('SELECT name FROM sqlite_master')])"
+)
+READ_NOTES = (
+    "import os, sqlite3; db = sqlite3.connect(os.environ['PODBAY_DB_PATH']); "
+    "print([row[0] for row in db.execute('SELECT text FROM notes')])"
+)
+
+
+def test_a_tenants_volume_keeps_its_database_across_pods_and_is_its_own(server: Server) -> None:
+    """Tenant A writes to its volume "customer-42" in one pod and reads it back in the next; tenant B's
+    "customer-42" is another volume, empty; neither answer names where the volume lives on the host."""
+    spec = {"backend": server.backend, "memory_db": True, "volume": "customer-42", "volume_mib": 32}
+    with Client(server.url, server.token_a) as a, Client(server.url, server.token_b) as b:
+        with a.create_agent(**spec) as first:
+            wrote = first.exec(["python3", "-c", WRITE_NOTE])
+            assert wrote.ok, wrote.stderr
+            info = first.info()
+            assert info.volume == "customer-42" and info.sandbox is not None and info.sandbox.pid is None
+        with a.create_agent(**spec) as second:
+            assert second.exec(["python3", "-c", READ_NOTES]).stdout == "['kept']\n"
+        with b.create_agent(**spec) as theirs:
+            assert theirs.exec(["python3", "-c", TABLES]).stdout == "[]\n", "B's customer-42 is not A's"
+        assert [(v.name, v.attached) for v in a.volumes()] == [("customer-42", False)]
+        assert [v.name for v in b.volumes()] == ["customer-42"]
+        with server.raw(server.token_b) as intruder:
+            assert intruder.get("/volumes/customer-43").status_code == 404
+        b.delete_volume("customer-42")
+        with a.create_agent(**spec) as third:  # B's delete took B's volume only
+            assert third.exec(["python3", "-c", READ_NOTES]).stdout == "['kept']\n"
+        a.delete_volume("customer-42")
+        assert a.volumes() == [] and not any(server.paths.volumes.glob("*.ext4"))

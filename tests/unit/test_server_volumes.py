@@ -233,9 +233,11 @@ def test_the_redactor_scrubs_paths_under_the_roots_and_host_ids(tmp_path: Path) 
     redactor = Redactor([tmp_path / "state", tmp_path / "cache"])
     text = (
         f"mkfs.ext4 failed for {tmp_path}/state/volumes/tv-0123.ext4: no space; "
-        f"console log ({tmp_path}/state/pods/pod-1/console.log): QEMU pid 4242 died as uid 1001; /data/memory.db"
+        f"console log ({tmp_path}/state/pods/pod-1/console.log): QEMU pid 4242 died as uid 1001; /data/memory.db; "
+        "volume 'tv-0123456789abcdef0123' is attached"
     )
     scrubbed = redactor.text(text)
     assert str(tmp_path) not in scrubbed and "4242" not in scrubbed and "1001" not in scrubbed
+    assert HOST_VOLUME_PREFIX not in scrubbed
     assert scrubbed.count(HIDDEN_PATH) == 2
     assert "/data/memory.db" in scrubbed, "a path inside the pod is the tenant's own"

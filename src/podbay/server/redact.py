@@ -5,7 +5,7 @@ SnapshotInfo a tenant route answers goes through `pod_info` / `snapshot_info`, a
 - `SandboxInfo.pid` and `.console_log` (the VMM's pid, a file in the pod's run directory): dropped.
 - Paths under the server's state and cache roots (run directories, volume images, snapshots, images) in any
   free text (errors, a phase's detail, a note, why a pod ended): replaced by `<host path>`.
-- `pid N`, `uid N`, `gid N` in free text: the number goes.
+- `pid N`, `uid N`, `gid N` in free text: the number goes; a volume's host name (`tv-...`) too.
 - `PodInfo.volume` and `spec.volume`: the tenant's own name for its volume (the host's `tv-...` name never);
   a pod's anonymous database volume is not named at all (`db_url` says where the database is in the pod).
 """
@@ -21,6 +21,7 @@ from podbay.models import Phase, PodInfo, SnapshotInfo
 
 HIDDEN_PATH = "<host path>"
 _HOST_IDS = re.compile(r"\b(pid|uid|gid)[ =:]+\d+")
+_HOST_VOLUMES = re.compile(r"\btv-[0-9a-f]{20}\b")  # registry.HOST_VOLUME_PREFIX: the last net, see tenant_volumes
 
 
 class Redactor:
@@ -34,7 +35,7 @@ class Redactor:
     def text(self, text: str) -> str:
         if self._paths is not None:
             text = self._paths.sub(HIDDEN_PATH, text)
-        return _HOST_IDS.sub(r"\1 (hidden)", text)
+        return _HOST_VOLUMES.sub("(a volume)", _HOST_IDS.sub(r"\1 (hidden)", text))
 
     def optional(self, text: str | None) -> str | None:
         return None if text is None else self.text(text)
