@@ -199,20 +199,19 @@ class Registry:
         self._run("INSERT INTO admin_tokens VALUES (?, ?, ?, NULL)", record.id, hash_token(token), record.created_at)
         return token, record
 
-    def revoke(self, token_or_id: str, *, tenant: str | None = None) -> TokenRecord:
+    def revoke(self, token_or_id: str) -> TokenRecord:
         """Revoke a token (a tenant's or an admin's), named by its id (`tok_...`, `adm_...`) or by the token
-        itself; with `tenant`, only a token of that tenant (another answers NotFound)."""
+        itself."""
         key = hash_token(token_or_id) if token_or_id.startswith(TOKEN_PREFIX) else None
         now = time.time()
         rows = self._run(
-            "UPDATE tokens SET revoked_at = coalesce(revoked_at, ?) WHERE (id = ? OR sha256 = ?) "
-            "AND tenant = coalesce(?, tenant) RETURNING id, tenant, created_at, revoked_at",
+            "UPDATE tokens SET revoked_at = coalesce(revoked_at, ?) WHERE id = ? OR sha256 = ? "
+            "RETURNING id, tenant, created_at, revoked_at",
             now,
             token_or_id,
             key,
-            tenant,
         )
-        if not rows and tenant is None:
+        if not rows:
             rows = self._run(
                 "UPDATE admin_tokens SET revoked_at = coalesce(revoked_at, ?) WHERE id = ? OR sha256 = ? "
                 "RETURNING id, NULL, created_at, revoked_at",
@@ -344,7 +343,10 @@ class Registry:
     def _require_live_tenant(self, tenant: str) -> None:
         """require_tenant inside a transaction the caller holds the lock for."""
         if not self._db.execute("SELECT 1 FROM tenants WHERE name = ? AND deleted_at IS NULL", (tenant,)).fetchall():
-            raise NotFound(f"no tenant {tenant!r} (deleted tenants' names are not given again)")
+            raise NotFound(
+                f"no tenant {tenant!r}: make it first (`POST /admin/tenants`); a deleted tenant's name is not "
+                "given again"
+            )
 
     def quota(self, tenant: str) -> Quota:
         """The tenant's limits (all None, unlimited, unless set)."""

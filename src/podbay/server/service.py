@@ -86,7 +86,7 @@ class Service:
         existing = self.registry.volume(tenant, name)
         adding = {"volumes": 1, "volume_mib": spec.volume_mib} if existing is None else {}
         with self.reserve(tenant, pods=1, memory_mib=spec.memory_mib, **adding):
-            record, _ = self.volumes.host_name_for_pod(tenant, name, spec.volume_mib)
+            record, _ = self.volumes.for_pod(tenant, name, spec.volume_mib)
             with as_tenant_sees(record):
                 pod = await self.platform.create(spec.model_copy(update={"volume": record.host_name}))
             await self.adopt(tenant, pod)

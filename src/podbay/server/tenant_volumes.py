@@ -51,7 +51,11 @@ class TenantVolumes:
             raise Conflict(f"you have a volume named {name!r} already; choose another name, or use that one")
         try:
             with as_tenant_sees(record):
-                await asyncio.to_thread(self.store.ensure, record.host_name, size_mib)
+                self.store.attach(record.host_name)  # a pod asking for it meanwhile waits, as for a held volume
+                try:
+                    await asyncio.to_thread(self.store.ensure, record.host_name, size_mib)
+                finally:
+                    self.store.detach(record.host_name)
         except BaseException:
             self.registry.remove_volume(tenant, name)
             raise
@@ -69,7 +73,7 @@ class TenantVolumes:
         self.registry.remove_volume(tenant, name)
         return shown.model_copy(update={"attached": False, "used_kib": 0})
 
-    def host_name_for_pod(self, tenant: str, name: str, size_mib: int) -> tuple[VolumeRecord, bool]:
+    def for_pod(self, tenant: str, name: str, size_mib: int) -> tuple[VolumeRecord, bool]:
         """The record of the volume a tenant's pod asks for by name, made now if new: (record, made)."""
         return self.registry.add_volume(tenant, name, size_mib)
 
