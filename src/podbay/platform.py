@@ -496,16 +496,18 @@ class AsyncPlatform:
         """The normal teardown, fail-closed: a failure is logged, the pod stays FAILED in this platform (close()
         tries again) and its run directory is left for the reaper."""
         reason = f"timeout after {_seconds(pod._timeout_s or 0)} s"
+        self._ended[pod.id] = reason  # before the teardown takes it out of _pods: a get() meanwhile says why
         try:
             await pod._destroy(reason)
         except Exception as exc:
             log.warning("pod %s: destroying it at its timeout failed; left for the reaper: %s", pod.id, exc)
+            self._ended.pop(pod.id, None)
             self._pods.setdefault(pod.id, pod)
             return
-        if pod._state is PodState.DESTROYED and pod._ended_reason == reason:
-            self._ended[pod.id] = reason
-            while len(self._ended) > ENDED_REMEMBERED:
-                del self._ended[next(iter(self._ended))]
+        if pod._state is not PodState.DESTROYED or pod._ended_reason != reason:  # destroyed by a caller first
+            self._ended.pop(pod.id, None)
+        while len(self._ended) > ENDED_REMEMBERED:
+            del self._ended[next(iter(self._ended))]
 
     async def _reaped(self) -> None:
         if self._first_reap is None:  # once, before this platform's first pod: shared by concurrent creates
