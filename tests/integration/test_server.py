@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from podbay import Client, NotFound, Unauthorized, Unsupported
+from podbay import Client, Forbidden, NotFound, QuotaExceeded, Unauthorized, Unsupported
 from podbay.bench.leaks import processes_mentioning
 from podbay.isolation.registry import default_backends
 from podbay.paths import PodbayPaths
@@ -288,3 +288,23 @@ def test_a_tenants_volume_keeps_its_database_across_pods_and_is_its_own(server: 
             assert third.exec(["python3", "-c", READ_NOTES]).stdout == "['kept']\n"
         a.delete_volume("customer-42")
         assert a.volumes() == [] and not any(server.paths.volumes.glob("*.ext4"))
+
+
+def test_an_admin_token_from_the_cli_manages_tenants_over_the_api(server: Server) -> None:
+    admin_token = podbay(server.paths, "tokens", "create", "--admin").stdout.strip()
+    with Client(server.url, admin_token) as admin:
+        admin.admin.create_tenant("initech")
+        token = admin.admin.create_token("initech").token
+        admin.admin.set_quota("initech", volumes=1)
+        with Client(server.url, token) as initech:
+            assert initech.list() == [] and initech.volumes() == []
+            initech.create_volume("only-one", size_mib=16)
+            with pytest.raises(QuotaExceeded, match="1 volumes \\+ 1 = 2 > quota 1"):
+                initech.create_volume("two", size_mib=16)
+            with pytest.raises(Forbidden):
+                initech.admin.tenants()
+            initech.delete_volume("only-one")
+        with pytest.raises(Forbidden, match="acts for no tenant"):
+            admin.list()
+        assert admin.admin.delete_tenant("initech").name == "initech"
+        assert "initech" not in [tenant.name for tenant in admin.admin.tenants()]
