@@ -36,10 +36,11 @@ from podbay.paths import PodbayPaths
 from podbay.platform import AsyncFiles, AsyncPlatform, AsyncPod
 from podbay.pool.pools import AsyncPools
 from podbay.pool.warm import Percentiles, PoolReport, PoolShape
-from podbay.sdk import AsyncClient, AsyncRemotePod, Client, RemotePod
+from podbay.sdk import AsyncClient, AsyncRemotePod, AsyncRemoteProcess, Client, RemotePod, RemoteProcess
 from podbay.snapshots import SnapshotStore
 from podbay.state.volumes import VolumeInfo, VolumeStore
 from podbay.sync import Files, Platform, Pod, Pools, Process
+from podbay.wire import ProcessInfo
 
 __all__ = [
     "AsyncClient",
@@ -48,6 +49,7 @@ __all__ = [
     "AsyncPod",
     "AsyncPools",
     "AsyncRemotePod",
+    "AsyncRemoteProcess",
     "Availability",
     "BackendUnavailable",
     "Client",
@@ -77,8 +79,10 @@ __all__ = [
     "Pools",
     "PriceTable",
     "Process",
+    "ProcessInfo",
     "QuotaExceeded",
     "RemotePod",
+    "RemoteProcess",
     "SandboxInfo",
     "SnapshotInfo",
     "SnapshotStore",

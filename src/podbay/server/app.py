@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from podbay.metering import PriceTable
 from podbay.paths import PodbayPaths
 from podbay.platform import AsyncPlatform
-from podbay.server import errors
+from podbay.server import errors, processes
 from podbay.server.registry import Registry
 from podbay.server.routes import router
 from podbay.server.service import Service
@@ -41,4 +41,5 @@ def create_app(
     app = FastAPI(title="podbay", version="0.1.0", lifespan=lifespan)
     errors.install(app)
     app.include_router(router)
+    app.include_router(processes.router)
     return app
