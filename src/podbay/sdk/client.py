@@ -19,7 +19,7 @@ import httpx
 from pydantic import ValidationError
 
 from podbay.channel import OutputCallback, check_signal
-from podbay.errors import HostError, InvalidSpec, PodbayError, Timeout
+from podbay.errors import HostError, InvalidSpec, NotFound, PodbayError, Timeout
 from podbay.metering import Usage, UsageReport
 from podbay.models import ExecEvent, ExecResult, FileEntry, PodInfo, PodSpec, SnapshotInfo
 from podbay.sdk.fields import PodFields
@@ -126,8 +126,9 @@ class AsyncRemoteProcess:
         return self
 
     async def __aexit__(self, *_: object) -> None:
-        if (await self.info()).state == "running":
-            await self.signal(9)
+        with contextlib.suppress(NotFound):  # gone with its pod already: nothing left to kill
+            if (await self.info()).state == "running":
+                await self.signal(9)
 
 
 class AsyncRemotePod:
