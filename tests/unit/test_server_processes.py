@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 import uvicorn
 
-from podbay import AsyncClient, Conflict, InvalidSpec, NotFound
+from podbay import AsyncClient, Conflict, InvalidSpec, NotFound, PodbayError
 from podbay.isolation.fake import LocalProcessBackend
 from podbay.paths import PodbayPaths
 from podbay.platform import AsyncPlatform
@@ -151,5 +151,22 @@ def test_files_list_and_a_remote_pods_usage(paths: PodbayPaths) -> None:
                 usage = await pod.usage()
                 assert (usage.pod_id, usage.memory_mib) == (pod.id, 128)
             assert await client.list() == []
+
+    serve(paths, scenario)
+
+
+def test_leaving_a_process_context_kills_it_and_a_pods_end_ends_its_readers(paths: PodbayPaths) -> None:
+    async def scenario(url: str, token: str, _: str) -> None:
+        async with AsyncClient(url, token) as client:
+            pod = await client.create_agent(backend="local")
+            async with await pod.start_process(["sleep", "30"]) as sleeper:
+                pass
+            assert (await sleeper.wait()).signal == signal.SIGKILL
+            reader = await pod.start_process(["sleep", "30"])
+            following = asyncio.create_task(reader.wait())
+            await asyncio.sleep(0)  # let the reader connect (it replays and follows whenever it does)
+            await pod.destroy()
+            with pytest.raises(PodbayError):  # NotFound, or the guest's error if it saw the end first
+                await following
 
     serve(paths, scenario)
