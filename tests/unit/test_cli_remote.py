@@ -5,6 +5,8 @@ one say so in one line."""
 from __future__ import annotations
 
 import asyncio
+import os
+import queue
 import socket
 import threading
 import time
@@ -15,7 +17,9 @@ import pytest
 import uvicorn
 from typer.testing import CliRunner
 
+from podbay import ExecResult, Platform
 from podbay.cli.main import app
+from podbay.cli.remote import run_streamed
 from podbay.isolation.fake import LocalProcessBackend
 from podbay.paths import PodbayPaths
 from podbay.platform import AsyncPlatform
@@ -100,3 +104,34 @@ def test_errors_are_one_line(env: dict[str, str]) -> None:
 def test_commands_about_lasting_pods_need_a_server(command: list[str]) -> None:
     code, _, err = podbay({"PODBAY_SERVER": "", "COLUMNS": "300"}, *command)
     assert code == 2 and "needs a server" in " ".join(err.split())
+
+
+def test_stdin_reaches_the_command_as_it_is_typed(paths: PodbayPaths) -> None:
+    """`-i`: each chunk of stdin is fed as it is read, so a command answers a line before stdin ends."""
+    read_end, write_end = os.pipe()
+    seen: queue.Queue[bytes] = queue.Queue()
+    results: list[ExecResult] = []
+    with Platform(paths, backends={"local": LocalProcessBackend()}) as platform, os.fdopen(read_end, "rb") as source:
+        pod = platform.create_agent(backend="local")
+        script = "read a; echo got $a; read b; echo got $b"
+        runner = threading.Thread(
+            target=lambda: results.append(
+                run_streamed(
+                    pod,
+                    ["sh", "-c", script],
+                    env=None,
+                    cwd=None,
+                    stdin=source,
+                    timeout=None,
+                    on_stdout=seen.put,
+                    on_stderr=seen.put,
+                )
+            )
+        )
+        runner.start()
+        os.write(write_end, b"one\n")
+        assert seen.get(timeout=START_WAIT_S) == b"got one\n", "answered while stdin is still open"
+        os.write(write_end, b"two\n")
+        os.close(write_end)
+        runner.join()
+    assert results[0].stdout == "got one\ngot two\n"

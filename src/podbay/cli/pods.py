@@ -107,14 +107,13 @@ def exec_(
         raise typer.BadParameter("is missing: `podbay exec POD -- CMD ARGS...`", param_hint="CMD")
     with reported_errors():
         check_timeout(timeout, "--timeout")
-    stdin = sys.stdin.buffer.read() if interactive else None
     with _session("exec", server, token) as host:
         result = run_streamed(
             host.get(pod_id),
             command,
             env=environment,
             cwd=cwd,
-            stdin=stdin,
+            stdin=sys.stdin.buffer if interactive else None,
             timeout=timeout,
             on_stdout=writer(sys.stdout.buffer),
             on_stderr=writer(sys.stderr.buffer),

@@ -8,13 +8,15 @@ it, `podbay run` uses an embedded platform, and the commands about pods that out
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
-from typing import Annotated, Protocol
+from typing import Annotated, BinaryIO, Protocol
 
 import typer
 
 from podbay.channel import OutputCallback
 from podbay.cli.common import errors
+from podbay.errors import PodbayError
 from podbay.models import ExecResult, FileEntry, PodInfo, PodSpec, SnapshotInfo
 
 ServerOption = Annotated[
@@ -118,15 +120,30 @@ def run_streamed(
     *,
     env: dict[str, str] | None,
     cwd: str | None,
-    stdin: bytes | None,
+    stdin: BinaryIO | None,
     timeout: float | None,
     on_stdout: OutputCallback,
     on_stderr: OutputCallback,
 ) -> ExecResult:
-    """Run a command in `pod`, its output to the callbacks as it comes, and return its result."""
+    """Run a command in `pod`, its output to the callbacks as it comes, and return its result. `stdin` is fed
+    to it as it is read (a line typed at a terminal reaches the command at once), then closed at its end."""
     process = pod.start_process(
         argv, env=env, cwd=cwd, stdin=stdin is not None, timeout=timeout, on_stdout=on_stdout, on_stderr=on_stderr
     )
     if stdin is not None:
-        process.write_stdin(stdin, eof=True)
+        threading.Thread(target=_feed, args=(process, stdin), name="podbay-stdin", daemon=True).start()
     return process.wait()
+
+
+def _feed(process: CliProcess, source: BinaryIO) -> None:
+    """Copy `source` to the process's stdin as it comes; a daemon thread, as a terminal may never reach EOF."""
+    read = getattr(source, "read1", source.read)
+    try:
+        while chunk := read(STDIN_CHUNK):
+            process.write_stdin(chunk)
+        process.write_stdin(b"", eof=True)
+    except (PodbayError, RuntimeError, OSError, ValueError):
+        pass  # the command ended (409), or podbay is closing (a stopped loop, a closed stream): nothing to feed
+
+
+STDIN_CHUNK = 64 << 10

@@ -52,7 +52,6 @@ def run(
                 memory_mib=memory_mib,
                 cold=cold,
             )
-    stdin = sys.stdin.buffer.read() if interactive else None
     with reported_errors():
         host = open_host(server, token)
         try:
@@ -63,7 +62,7 @@ def run(
                     command,
                     env=None,
                     cwd=None,
-                    stdin=stdin,
+                    stdin=sys.stdin.buffer if interactive else None,
                     timeout=timeout,
                     on_stdout=writer(sys.stdout.buffer),
                     on_stderr=writer(sys.stderr.buffer),
