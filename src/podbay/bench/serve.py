@@ -8,6 +8,10 @@ request to the exec's result; the pod is destroyed afterwards, untimed. Claims b
 to template clones (their origin is counted). The server is `podbay.server`'s app under uvicorn in a child
 process started here (as `podbay serve` runs it), with the pool made before it listens: `podbay serve` has no
 pool option, and a private `/_bench/refill` route, in the child only, refills the pool between levels.
+
+Read the ratio with care on a small host: the embedded side's clients share one process and event loop with
+the platform they measure, while the served side's clients run in another process than the server, so on 2
+cores the served figures can come out lower than the embedded ones.
 """
 
 from __future__ import annotations
