@@ -37,7 +37,16 @@ from podbay.paths import PodbayPaths
 from podbay.platform import AsyncFiles, AsyncPlatform, AsyncPod
 from podbay.pool.pools import AsyncPools
 from podbay.pool.warm import Percentiles, PoolReport, PoolShape
-from podbay.sdk import Admin, AsyncAdmin, AsyncClient, AsyncRemotePod, Client, RemotePod
+from podbay.sdk import (
+    Admin,
+    AsyncAdmin,
+    AsyncClient,
+    AsyncRemotePod,
+    AsyncRemoteProcess,
+    Client,
+    RemotePod,
+    RemoteProcess,
+)
 from podbay.snapshots import SnapshotStore
 from podbay.state.volumes import VolumeInfo, VolumeStore
 from podbay.sync import Files, Platform, Pod, Pools, Process
@@ -51,6 +60,7 @@ from podbay.tenancy import (
     TenantVolume,
     TokenInfo,
 )
+from podbay.wire import ProcessInfo
 
 __all__ = [
     "Admin",
@@ -61,6 +71,7 @@ __all__ = [
     "AsyncPod",
     "AsyncPools",
     "AsyncRemotePod",
+    "AsyncRemoteProcess",
     "Availability",
     "BackendUnavailable",
     "Client",
@@ -95,9 +106,11 @@ __all__ = [
     "Pools",
     "PriceTable",
     "Process",
+    "ProcessInfo",
     "QuotaExceeded",
     "QuotaInfo",
     "RemotePod",
+    "RemoteProcess",
     "SandboxInfo",
     "SnapshotInfo",
     "SnapshotStore",

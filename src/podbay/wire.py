@@ -8,12 +8,12 @@ Every error is `{"error": {"type": "<PodbayError subclass>", "message": ..., "fi
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from podbay.errors import HostError, InvalidSpec, PodbayError, Unsupported
-from podbay.models import MAX_TIMEOUT_S, PodSpec, _fix_for
+from podbay.models import MAX_TIMEOUT_S, ExecResult, PodSpec, _fix_for
 
 
 class ExecRequest(BaseModel):
@@ -115,3 +115,36 @@ def error_from_body(status: int, body: Any) -> PodbayError:
         exc.backend, exc.operation = "", ""
     exc.pod_id = detail.pod_id
     return exc
+
+
+class ProcessRequest(BaseModel):
+    """`POST /pods/{id}/processes`: start a long-running command; with `stdin: true` it reads what
+    `POST .../stdin` sends (until `?eof=true`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    argv: list[str] = Field(min_length=1)
+    env: dict[str, str] = Field(default_factory=dict)
+    cwd: str | None = None
+    stdin: bool = False
+    timeout: float | None = Field(None, gt=0)
+
+
+class SignalRequest(BaseModel):
+    """`POST /pods/{id}/processes/{process_id}/signal`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    signal: int = Field(ge=1, le=64)
+
+
+class ProcessInfo(BaseModel):
+    """A process of a pod: running, exited (with its result) or failed (with the error, in the error shape)."""
+
+    id: str
+    pod_id: str
+    argv: list[str]
+    state: Literal["running", "exited", "failed"]
+    stdin_open: bool
+    result: ExecResult | None = None
+    error: str | None = None  # "<PodbayError subclass>: message" when failed; the output stream has it in full

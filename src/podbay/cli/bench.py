@@ -1,4 +1,4 @@
-"""`podbay bench create | isolation | soak | reliability | clone | pool | run | snapshot | fork | density`:
+"""`podbay bench create | isolation | soak | reliability | clone | pool | run | snapshot | fork | density | serve`:
 `--json` prints one JSON document on stdout; the human summary goes to stderr."""
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from podbay.bench import isolation as isolation_bench
 from podbay.bench import pool as pool_bench
 from podbay.bench import reliability as reliability_bench
 from podbay.bench import run as run_bench
+from podbay.bench import serve as serve_bench
 from podbay.bench import snapshot as snapshot_bench
 from podbay.bench import soak as soak_bench
 from podbay.cli.common import errors, reported_errors
@@ -115,6 +116,27 @@ def pool(
     if as_json:
         print(json.dumps(result, indent=2))
     errors.print(pool_bench.summary(result), highlight=False)
+
+
+@app.command("serve")
+def serve(
+    concurrency: str = typer.Option("1,10,50", "--concurrency", help="comma-separated counts of concurrent clients"),
+    claims: int = typer.Option(20, "--claims", min=1, help="claims per level (at least one per client)"),
+    size: int = typer.Option(10, "--size", min=1, help="the warm pool's size, refilled before each level"),
+    backend: str = typer.Option("qemu", "--backend"),
+    as_json: bool = typer.Option(False, "--json", help="print the JSON result"),
+) -> None:
+    """Pool claim → first exec through a real server's REST API (p50/p99 per concurrency level), and the
+    service's overhead over the same measurement on an embedded platform."""
+    try:
+        levels = tuple(int(part) for part in concurrency.split(","))
+    except ValueError:
+        raise typer.BadParameter(f"{concurrency!r} is not counts such as 1,10,50", param_hint="--concurrency") from None
+    with reported_errors():
+        result = serve_bench.bench_serve(PodbayPaths.from_env(), levels, claims, size, backend)
+    if as_json:
+        print(json.dumps(result, indent=2))
+    errors.print(serve_bench.summary(result), highlight=False)
 
 
 @app.command("run")

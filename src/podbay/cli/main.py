@@ -1,11 +1,12 @@
 """Entry point: `podbay doctor | images build | templates ... | snapshot ... | run | volume ... | demo | bench ... |
-serve | tokens ... | quotas ... | usage`."""
+serve | tokens ... | quotas ... | usage`, and against a server (PODBAY_SERVER): `create | ps | exec | pause |
+resume | destroy | fork | restore | files ...`."""
 
 from __future__ import annotations
 
 import typer
 
-from podbay.cli import bench, demo, doctor, images, quotas, run, serve, snapshot, templates, tokens, usage, volume
+from podbay.cli import bench, demo, doctor, images, pods, quotas, run, serve, snapshot, templates, tokens, usage, volume
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -17,6 +18,15 @@ app.command("run", context_settings={"allow_interspersed_args": False})(run.run)
 app.command("demo")(demo.demo)
 app.command("serve")(serve.serve)
 app.command("usage")(usage.usage)
+app.command("create")(pods.create)
+app.command("ps")(pods.ps)
+app.command("exec", context_settings={"allow_interspersed_args": False})(pods.exec_)
+app.command("pause")(pods.pause)
+app.command("resume")(pods.resume)
+app.command("destroy")(pods.destroy)
+app.command("fork")(pods.fork)
+app.command("restore")(pods.restore)
+app.add_typer(pods.files, name="files")
 app.add_typer(images.app, name="images")
 app.add_typer(templates.app, name="templates")
 app.add_typer(snapshot.app, name="snapshot")

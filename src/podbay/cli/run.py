@@ -1,4 +1,7 @@
-"""`podbay run [--volume NAME] -- CMD ARGS...`: one command in a fresh pod, streamed, with its exit status."""
+"""`podbay run [--volume NAME] -- CMD ARGS...`: one command in a fresh pod, streamed, with its exit status.
+
+Embedded by default; with PODBAY_SERVER (or --server) the pod is made, used and destroyed by that server.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,8 @@ import typer
 
 from podbay.channel import check_timeout
 from podbay.cli.common import errors, reported_errors
-from podbay.sync import Platform
+from podbay.cli.remote import ServerOption, TokenOption, open_host, run_streamed
+from podbay.models import PodSpec
 
 
 def run(
@@ -25,17 +29,22 @@ def run(
     from_snapshot: str | None = typer.Option(
         None, "--from-snapshot", help="restore this snapshot (see `podbay snapshot ls`) instead of a fresh pod"
     ),
+    server: ServerOption = None,
+    token: TokenOption = None,
 ) -> None:
     """Run CMD in a fresh pod; stdout/stderr stream through, and podbay exits with the command's status."""
-    environment = _parse_env(env)
+    environment = parse_env(env)
+    if server and volume is not None:
+        raise typer.BadParameter(
+            "names a volume on the server's host, which the server does not serve to tenants; "
+            "leave it out, or run without PODBAY_SERVER",
+            param_hint="--volume",
+        )
     with reported_errors():
         check_timeout(timeout, "--timeout")  # before a pod is made for nothing
-    stdin = sys.stdin.buffer.read() if interactive else None
-    with reported_errors(), Platform() as platform:
-        if from_snapshot is not None:
-            pod = platform.restore(from_snapshot)
-        else:
-            pod = platform.create_agent(
+        spec = None
+        if from_snapshot is None:
+            spec = PodSpec.parse(
                 backend=backend,
                 memory_db=volume is not None,
                 volume=volume,
@@ -43,22 +52,31 @@ def run(
                 memory_mib=memory_mib,
                 cold=cold,
             )
+    with reported_errors():
+        host = open_host(server, token)
         try:
-            result = pod.exec(
-                command,
-                stdin=stdin,
-                timeout=timeout,
-                on_stdout=_writer(sys.stdout.buffer),
-                on_stderr=_writer(sys.stderr.buffer),
-            )
+            pod = host.create(spec) if spec is not None else host.restore(str(from_snapshot))
+            try:
+                result = run_streamed(
+                    pod,
+                    command,
+                    env=None,
+                    cwd=None,
+                    stdin=sys.stdin.buffer if interactive else None,
+                    timeout=timeout,
+                    on_stdout=writer(sys.stdout.buffer),
+                    on_stderr=writer(sys.stderr.buffer),
+                )
+            finally:
+                pod.destroy()
         finally:
-            pod.destroy()
+            host.close()
     if result.timed_out:
         errors.print(f"podbay: the command timed out after {timeout} s and was killed")
     raise typer.Exit(result.exit_code)
 
 
-def _parse_env(pairs: list[str]) -> dict[str, str]:
+def parse_env(pairs: list[str]) -> dict[str, str]:
     environment = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
@@ -68,7 +86,7 @@ def _parse_env(pairs: list[str]) -> dict[str, str]:
     return environment
 
 
-def _writer(stream: BinaryIO) -> Callable[[bytes], None]:
+def writer(stream: BinaryIO) -> Callable[[bytes], None]:
     def write(chunk: bytes) -> None:
         stream.write(chunk)
         stream.flush()

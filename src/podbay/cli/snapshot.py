@@ -1,4 +1,5 @@
-"""`podbay snapshot ls | rm`: saved pods (`pod.snapshot(name)`), restored with `podbay run --from-snapshot`."""
+"""`podbay snapshot ls | rm | create`: saved pods (`pod.snapshot(name)`), restored with `podbay run --from-snapshot`
+(or, on a server, `podbay snapshot create POD NAME` and `podbay restore NAME`)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,13 @@ import json
 import typer
 from rich.table import Table
 
+from podbay.cli import pods
 from podbay.cli.common import console, errors, reported_errors
 from podbay.paths import PodbayPaths
 from podbay.snapshots import SnapshotStore
 
 app = typer.Typer(no_args_is_help=True, help="Snapshots of pods: memory, writable layer and database together.")
+app.command("create")(pods.snapshot_create)
 
 
 def _store() -> SnapshotStore:

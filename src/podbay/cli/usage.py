@@ -1,5 +1,6 @@
 """`podbay usage --tenant NAME`: a tenant's recorded usage and its cost, read from the registry on the host
-(admin-style: no token; whoever can read PODBAY_STATE's server.db)."""
+(admin-style: no token; whoever can read PODBAY_STATE's server.db). With PODBAY_SERVER (or --server) it asks the
+server instead (`GET /usage`), for the tenant of the token, under the server's price table."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import typer
 from rich.table import Table
 
 from podbay.cli.common import console, errors, reported_errors
-from podbay.errors import NotFound
+from podbay.cli.remote import ServerOption, TokenOption
+from podbay.errors import InvalidSpec, NotFound
 from podbay.metering import PriceTable, UsageReport
 from podbay.paths import PodbayPaths
 from podbay.server.registry import Registry
@@ -18,15 +20,33 @@ from podbay.server.usage import UsageLedger
 
 
 def usage(
-    tenant: str = typer.Option(..., "--tenant", help="the tenant whose pods to report"),
-    pod: str | None = typer.Option(None, "--pod", help="only this pod (ended)"),
+    tenant: str | None = typer.Option(
+        None, "--tenant", help="the tenant whose pods to report (with a server: the token's, which it must match)"
+    ),
+    pod: str | None = typer.Option(None, "--pod", help="only this pod (ended; with a server, running too)"),
     start: float | None = typer.Option(None, "--from", help="epoch seconds: pods that ended at or after"),
     end: float | None = typer.Option(None, "--to", help="epoch seconds: pods that ended before"),
     prices: Path | None = typer.Option(None, "--prices", help="a JSON price table (default: PriceTable's)"),
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON on stdout"),
+    server: ServerOption = None,
+    token: TokenOption = None,
 ) -> None:
     """Each ended pod's vCPU-seconds, memory MiB-seconds, storage MiB-hours, database size and cost, and the
     sums. Usage is recorded when a pod ends; a running pod's so far is `GET /usage?pod=ID`."""
+    if server:
+        if prices is not None:
+            raise typer.BadParameter(
+                "the server prices usage with its own table; leave --prices out", param_hint="--prices"
+            )
+        with reported_errors():
+            report = _from_server(server, token, tenant, pod, start, end)
+        _show(report, tenant or "of this token", as_json)
+        return
+    if tenant is None:
+        raise typer.BadParameter(
+            "is needed to read the registry on this host (or set PODBAY_SERVER and PODBAY_TOKEN to ask a server)",
+            param_hint="--tenant",
+        )
     try:
         table = PriceTable.load(prices) if prices is not None else PriceTable()
     except (OSError, ValueError) as exc:
@@ -40,6 +60,27 @@ def usage(
             report = UsageReport.of([found], table)
         else:
             report = UsageReport.of(ledger.of_tenant(tenant, start, end), table, start, end)
+    _show(report, tenant, as_json)
+
+
+def _from_server(
+    server: str, token: str | None, tenant: str | None, pod: str | None, start: float | None, end: float | None
+) -> UsageReport:
+    from podbay.sdk import Client
+
+    with Client(server, token) as client:
+        report = client.usage(pod, start=start, end=end)
+    others = {item.tenant for item in report.pods if item.tenant not in (None, tenant)}
+    if tenant is not None and others:
+        raise InvalidSpec(
+            "tenant",
+            f"is {tenant!r}, but the token is tenant {others.pop()!r}'s",
+            "leave --tenant out or use its token",
+        )
+    return report
+
+
+def _show(report: UsageReport, tenant: str, as_json: bool) -> None:
     if as_json:
         print(report.model_dump_json(indent=2))
         return

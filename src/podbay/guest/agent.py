@@ -236,11 +236,19 @@ class Agent:
                     self.dispatch(key, events)
                 except Exception as exc:  # never let one stream's failure take the agent (and the pod) down
                     self.drop_stream(key, exc)
-            self.reap()
-            self.enforce_deadlines()
-            if self.thaw_at is not None and time.monotonic() >= self.thaw_at:
-                self.thaw_all()
-            self.maybe_retry_port()
+            self.housekeeping()
+
+    def housekeeping(self) -> None:
+        """After each wake-up: deadlines, exits, a freeze left too long, a lost port.
+
+        Deadlines come before reaping, so a command whose deadline passed before the agent saw it exit is
+        reported timed out whether or not it happened to exit before this pass. Reaping first made an
+        already-expired deadline (timeout=1e-9) a race: a fast command won it or lost it by microseconds."""
+        self.enforce_deadlines()
+        self.reap()
+        if self.thaw_at is not None and time.monotonic() >= self.thaw_at:
+            self.thaw_all()
+        self.maybe_retry_port()
 
     def dispatch(self, key: selectors.SelectorKey, events: int) -> None:
         kind, process = key.data

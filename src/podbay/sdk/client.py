@@ -1,10 +1,11 @@
 """`AsyncClient`: the REST API of `podbay serve` with the embedded platform's method names and models.
 
 `AsyncClient` mirrors `AsyncPlatform` (create_agent, create, get, list, restore) and has the tenant's named
-volumes (volumes, volume, create_volume, delete_volume) and, for an admin token, `admin` (podbay.sdk.admin);
-`AsyncRemotePod` mirrors
-`AsyncPod` (exec, exec_stream, files, pause, resume, set_timeout, snapshot, fork, destroy, info). Errors are the same
-`PodbayError` subclasses the server raised, rebuilt from the wire (`podbay.wire`).
+volumes (volumes, volume, create_volume, delete_volume) and, for an admin token, `admin` (podbay.sdk.admin).
+`AsyncRemotePod` mirrors `AsyncPod` (exec, exec_stream, start_process, files, pause, resume, set_timeout, snapshot,
+fork, destroy, info, usage), `AsyncRemoteProcess` mirrors the embedded `GuestProcess` (write_stdin, close_stdin,
+signal, wait; and events). Errors are the same `PodbayError` subclasses the server raised, rebuilt from the wire
+(`podbay.wire`).
 """
 
 from __future__ import annotations
@@ -15,19 +16,24 @@ import json
 import os
 from collections.abc import AsyncGenerator, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, Unpack
 
 import httpx
 from pydantic import ValidationError
 
-from podbay.errors import HostError, InvalidSpec, PodbayError, Timeout
-from podbay.metering import UsageReport
-from podbay.models import ExecEvent, ExecResult, PodInfo, PodSpec, SnapshotInfo
+from podbay.channel import OutputCallback, check_signal
+from podbay.errors import HostError, InvalidSpec, NotFound, PodbayError, Timeout
+from podbay.metering import Usage, UsageReport
+from podbay.models import ExecEvent, ExecResult, FileEntry, PodInfo, PodSpec, SnapshotInfo
 from podbay.sdk.admin import AsyncAdmin
+from podbay.sdk.fields import PodFields
 from podbay.tenancy import TenantVolume, VolumeRequest
 from podbay.wire import (
     ExecRequest,
     FileWritten,
+    ProcessInfo,
+    ProcessRequest,
+    SignalRequest,
     SnapshotRequest,
     TimeoutRequest,
     error_from_body,
@@ -57,6 +63,77 @@ class AsyncRemoteFiles:
             headers={"Content-Type": "application/octet-stream"},
         )
         return FileWritten.model_validate(response.json()).size
+
+    async def list(self, path: str) -> list[FileEntry]:
+        """Every entry of a directory in the pod, sorted by name."""
+        response = await self._pod._client._request("GET", f"/pods/{self._pod.id}/files/list", params={"path": path})
+        return [FileEntry.model_validate(entry) for entry in response.json()]
+
+
+class AsyncRemoteProcess:
+    """A process started with `pod.start_process`: it runs in the server, whoever reads it. `wait()` follows
+    its output (to the callbacks given at the start) until it ends; `events()` yields it; leaving
+    `async with process:` kills it if it still runs."""
+
+    def __init__(
+        self,
+        pod: AsyncRemotePod,
+        info: ProcessInfo,
+        on_stdout: OutputCallback | None = None,
+        on_stderr: OutputCallback | None = None,
+    ) -> None:
+        self._pod = pod
+        self.id = info.id
+        self.pod_id = info.pod_id
+        self.argv = info.argv
+        self._callbacks = {"stdout": on_stdout, "stderr": on_stderr}
+        self._url = f"/pods/{pod.id}/processes/{info.id}"
+
+    async def info(self) -> ProcessInfo:
+        return ProcessInfo.model_validate((await self._pod._client._request("GET", self._url)).json())
+
+    async def write_stdin(self, data: bytes, eof: bool = False) -> None:
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise InvalidSpec("data", f"must be bytes, got {type(data).__name__}", "pass bytes, e.g. b'line\\n'")
+        await self._pod._client._request(
+            "POST",
+            f"{self._url}/stdin",
+            params={"eof": "true" if eof else "false"},
+            content=bytes(data),
+            headers={"Content-Type": "application/octet-stream"},
+        )
+
+    async def close_stdin(self) -> None:
+        await self.write_stdin(b"", eof=True)
+
+    async def signal(self, signum: int) -> None:
+        body = SignalRequest(signal=check_signal(signum)).model_dump_json()
+        await self._pod._client._request("POST", f"{self._url}/signal", content=body)
+
+    async def events(self) -> AsyncGenerator[ExecEvent, None]:
+        """Its output from the oldest chunk the server kept (the last 4 MiB), as it comes, then its exit.
+        Leaving the loop early leaves the process running."""
+        async for event in self._pod._client._events("GET", f"{self._url}/output", read_timeout=None):
+            yield event
+
+    async def wait(self) -> ExecResult:
+        """Its result, once it ends; its output goes to the start's callbacks meanwhile (from the oldest chunk
+        the server kept, on each call)."""
+        async for event in self.events():
+            callback = self._callbacks.get(event.kind)
+            if callback is not None:
+                callback(event.data)
+            if event.kind == "exit" and event.result is not None:
+                return event.result
+        raise HostError(f"the output of process {self.id} ended without its exit")
+
+    async def __aenter__(self) -> AsyncRemoteProcess:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        with contextlib.suppress(NotFound):  # gone with its pod already: nothing left to kill
+            if (await self.info()).state == "running":
+                await self.signal(9)
 
 
 class AsyncRemotePod:
@@ -97,19 +174,34 @@ class AsyncRemotePod:
         """Run a command; yield its stdout and stderr chunks as they come, then its exit (with the result).
         Leaving the loop early kills the command."""
         body = _exec_body(argv, env, cwd, stdin, timeout)
-        url = f"/pods/{self.id}/exec/stream"
-        with _translated("POST", url):
-            async with self._client._http.stream("POST", url, content=body, headers=_JSON) as response:
-                if response.status_code >= 400:
-                    await response.aread()
-                    raise _error(response)
-                async for line in response.aiter_lines():
-                    if not line.strip():
-                        continue
-                    document = json.loads(line)
-                    if "error" in document:
-                        raise error_from_body(response.status_code, document)
-                    yield ExecEvent.model_validate(document)
+        async for event in self._client._events("POST", f"/pods/{self.id}/exec/stream", content=body):
+            yield event
+
+    async def start_process(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        stdin: bool = False,
+        timeout: float | None = None,
+        on_stdout: OutputCallback | None = None,
+        on_stderr: OutputCallback | None = None,
+    ) -> AsyncRemoteProcess:
+        """Start a long-running command in the pod (with `stdin=True`, feed it with `write_stdin`); the
+        callbacks get its output while `wait()` runs."""
+        if isinstance(argv, str):
+            raise InvalidSpec("argv", "must be a list of strings", 'pass e.g. ["python3", "-c", "print(1)"]')
+        try:
+            request = ProcessRequest(argv=list(argv), env=dict(env or {}), cwd=cwd, stdin=stdin, timeout=timeout)
+        except ValidationError as exc:
+            raise validation_error(exc.errors()) from None
+        response = await self._client._request("POST", f"/pods/{self.id}/processes", content=request.model_dump_json())
+        return AsyncRemoteProcess(self, ProcessInfo.model_validate(response.json()), on_stdout, on_stderr)
+
+    async def usage(self) -> Usage:
+        """What this pod used so far (or in all, once destroyed), as the embedded pod's usage()."""
+        return (await self._client.usage(self.id)).pods[0]
 
     async def pause(self) -> None:
         await self._client._request("POST", f"/pods/{self.id}/pause")
@@ -181,13 +273,40 @@ class AsyncClient:
             raise _error(response)
         return response
 
-    async def create_agent(self, **fields: Any) -> AsyncRemotePod:
-        """Create a pod from keyword fields of PodSpec; the server checks them (InvalidSpec names a bad one)."""
-        response = await self._request("POST", "/pods", content=json.dumps(fields))
+    async def _events(
+        self, method: str, url: str, *, content: str | None = None, read_timeout: float | None = DEFAULT_TIMEOUT_S
+    ) -> AsyncGenerator[ExecEvent, None]:
+        """An NDJSON stream of ExecEvents; an error line raises the error it carries."""
+        timeout = httpx.Timeout(self._http.timeout.connect, read=read_timeout, write=None, pool=None)
+        with _translated(method, url):
+            async with self._http.stream(method, url, content=content, headers=_JSON, timeout=timeout) as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    raise _error(response)
+                async for line in response.aiter_lines():
+                    if not line.strip():
+                        continue
+                    document = json.loads(line)
+                    if "error" in document:
+                        raise error_from_body(response.status_code, document)
+                    yield ExecEvent.model_validate(document)
+
+    async def create_agent(self, **fields: Unpack[PodFields]) -> AsyncRemotePod:
+        """Create a pod from PodSpec's fields (e.g. memory_db=True); the server checks them (InvalidSpec names a
+        bad one). Left out, a field takes PodSpec's default."""
+        body = {name: value for name, value in fields.items() if not (name in ("env", "context") and value is None)}
+        try:
+            content = json.dumps(body, default=_jsonable)
+        except (TypeError, ValueError) as exc:
+            raise InvalidSpec(
+                "fields", f"cannot be sent as JSON ({exc})", "pass PodSpec's types (see PodSpec)"
+            ) from None
+        response = await self._request("POST", "/pods", content=content)
         return AsyncRemotePod(self, PodInfo.model_validate(response.json()))
 
     async def create(self, spec: PodSpec) -> AsyncRemotePod:
-        return await self.create_agent(**spec.model_dump(exclude_unset=True))
+        response = await self._request("POST", "/pods", content=spec.model_dump_json(exclude_unset=True))
+        return AsyncRemotePod(self, PodInfo.model_validate(response.json()))
 
     async def get(self, pod_id: str) -> AsyncRemotePod:
         response = await self._request("GET", f"/pods/{pod_id}")
@@ -249,6 +368,12 @@ class AsyncClient:
 
 
 _JSON = {"Content-Type": "application/json"}
+
+
+def _jsonable(value: object) -> object:
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"{type(value).__name__} is not JSON")
 
 
 def _exec_body(

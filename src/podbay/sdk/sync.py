@@ -6,14 +6,17 @@ from __future__ import annotations
 import builtins
 from collections.abc import AsyncGenerator, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Unpack
 
-from podbay.metering import UsageReport
-from podbay.models import ExecEvent, ExecResult, PodInfo, PodSpec, SnapshotInfo
+from podbay.channel import OutputCallback
+from podbay.metering import Usage, UsageReport
+from podbay.models import ExecEvent, ExecResult, FileEntry, PodInfo, PodSpec, SnapshotInfo
 from podbay.sdk.admin import Admin
-from podbay.sdk.client import DEFAULT_TIMEOUT_S, AsyncClient, AsyncRemoteFiles, AsyncRemotePod
+from podbay.sdk.client import DEFAULT_TIMEOUT_S, AsyncClient, AsyncRemoteFiles, AsyncRemotePod, AsyncRemoteProcess
+from podbay.sdk.fields import PodFields
 from podbay.sync import _Loop
 from podbay.tenancy import TenantVolume
+from podbay.wire import ProcessInfo
 
 
 class RemoteFiles:
@@ -26,6 +29,46 @@ class RemoteFiles:
 
     def write(self, path: str, data: bytes | str, mode: int = 0o644) -> int:
         return self._loop.run(self._files.write(path, data, mode))
+
+    def list(self, path: str) -> list[FileEntry]:
+        return self._loop.run(self._files.list(path))
+
+
+class RemoteProcess:
+    """A process started with `pod.start_process`; see AsyncRemoteProcess. `with process:` kills it at the end
+    of the block if it still runs."""
+
+    def __init__(self, loop: _Loop, process: AsyncRemoteProcess) -> None:
+        self._loop = loop
+        self._process = process
+        self.id = process.id
+        self.pod_id = process.pod_id
+        self.argv = process.argv
+
+    def info(self) -> ProcessInfo:
+        return self._loop.run(self._process.info())
+
+    def write_stdin(self, data: bytes, eof: bool = False) -> None:
+        self._loop.run(self._process.write_stdin(data, eof=eof))
+
+    def close_stdin(self) -> None:
+        self._loop.run(self._process.close_stdin())
+
+    def signal(self, signum: int) -> None:
+        self._loop.run(self._process.signal(signum))
+
+    def events(self) -> Iterator[ExecEvent]:
+        """Its output (from the oldest chunk the server kept) as it comes, then its exit."""
+        return _iterate(self._loop, self._process.events())
+
+    def wait(self) -> ExecResult:
+        return self._loop.run(self._process.wait())
+
+    def __enter__(self) -> RemoteProcess:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._loop.run(self._process.__aexit__())
 
 
 class RemotePod:
@@ -60,15 +103,27 @@ class RemotePod:
         timeout: float | None = None,
     ) -> Iterator[ExecEvent]:
         """Yield stdout/stderr chunks as they come, then the exit; leaving the loop early kills the command."""
-        events = self._pod.exec_stream(argv, env=env, cwd=cwd, stdin=stdin, timeout=timeout)
-        try:
-            while True:
-                try:
-                    yield self._loop.run(_next(events))
-                except StopAsyncIteration:
-                    return
-        finally:
-            self._loop.run(events.aclose())
+        return _iterate(self._loop, self._pod.exec_stream(argv, env=env, cwd=cwd, stdin=stdin, timeout=timeout))
+
+    def start_process(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        stdin: bool = False,
+        timeout: float | None = None,
+        on_stdout: OutputCallback | None = None,
+        on_stderr: OutputCallback | None = None,
+    ) -> RemoteProcess:
+        starting = self._pod.start_process(
+            argv, env=env, cwd=cwd, stdin=stdin, timeout=timeout, on_stdout=on_stdout, on_stderr=on_stderr
+        )
+        return RemoteProcess(self._loop, self._loop.run(starting))
+
+    def usage(self) -> Usage:
+        """What this pod used so far (or in all, once destroyed)."""
+        return self._loop.run(self._pod.usage())
 
     def pause(self) -> None:
         self._loop.run(self._pod.pause())
@@ -111,7 +166,8 @@ class Client:
         self._closed = False
         self.admin = Admin(self._loop, self._client.admin)
 
-    def create_agent(self, **fields: Any) -> RemotePod:
+    def create_agent(self, **fields: Unpack[PodFields]) -> RemotePod:
+        """Create a pod from PodSpec's fields; see AsyncClient.create_agent."""
         return RemotePod(self._loop, self._loop.run(self._client.create_agent(**fields)))
 
     def create(self, spec: PodSpec) -> RemotePod:
@@ -163,3 +219,15 @@ async def _construct(base_url: str | None, token: str | None, timeout: float) ->
 
 async def _next(events: AsyncGenerator[ExecEvent, None]) -> ExecEvent:
     return await anext(events)
+
+
+def _iterate(loop: _Loop, events: AsyncGenerator[ExecEvent, None]) -> Iterator[ExecEvent]:
+    """An async generator of the loop's, iterated from this thread; closing this closes it."""
+    try:
+        while True:
+            try:
+                yield loop.run(_next(events))
+            except StopAsyncIteration:
+                return
+    finally:
+        loop.run(events.aclose())

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from podbay.metering import PriceTable
 from podbay.paths import PodbayPaths
 from podbay.platform import AsyncPlatform
-from podbay.server import admin, errors, volumes
+from podbay.server import admin, errors, processes, volumes
 from podbay.server.registry import Registry
 from podbay.server.routes import router
 from podbay.server.service import Service
@@ -43,4 +43,5 @@ def create_app(
     app.include_router(router)
     app.include_router(volumes.router)
     app.include_router(admin.router)
+    app.include_router(processes.router)
     return app

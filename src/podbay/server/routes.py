@@ -14,7 +14,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from podbay.errors import InvalidSpec, PodbayError, Unauthorized
 from podbay.guest.protocol import MAX_PAYLOAD
 from podbay.metering import UsageReport
-from podbay.models import ExecEvent, ExecResult, PodInfo, PodSpec, SnapshotInfo
+from podbay.models import ExecEvent, ExecResult, FileEntry, PodInfo, PodSpec, SnapshotInfo
 from podbay.server.errors import responses
 from podbay.server.service import Service
 from podbay.wire import ExecRequest, FileWritten, ForkRequest, SnapshotRequest, TimeoutRequest, error_body
@@ -180,6 +180,14 @@ async def read_file(
 ) -> Response:
     data = await svc.pod(who, pod_id).files.read(path)
     return Response(content=data, media_type="application/octet-stream")
+
+
+@router.get("/pods/{pod_id}/files/list", response_model=list[FileEntry], responses=responses(*POD, *BACKEND))
+async def list_files(
+    pod_id: str, svc: ServiceDep, who: TenantDep, path: Annotated[str, Query(min_length=1)]
+) -> list[FileEntry]:
+    """The entries of a directory in the pod, sorted by name."""
+    return await svc.pod(who, pod_id).files.list(path)
 
 
 @router.put(
