@@ -36,6 +36,7 @@ from podbay.paths import PodbayPaths
 from podbay.platform import AsyncFiles, AsyncPlatform, AsyncPod
 from podbay.pool.pools import AsyncPools
 from podbay.pool.warm import Percentiles, PoolReport, PoolShape
+from podbay.postmortem import ExecRecord, PodEvent, PostMortem, PostMortemStore
 from podbay.sdk import AsyncClient, AsyncRemotePod, Client, RemotePod
 from podbay.snapshots import SnapshotStore
 from podbay.state.volumes import VolumeInfo, VolumeStore
@@ -54,6 +55,7 @@ __all__ = [
     "Conflict",
     "Cost",
     "ExecEvent",
+    "ExecRecord",
     "ExecResult",
     "FileEntry",
     "Files",
@@ -67,6 +69,7 @@ __all__ = [
     "Phase",
     "Platform",
     "Pod",
+    "PodEvent",
     "PodInfo",
     "PodSpec",
     "PodState",
@@ -75,6 +78,8 @@ __all__ = [
     "PoolReport",
     "PoolShape",
     "Pools",
+    "PostMortem",
+    "PostMortemStore",
     "PriceTable",
     "Process",
     "QuotaExceeded",
