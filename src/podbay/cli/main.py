@@ -1,11 +1,26 @@
 """Entry point: `podbay doctor | images build | templates ... | snapshot ... | run | volume ... | demo | bench ... |
-serve | tokens ... | quotas ... | usage`."""
+serve | tokens ... | quotas ... | usage |
+logs | trace | postmortem ... | debug`."""
 
 from __future__ import annotations
 
 import typer
 
-from podbay.cli import bench, demo, doctor, images, quotas, run, serve, snapshot, templates, tokens, usage, volume
+from podbay.cli import (
+    bench,
+    demo,
+    doctor,
+    images,
+    inspect,
+    quotas,
+    run,
+    serve,
+    snapshot,
+    templates,
+    tokens,
+    usage,
+    volume,
+)
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -17,6 +32,10 @@ app.command("run", context_settings={"allow_interspersed_args": False})(run.run)
 app.command("demo")(demo.demo)
 app.command("serve")(serve.serve)
 app.command("usage")(usage.usage)
+app.command("logs")(inspect.logs)
+app.command("trace")(inspect.trace)
+app.command("debug")(inspect.debug)
+app.add_typer(inspect.app, name="postmortem")
 app.add_typer(images.app, name="images")
 app.add_typer(templates.app, name="templates")
 app.add_typer(snapshot.app, name="snapshot")
