@@ -357,7 +357,6 @@ class AsyncPod:
             return
         reason = f"sandbox died: {why}"
         log.warning("pod %s: %s", self.id, reason.splitlines()[0])
-        self.record.event("failed", reason.splitlines()[0])
         self._death_watch = None  # this task ends in the teardown below: nothing to cancel
         try:
             await self._destroy(reason.splitlines()[0], failure=reason)
@@ -436,7 +435,9 @@ class AsyncPlatform:
         """Write the pod's post-mortem (see podbay.postmortem); a failure to write it is logged, never raised."""
         failure = pod._failure
         failed = failure is not None
-        pod.record.event("ended", reason if failure is None else f"{reason} (failed: {failure.splitlines()[0]})")
+        if failure is not None:
+            pod.record.event("failed", failure.splitlines()[0])
+        pod.record.event("ended", reason)
         spec, env_names = _spec_without_secrets(pod.spec)
         now = time.time()
         snapshot, note = kept

@@ -124,6 +124,7 @@ def test_metrics_count_requests_pods_and_errors_without_tenant_labels(
         assert found['podbay_pod_create_seconds_count{path="cold boot"}'] == 2
         assert found['podbay_pod_create_seconds_bucket{path="cold boot",le="+Inf"}'] == 2
         assert found['podbay_pod_events_total{kind="created"}'] == 2
+        assert found['podbay_pod_events_total{kind="failed"}'] == 0
         assert "acme" not in answer.text and "pod-" not in answer.text
 
     serve(paths, scenario)

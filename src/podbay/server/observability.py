@@ -83,15 +83,12 @@ class Metrics:
         self.http_requests: Counter[tuple[str, str, str]] = Counter()  # (method, route template, status)
         self.errors: Counter[str] = Counter()  # by error type (the error shape's `type`)
         self.pod_events: Counter[str] = Counter()
-        self.pods_ended: Counter[str] = Counter()  # "true" (failed) / "false"
         self.create_seconds: dict[str, Histogram] = {}  # by origin (pool, clone, boot, snapshot, fork)
 
     def observe_event(self, event: PodEvent) -> None:
         self.pod_events[event.kind] += 1
         if event.kind == "created" and event.duration_s is not None:
             self.create_seconds.setdefault(event.detail, Histogram(CREATE_BUCKETS_S)).observe(event.duration_s)
-        elif event.kind == "ended":
-            self.pods_ended["true" if "(failed: " in event.detail else "false"] += 1
 
     def render(self, platform: AsyncPlatform) -> str:
         lines: list[str] = []
@@ -99,12 +96,9 @@ class Metrics:
         family(lines, "podbay_pods", "gauge", "pods this server holds, by state")
         for state in PodState:
             sample(lines, "podbay_pods", states[state.value], state=state.value)
-        family(lines, "podbay_pods_ended_total", "counter", "pods that ended, by whether they failed")
-        for failed in ("false", "true"):
-            sample(lines, "podbay_pods_ended_total", self.pods_ended[failed], failed=failed)
-        family(lines, "podbay_pod_events_total", "counter", "pod lifecycle events, by kind")
-        for kind, count in sorted(self.pod_events.items()):
-            sample(lines, "podbay_pod_events_total", count, kind=kind)
+        family(lines, "podbay_pod_events_total", "counter", "pod lifecycle events, by kind (failed: pods that failed)")
+        for kind in sorted({*self.pod_events, "created", "ended", "failed"}):
+            sample(lines, "podbay_pod_events_total", self.pod_events[kind], kind=kind)
         family(lines, "podbay_pod_create_seconds", "histogram", "time to create a pod, by how it was obtained")
         for origin, histogram in sorted(self.create_seconds.items()):
             for bound, count in zip(histogram.buckets, histogram.counts, strict=True):
