@@ -3,16 +3,23 @@ keep_on_failure's snapshot restored for inspection."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
+import subprocess
 import time
+from pathlib import Path
 
+import httpx
 import pytest
 
-from podbay import NotFound, Platform
+from podbay import Client, NotFound, Platform
+from podbay.paths import PodbayPaths
 from podbay.postmortem import PostMortem
 
-from .conftest import skip_unless_available
+from .conftest import assert_nothing_left, cli_env, skip_unless_available
+from .test_server import PODBAY, fastest_backend, free_port, podbay
 
 pytestmark = pytest.mark.integration
 # Touches memory 16 MiB at a time until the guest's OOM killer ends it (SIGKILL): never a MemoryError.
@@ -66,3 +73,44 @@ def test_an_oom_killed_command_with_keep_on_failure_leaves_a_snapshot_that_resto
     finally:
         restored.destroy()
         qemu.snapshots.remove(postmortem.snapshot)
+
+
+def test_a_real_server_logs_json_lines_and_answers_records_and_metrics(tmp_path: Path) -> None:
+    paths = PodbayPaths(cache=PodbayPaths.from_env().cache, state=tmp_path / "state")
+    token = podbay(paths, "tokens", "create", "--tenant", "acme").stdout.strip()
+    address = f"127.0.0.1:{free_port()}"
+    log_path = tmp_path / "serve.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [*PODBAY, "serve", "--listen", address, "--log-format", "json"],
+            env=cli_env(paths),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        for _ in range(300):
+            assert process.poll() is None, log_path.read_text()
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"http://{address}/healthz", timeout=2).status_code == 200:
+                    break
+            time.sleep(0.2)
+        with Client(f"http://{address}", token) as client:
+            pod = client.create_agent(backend=fastest_backend(paths))
+            assert pod.exec(["true"]).ok
+            pod.destroy()
+            assert client.postmortem(pod.id).reason == "destroyed"
+            assert [event.kind for event in client.events(pod.id)][-1] == "ended"
+        headers = {"Authorization": f"Bearer {token}", "X-Request-Id": "it-is-me"}
+        answer = httpx.get(f"http://{address}/postmortems", headers=headers, timeout=30)
+        assert answer.headers["X-Request-Id"] == "it-is-me" and answer.json()[0]["pod_id"] == pod.id
+        metrics = httpx.get(f"http://{address}/metrics", timeout=30).text
+        assert 'podbay_http_requests_total{method="GET",route="/postmortems",status="200"} 1' in metrics
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=120)
+    lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
+    mine = [line for line in lines if line.get("request_id") == "it-is-me"]
+    assert mine and mine[0]["tenant"] == "acme" and mine[0]["route"] == "/postmortems", lines
+    created = [line for line in lines if line.get("event") == "created"]
+    assert created and created[0]["pod_id"] == pod.id and created[0]["tenant"] == "acme"
+    assert_nothing_left(paths)
