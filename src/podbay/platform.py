@@ -312,6 +312,8 @@ class AsyncPod:
             self._failure = self._failure or failure
             kept = await self._keep_for_inspection() if self._failure and self.spec.keep_on_failure else (None, None)
             console = read_tail(self.sandbox.info.console_log)  # before the teardown removes the run directory
+            if failure is not None:  # it ends by itself: say why from the moment it leaves the platform's list
+                self._platform._remember_end(self.id, reason)
             database_bytes = self._database_bytes()  # before the teardown deletes an anonymous volume
             try:
                 await self._trace.timed(
@@ -360,9 +362,9 @@ class AsyncPod:
         self._death_watch = None  # this task ends in the teardown below: nothing to cancel
         try:
             await self._destroy(reason.splitlines()[0], failure=reason)
-            self._platform._remember_end(self.id, reason.splitlines()[0])
-        except Exception as exc:  # FAILED, post-mortem kept; close() and the reaper try again
+        except Exception as exc:  # FAILED, post-mortem kept; close() tries again, the reaper after it
             log.warning("pod %s: cleaning up after its sandbox died failed: %s", self.id, exc)
+            self._platform._pods.setdefault(self.id, self)
 
     def _stop_death_watch(self) -> None:
         watch, self._death_watch = self._death_watch, None
@@ -615,9 +617,6 @@ class AsyncPlatform:
         except Exception as exc:
             log.warning("pod %s: destroying it at its timeout failed; left for the reaper: %s", pod.id, exc)
             self._pods.setdefault(pod.id, pod)
-            return
-        if pod._state is PodState.DESTROYED and pod._ended_reason == reason:
-            self._remember_end(pod.id, reason)
 
     def _remember_end(self, pod_id: str, reason: str) -> None:
         self._ended[pod_id] = reason

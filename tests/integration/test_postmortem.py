@@ -57,7 +57,9 @@ def test_a_killed_vmm_leaves_a_postmortem_with_its_console_and_reason(qemu: Plat
     assert pod.id not in [info.id for info in qemu.list()]
 
 
-def test_an_oom_killed_command_with_keep_on_failure_leaves_a_snapshot_that_restores(qemu: Platform) -> None:
+def test_an_oom_killed_command_with_keep_on_failure_leaves_a_snapshot_that_restores(
+    qemu: Platform, vm_paths: PodbayPaths
+) -> None:
     pod = qemu.create_agent(memory_mib=192, keep_on_failure=True)
     assert pod.exec(["sh", "-c", "echo evidence > /root/marker"]).ok
     eaten = pod.exec(["python3", "-c", EAT_MEMORY], timeout=120)
@@ -67,11 +69,23 @@ def test_an_oom_killed_command_with_keep_on_failure_leaves_a_snapshot_that_resto
     assert postmortem.failed and "killed by signal 9" in postmortem.reason, postmortem.reason
     assert postmortem.snapshot == f"postmortem-{pod.id}", postmortem.snapshot_note
     assert "Out of memory" in qemu.postmortems.console(pod.id).decode(errors="replace")  # the guest kernel's word
-    restored = qemu.restore(postmortem.snapshot)
     try:
-        assert restored.exec(["cat", "/root/marker"]).stdout == "evidence\n"
+        restored = qemu.restore(postmortem.snapshot)
+        try:
+            assert restored.exec(["cat", "/root/marker"]).stdout == "evidence\n"
+        finally:
+            restored.destroy()
+        debugged = subprocess.run(  # `podbay debug POD`: the same, as a line-by-line shell from another process
+            [*PODBAY, "debug", pod.id],
+            input="cat /root/marker\nexit\n",
+            env=cli_env(vm_paths),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert debugged.returncode == 0, debugged.stderr
+        assert debugged.stdout == "evidence\n" and "restored as pod-" in debugged.stderr
     finally:
-        restored.destroy()
         qemu.snapshots.remove(postmortem.snapshot)
 
 
