@@ -164,6 +164,7 @@ def test_every_response_carries_a_request_id(paths: PodbayPaths) -> None:
             assert kept.headers["X-Request-Id"] == "trace-42.a_b"
             for error in (await raw.get("/pods"), await raw.get("/nope", headers=auth)):
                 assert error.status_code in (401, 404) and error.headers["X-Request-Id"].startswith("req_")
+                assert error.json()["error"]["request_id"] == error.headers["X-Request-Id"]
             hostile = await raw.get("/healthz", headers={"X-Request-Id": "a b\tc" + "x" * 100})
             assert hostile.headers["X-Request-Id"].startswith("req_")
         assert request_id_of("x" * 65).startswith("req_") and request_id_of("ok") == "ok"

@@ -39,6 +39,7 @@ from podbay.models import PodState
 from podbay.platform import AsyncPlatform
 from podbay.pool.warm import PoolReport
 from podbay.postmortem import SNAPSHOT_PREFIX, PodEvent
+from podbay.wire import REQUEST_ID
 
 REQUEST_ID_HEADER = "X-Request-Id"
 CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -46,7 +47,7 @@ LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 METRICS_TOKEN_VARIABLE = "PODBAY_METRICS_TOKEN"
 CREATE_BUCKETS_S = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
-request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("podbay_request_id", default=None)
+request_id = REQUEST_ID  # also read by the error shape (podbay.wire.error_body)
 # The request being served (its state gets the tenant once the token is checked): names the tenant of a pod's
 # events before the registry records the pod as the tenant's (its "created" event).
 request_state: contextvars.ContextVar[Any] = contextvars.ContextVar("podbay_request_state", default=None)
