@@ -192,3 +192,25 @@ def test_requests_and_pod_events_are_logged_with_request_tenant_and_pod_ids(
     assert made.request_id == create.request_id  # type: ignore[attr-defined]  # the request that made it
     line = json.loads(JsonFormatter().format(made))
     assert {"ts", "level", "logger", "message", "request_id", "tenant", "pod_id", "event"} <= set(line)
+
+
+def test_an_unexpected_failure_answers_500_with_its_request_id_and_is_counted(paths: PodbayPaths) -> None:
+    async def main() -> None:
+        app = create_app(platform=AsyncPlatform(paths, backends={"local": LocalProcessBackend()}))
+
+        async def broken() -> None:
+            raise RuntimeError("a bug")
+
+        app.add_api_route("/broken", broken)
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+            async with httpx.AsyncClient(transport=transport, base_url="http://podbay") as raw:
+                answer = await raw.get("/broken", headers={"X-Request-Id": "bug-1"})
+                assert answer.status_code == 500 and answer.headers["X-Request-Id"] == "bug-1"
+                error = answer.json()["error"]
+                assert error["request_id"] == "bug-1" and "a bug" not in error["message"]
+                found = samples((await raw.get("/metrics")).text)
+        assert found['podbay_http_requests_total{method="GET",route="/broken",status="500"}'] == 1
+        assert found['podbay_errors_total{type="PodbayError"}'] == 1
+
+    asyncio.run(main())

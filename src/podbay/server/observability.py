@@ -33,6 +33,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from podbay.errors import NotFound, PodbayError
 from podbay.models import PodState
@@ -50,7 +52,9 @@ CREATE_BUCKETS_S = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0
 request_id = REQUEST_ID  # also read by the error shape (podbay.wire.error_body)
 # The request being served (its state gets the tenant once the token is checked): names the tenant of a pod's
 # events before the registry records the pod as the tenant's (its "created" event).
-request_state: contextvars.ContextVar[Any] = contextvars.ContextVar("podbay_request_state", default=None)
+request_state: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "podbay_request_state", default=None
+)
 access_log = logging.getLogger("podbay.access")
 events_log = logging.getLogger("podbay.events")
 
@@ -181,39 +185,68 @@ def install(app: FastAPI, metrics: Metrics) -> None:
     unexpected = _counting(app.exception_handlers[Exception], metrics)
     for exc_class, handler in list(app.exception_handlers.items()):
         app.exception_handlers[exc_class] = unexpected if exc_class is Exception else _counting(handler, metrics)
+    app.add_middleware(ObservedRequests, metrics=metrics, unexpected=unexpected)
 
-    @app.middleware("http")
-    async def observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        rid = request_id_of(request.headers.get(REQUEST_ID_HEADER))
-        token = request_id.set(rid)
-        state_token = request_state.set(request.state)
+
+class ObservedRequests:
+    """Plain ASGI middleware (not BaseHTTPMiddleware, which would sit between a streamed response and the
+    client's disconnect): the request id, the response's status, one access line and the HTTP metrics."""
+
+    def __init__(
+        self, app: ASGIApp, metrics: Metrics, unexpected: Callable[[Request, Exception], Awaitable[Response]]
+    ) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.unexpected = unexpected
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid = request_id_of(Headers(scope=scope).get(REQUEST_ID_HEADER))
+        state: dict[str, Any] = scope.setdefault("state", {})  # Request.state's storage: routes put the tenant there
+        tokens = request_id.set(rid), request_state.set(state)
         started = time.perf_counter()
+        status = 500
+        response_started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                status, response_started = message["status"], True
+                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = rid
+            await send(message)
+
         try:
-            try:
-                response = await call_next(request)
-            except Exception as exc:  # the catch-all handler runs outside this middleware: run it here
-                response = await unexpected(request, exc)
-            response.headers[REQUEST_ID_HEADER] = rid
-            route = getattr(request.scope.get("route"), "path", None) or "unmatched"
-            metrics.http_requests[(request.method, route, str(response.status_code))] += 1
-            access_log.info(
-                "%s %s %s",
-                request.method,
-                route,
-                response.status_code,
-                extra={
-                    "request_id": rid,
-                    "tenant": getattr(request.state, "tenant", None),
-                    "method": request.method,
-                    "route": route,
-                    "status": response.status_code,
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 3),
-                },
-            )
-            return response
+            await self.app(scope, receive, send_with_id)
+        except Exception as exc:  # the catch-all handler runs outside this middleware: run it here
+            if response_started:
+                raise
+            response = await self.unexpected(Request(scope), exc)
+            await response(scope, receive, send_with_id)
         finally:
-            request_id.reset(token)
-            request_state.reset(state_token)
+            request_id.reset(tokens[0])
+            request_state.reset(tokens[1])
+            self._observed(scope, rid, status, state.get("tenant"), time.perf_counter() - started)
+
+    def _observed(self, scope: Scope, rid: str, status: int, tenant: str | None, took_s: float) -> None:
+        method = str(scope["method"])
+        route = getattr(scope.get("route"), "path", None) or "unmatched"
+        self.metrics.http_requests[(method, route, str(status))] += 1
+        access_log.info(
+            "%s %s %s",
+            method,
+            route,
+            status,
+            extra={
+                "request_id": rid,
+                "tenant": tenant,
+                "method": method,
+                "route": route,
+                "status": status,
+                "duration_ms": round(took_s * 1000, 3),
+            },
+        )
 
 
 def _counting(
@@ -243,7 +276,8 @@ def pod_event_listener(
 
     def listener(event: PodEvent) -> None:
         metrics.observe_event(event)
-        tenant = owner_of(event.pod_id) or getattr(request_state.get(), "tenant", None)
+        serving = request_state.get()
+        tenant = owner_of(event.pod_id) or (serving.get("tenant") if serving is not None else None)
         if event.kind == "snapshot" and event.detail == SNAPSHOT_PREFIX + event.pod_id and tenant is not None:
             on_kept_snapshot(event.detail, tenant)
         events_log.info(
