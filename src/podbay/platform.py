@@ -323,7 +323,7 @@ class AsyncPod:
                 self._state = PodState.FAILED
                 self._error = f"destroying it ({reason}) failed: {exc}"
                 self._failure = self._error
-                self._platform._keep_postmortem(self, self._error, console, kept)
+                self._platform._keep_postmortem(self, self._error, console, kept, ended=False)
                 raise
             self._stop_death_watch()
             self._state = PodState.DESTROYED
@@ -433,13 +433,17 @@ class AsyncPlatform:
             except Exception:  # an observer must not break the pod
                 log.exception("pod %s: a listener of its %s event failed", event.pod_id, event.kind)
 
-    def _keep_postmortem(self, pod: AsyncPod, reason: str, console: bytes, kept: tuple[str | None, str | None]) -> None:
-        """Write the pod's post-mortem (see podbay.postmortem); a failure to write it is logged, never raised."""
+    def _keep_postmortem(
+        self, pod: AsyncPod, reason: str, console: bytes, kept: tuple[str | None, str | None], ended: bool = True
+    ) -> None:
+        """Write the pod's post-mortem (see podbay.postmortem); a failure to write it is logged, never raised.
+        `ended`: False when its teardown failed (the pod is FAILED and held; a retry writes it again)."""
         failure = pod._failure
         failed = failure is not None
         if failure is not None:
             pod.record.event("failed", failure.splitlines()[0])
-        pod.record.event("ended", reason)
+        if ended:
+            pod.record.event("ended", reason)
         spec, env_names = _spec_without_secrets(pod.spec)
         now = time.time()
         snapshot, note = kept

@@ -10,8 +10,9 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from podbay.errors import NotFound
-from podbay.isolation.fake import LocalProcessBackend
+from podbay.errors import GuestError, NotFound
+from podbay.isolation.base import SandboxConfig
+from podbay.isolation.fake import LocalProcessBackend, LocalSandbox
 from podbay.paths import PodbayPaths
 from podbay.platform import AsyncPlatform
 from podbay.postmortem import CONSOLE_KEPT, PodEvent, PostMortem, PostMortemStore, kept_argv
@@ -138,3 +139,38 @@ def test_retention_comes_from_the_environment(paths: PodbayPaths, monkeypatch: p
     monkeypatch.setenv("PODBAY_POSTMORTEM_RETENTION_S", "soon")
     with pytest.raises(Exception, match="PODBAY_POSTMORTEM_RETENTION_S"):
         PostMortemStore(paths.state)
+
+
+class StuckSandboxBackend(LocalProcessBackend):
+    """The test double, whose sandboxes fail their first teardown (something of them "may still run")."""
+
+    async def start(self, config: SandboxConfig) -> LocalSandbox:
+        sandbox = await super().start(config)
+        destroy = sandbox.destroy
+        attempts = []
+
+        async def fails_once() -> None:
+            attempts.append(1)
+            if len(attempts) == 1:
+                raise GuestError("the sandbox's process would not die")
+            await destroy()
+
+        sandbox.destroy = fails_once  # type: ignore[method-assign]
+        return sandbox
+
+
+def test_a_failed_destroy_is_a_failure_kept_until_the_retry_succeeds(paths: PodbayPaths) -> None:
+    async def main() -> None:
+        async with AsyncPlatform(paths, backends={"local": StuckSandboxBackend()}) as platform:
+            pod = await platform.create_agent(backend="local")
+            with pytest.raises(GuestError):
+                await pod.destroy()
+            first = platform.postmortems.load(pod.id)
+            assert first.failed and "destroying it (destroyed) failed" in first.reason
+            assert first.events[-1].kind == "failed"  # not ended: it is FAILED, and held
+            await pod.destroy()  # the retry tears it down; the post-mortem still says it failed, and why
+            second = platform.postmortems.load(pod.id)
+            assert second.failed and second.reason == first.reason and second.ended_at >= first.ended_at
+            assert [event.kind for event in second.events][-2:] == ["failed", "ended"]
+
+    asyncio.run(main())
