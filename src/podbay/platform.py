@@ -37,7 +37,17 @@ from podbay.models import MAX_TIMEOUT_S, ExecResult, FileEntry, Phase, PodInfo, 
 from podbay.paths import PodbayPaths
 from podbay.pool.factory import Origin, PoolClaim, SandboxFactory, Start, require
 from podbay.pool.pools import AsyncPools, Pools, shape_of
-from podbay.postmortem import SNAPSHOT_PREFIX, ExecRecord, PodEvent, PodRecord, PostMortem, PostMortemStore, read_tail
+from podbay.postmortem import (
+    SNAPSHOT_PREFIX,
+    ExecRecord,
+    PodEvent,
+    PodRecord,
+    PostMortem,
+    PostMortemStore,
+    keep_orphan_postmortem,
+    read_tail,
+    write_card,
+)
 from podbay.postmortem import spec_without_secrets as _spec_without_secrets
 from podbay.rundir import RunDir, read_owner, remove_run_dir
 from podbay.snapshots import SnapshotStore, describe, load_snapshot
@@ -444,15 +454,24 @@ class AsyncPlatform:
             pod.record.event("failed", failure.splitlines()[0])
         if ended:
             pod.record.event("ended", reason)
-        spec, env_names = _spec_without_secrets(pod.spec)
-        now = time.time()
         snapshot, note = kept
         if failed and pod.spec.keep_on_failure and snapshot is None and note is None:
             note = "no snapshot: the pod was not running when it failed"
-        postmortem = PostMortem(
+        postmortem = self._postmortem_of(pod, failure or reason, failed).model_copy(
+            update={"snapshot": snapshot, "snapshot_note": note}
+        )
+        try:
+            self.postmortems.write(postmortem, console)
+        except OSError as exc:
+            log.warning("pod %s: keeping its post-mortem failed: %s", pod.id, exc)
+
+    def _postmortem_of(self, pod: AsyncPod, reason: str, failed: bool) -> PostMortem:
+        spec, env_names = _spec_without_secrets(pod.spec)
+        now = time.time()
+        return PostMortem(
             pod_id=pod.id,
             failed=failed,
-            reason=failure or reason,
+            reason=reason,
             spec=spec,
             env_names=env_names,
             origin=pod.origin.value,
@@ -463,13 +482,7 @@ class AsyncPlatform:
             trace=list(pod._trace.phases),
             events=list(pod.record.events),
             execs=list(pod.record.execs),
-            snapshot=snapshot,
-            snapshot_note=note,
         )
-        try:
-            self.postmortems.write(postmortem, console)
-        except OSError as exc:
-            log.warning("pod %s: keeping its post-mortem failed: %s", pod.id, exc)
 
     def _ended_usage(self, pod: AsyncPod) -> None:
         usage = pod.usage()
@@ -580,6 +593,10 @@ class AsyncPlatform:
         pod._watch_for_death()
         took = max((phase.end_s for phase in pod._trace.phases), default=0.0)
         pod.record.event("created", pod.origin.value, duration_s=took)
+        try:  # if this process dies with the pod alive, the reaper of a later one writes its post-mortem
+            write_card(pod._run_dir.path, self._postmortem_of(pod, "running", False), pod.sandbox.info.console_log)
+        except OSError as exc:
+            log.warning("pod %s: writing its card failed: %s", pod.id, exc)
         if pod.spec.timeout_s is not None:
             self._arm(pod, pod.spec.timeout_s)
 
@@ -784,6 +801,7 @@ class AsyncPlatform:
                 continue  # another process may be between mkdir and writing the owner file
             backend = self.backends.get(str(owner["backend"])) if owner else None
             try:
+                keep_orphan_postmortem(self.postmortems, run_dir, owner["pid"] if owner else "unknown")
                 if backend is not None:
                     await backend.reap(run_dir)
                 else:

@@ -46,6 +46,7 @@ CONSOLE_KEPT = 64 << 10  # bytes of the console log's tail kept in a post-mortem
 FAILURE_RETENTION_S = 7 * 86400.0
 NORMAL_RETENTION_S = 3600.0
 POD_ID = re.compile(r"^pod-[0-9a-f]{12}$")
+POD_CARD = "podbay-pod.json"  # in a pod's run directory: see write_card
 SNAPSHOT_PREFIX = "postmortem-"  # keep_on_failure's snapshot of pod P is named postmortem-P
 
 
@@ -220,6 +221,33 @@ class PostMortemStore:
                 shutil.rmtree(path, ignore_errors=True)
                 removed.append(path.name)
         return removed
+
+
+def write_card(run_dir: Path, postmortem: PostMortem, console_log: str | None) -> None:
+    """Leave in the pod's run directory what a later process needs to write its post-mortem if this process
+    dies without ending the pod (the reaper finds it): the post-mortem as it stands, and its console's name."""
+    console = Path(console_log).name if console_log and Path(console_log).parent == run_dir else None
+    card = {"postmortem": postmortem.model_dump(mode="json"), "console": console}
+    (run_dir / POD_CARD).write_text(json.dumps(card))
+
+
+def keep_orphan_postmortem(store: PostMortemStore, run_dir: Path, owner_pid: object) -> bool:
+    """The post-mortem of a pod whose controlling process died (the reaper's find), from the card it left;
+    False if there is none (a pool member that no pod claimed, or a card that cannot be read)."""
+    try:
+        card = json.loads((run_dir / POD_CARD).read_text())
+        left = PostMortem.model_validate(card["postmortem"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    console_name = card.get("console")
+    console = read_tail(run_dir / console_name) if isinstance(console_name, str) and "/" not in console_name else b""
+    now = time.time()
+    reason = f"its controlling process (pid {owner_pid}) ended without destroying it; a later process reaped it"
+    found = left.model_copy(
+        update={"failed": True, "reason": reason, "ended_at": now, "expires_at": now + store.failure_retention_s}
+    )
+    store.write(found, console)
+    return True
 
 
 def read_tail(path: str | Path | None, limit: int = CONSOLE_KEPT) -> bytes:

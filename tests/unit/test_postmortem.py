@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -172,5 +174,39 @@ def test_a_failed_destroy_is_a_failure_kept_until_the_retry_succeeds(paths: Podb
             second = platform.postmortems.load(pod.id)
             assert second.failed and second.reason == first.reason and second.ended_at >= first.ended_at
             assert [event.kind for event in second.events][-2:] == ["failed", "ended"]
+
+    asyncio.run(main())
+
+
+CONTROLLER = """
+import asyncio, os, signal
+from podbay.isolation.fake import LocalProcessBackend
+from podbay.platform import AsyncPlatform
+
+async def main():
+    platform = AsyncPlatform(backends={"local": LocalProcessBackend()})
+    pod = await platform.create_agent(backend="local", env={"TOKEN": "sekrit"})
+    await pod.exec(["true"])
+    print(pod.id, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)  # the controller dies with its pod alive
+
+asyncio.run(main())
+"""
+
+
+def test_a_pod_whose_controlling_process_died_gets_its_postmortem_from_the_reaper(paths: PodbayPaths) -> None:
+    env = {**os.environ, "PODBAY_STATE": str(paths.state), "PODBAY_CACHE": str(paths.cache)}
+    died = subprocess.run([sys.executable, "-c", CONTROLLER], env=env, capture_output=True, text=True, timeout=60)
+    assert died.returncode == -signal.SIGKILL, died.stderr
+    pod_id = died.stdout.strip()
+
+    async def main() -> None:
+        platform = AsyncPlatform(paths, backends={"local": LocalProcessBackend()})
+        assert await platform.reap_orphans() == [pod_id]
+        postmortem = platform.postmortems.load(pod_id)
+        assert postmortem.failed and "controlling process" in postmortem.reason and "ended without" in postmortem.reason
+        assert [event.kind for event in postmortem.events] == ["created"]  # what it had when the card was left
+        assert postmortem.env_names == ["TOKEN"] and "sekrit" not in postmortem.model_dump_json()
+        await platform.close()
 
     asyncio.run(main())
