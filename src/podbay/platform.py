@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import signal
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from types import FrameType, TracebackType
 from typing import Any, TypeVar
 
@@ -358,7 +359,7 @@ class AsyncPod:
     def _watch_for_death(self) -> None:
         """Notice when the sandbox dies by itself (its VMM or runtime exited, was OOM-killed, the guest crashed
         or the agent exited): the guest channel closes. One waiting task per pod, no polling."""
-        self._death_watch = asyncio.create_task(self._await_death())
+        self._death_watch = _background_task(self._await_death())
 
     async def _await_death(self) -> None:
         await self.sandbox.channel.closed()
@@ -605,7 +606,7 @@ class AsyncPlatform:
         pod._deadline = time.monotonic() + timeout_s
         pod._timeout_s = timeout_s
         if self._timer is None or self._timer.done():
-            self._timer = asyncio.create_task(self._expire_pods())
+            self._timer = _background_task(self._expire_pods())
         self._timer_wake.set()
 
     async def _expire_pods(self) -> None:
@@ -647,7 +648,7 @@ class AsyncPlatform:
     async def _reaped(self) -> None:
         if self._first_reap is None:  # once, before this platform's first pod: shared by concurrent creates
             self._first_reap = asyncio.create_task(self.reap_orphans())
-            self._reaper = asyncio.create_task(self._reap_periodically())
+            self._reaper = _background_task(self._reap_periodically())
         await self._first_reap
 
     async def restore(self, name: str) -> AsyncPod:
@@ -860,6 +861,12 @@ class AsyncPlatform:
 def _bare_config(run_dir: RunDir, vcpus: int, memory_mib: int) -> SandboxConfig:
     """A restore's or fork child's start: its disks are copies of the saved ones, made in its run directory."""
     return SandboxConfig(pod_id=run_dir.pod_id, run_dir=run_dir.path, vcpus=vcpus, memory_mib=memory_mib, layer=None)
+
+
+def _background_task(work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+    """A task of the platform's own, in a fresh context: not of the request (or caller) that happened to start
+    it, so what it logs later carries no stale request id."""
+    return asyncio.create_task(work, context=contextvars.Context())
 
 
 def _how_it_ended(record: ExecRecord) -> str:

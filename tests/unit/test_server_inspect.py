@@ -214,3 +214,22 @@ def test_an_unexpected_failure_answers_500_with_its_request_id_and_is_counted(pa
         assert found['podbay_errors_total{type="PodbayError"}'] == 1
 
     asyncio.run(main())
+
+
+def test_what_the_platform_does_by_itself_is_logged_without_a_stale_request_id(
+    paths: PodbayPaths, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="podbay")
+
+    async def scenario(transport: httpx.ASGITransport, token: str, _: str) -> None:
+        async with AsyncClient("http://podbay", token, transport=transport) as client:
+            pod = await client.create_agent(backend="local", timeout_s=0.2)  # the create arms the timer
+            for _ in range(400):
+                if [found for found in await client.postmortems() if found.pod_id == pod.id]:
+                    break
+                await asyncio.sleep(0.025)
+
+    serve(paths, scenario)
+    ended = [record for record in caplog.records if getattr(record, "event", None) == "ended"]
+    assert ended and ended[0].tenant == "acme"  # type: ignore[attr-defined]
+    assert ended[0].request_id is None  # type: ignore[attr-defined]  # the timer's doing, not the create's
