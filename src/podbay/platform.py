@@ -467,6 +467,7 @@ class AsyncPlatform:
             log.warning("pod %s: keeping its post-mortem failed: %s", pod.id, exc)
 
     def _postmortem_of(self, pod: AsyncPod, reason: str, failed: bool) -> PostMortem:
+        """The pod's post-mortem as it stands now (no secrets: see podbay.postmortem)."""
         spec, env_names = _spec_without_secrets(pod.spec)
         now = time.time()
         return PostMortem(
