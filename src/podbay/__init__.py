@@ -37,6 +37,7 @@ from podbay.paths import PodbayPaths
 from podbay.platform import AsyncFiles, AsyncPlatform, AsyncPod
 from podbay.pool.pools import AsyncPools
 from podbay.pool.warm import Percentiles, PoolReport, PoolShape
+from podbay.postmortem import ExecRecord, PodEvent, PostMortem, PostMortemStore
 from podbay.sdk import (
     Admin,
     AsyncAdmin,
@@ -78,6 +79,7 @@ __all__ = [
     "Conflict",
     "Cost",
     "ExecEvent",
+    "ExecRecord",
     "ExecResult",
     "FileEntry",
     "Files",
@@ -94,6 +96,7 @@ __all__ = [
     "Phase",
     "Platform",
     "Pod",
+    "PodEvent",
     "PodInfo",
     "PodSpec",
     "PodState",
@@ -104,6 +107,8 @@ __all__ = [
     "PoolShapeInfo",
     "PoolStatus",
     "Pools",
+    "PostMortem",
+    "PostMortemStore",
     "PriceTable",
     "Process",
     "ProcessInfo",

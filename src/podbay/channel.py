@@ -197,6 +197,15 @@ class GuestChannel:
         finally:
             self._queues.pop(request_id, None)
 
+    async def closed(self) -> None:
+        """Return when the channel has closed: the sandbox's end of it went away, or close() was called.
+        Costs nothing while waiting (the platform's death watch waits on it for each pod)."""
+        await asyncio.wait([self._read_task])
+
+    async def close_reason(self) -> str:
+        """Why the channel closed, with the sandbox's own account (its VMM's exit status, its log's tail)."""
+        return str(await self._closed_error())
+
     async def close(self) -> None:
         self._read_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -264,6 +273,17 @@ class GuestProcess:
         # A process nobody waits for any more (its waiter was cancelled, its sandbox destroyed) still ends in
         # an error when the channel closes: that is expected, not an "exception never retrieved".
         self._result.add_done_callback(lambda done: done.cancelled() or done.exception())
+
+    def when_done(self, callback: Callable[[ExecResult | BaseException], object]) -> None:
+        """Call `callback` with the command's result, or the error that ended it, once it ends."""
+
+        def done(task: asyncio.Task[ExecResult]) -> None:
+            if task.cancelled():
+                callback(asyncio.CancelledError())
+            else:
+                callback(task.exception() or task.result())
+
+        self._result.add_done_callback(done)
 
     async def write_stdin(self, data: bytes, eof: bool = False) -> None:
         data = _payload_bytes("stdin", data)

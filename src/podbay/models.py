@@ -70,6 +70,12 @@ class PodSpec(BaseModel):
         description="destroy the pod this many seconds after it is created (None: never); "
         "pod.set_timeout(seconds) moves the deadline to that many seconds from now",
     )
+    keep_on_failure: bool = Field(
+        default=False,
+        description="when the pod fails (its timeout fires, a command is OOM-killed or times out), snapshot it "
+        "as postmortem-<pod id> before destroying it, so it can be restored for inspection (`podbay debug POD`); "
+        "its post-mortem says why when the backend cannot snapshot",
+    )
 
     @field_validator("env")
     @classmethod
@@ -165,6 +171,7 @@ _FIXES = {
     "memory_db": "pass True or False",
     "cold": "pass True or False",
     "snapshottable": "pass True or False",
+    "keep_on_failure": "pass True or False",
     "timeout_s": f"use a number of seconds above 0, at most {MAX_TIMEOUT_S:.0f} (30 days), or None for no timeout",
 }
 

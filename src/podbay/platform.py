@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import signal
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from types import FrameType, TracebackType
 from typing import Any, TypeVar
 
@@ -37,6 +38,18 @@ from podbay.models import MAX_TIMEOUT_S, ExecResult, FileEntry, Phase, PodInfo, 
 from podbay.paths import PodbayPaths
 from podbay.pool.factory import Origin, PoolClaim, SandboxFactory, Start, require
 from podbay.pool.pools import AsyncPools, Pools, shape_of
+from podbay.postmortem import (
+    SNAPSHOT_PREFIX,
+    ExecRecord,
+    PodEvent,
+    PodRecord,
+    PostMortem,
+    PostMortemStore,
+    keep_orphan_postmortem,
+    read_tail,
+    write_card,
+)
+from podbay.postmortem import spec_without_secrets as _spec_without_secrets
 from podbay.rundir import RunDir, read_owner, remove_run_dir
 from podbay.snapshots import SnapshotStore, describe, load_snapshot
 from podbay.state.base import StateLease, StateProvider
@@ -144,6 +157,9 @@ class AsyncPod:
         self._ended_reason: str | None = None
         self._error: str | None = None
         self._meter = Meter(platform._clock)  # see podbay.metering: from the hand-over to a teardown that succeeds
+        self.record = PodRecord(pod_id, platform._emit)  # events and exec history (podbay.postmortem)
+        self._failure: str | None = None  # why the pod failed, if it did (see podbay.postmortem)
+        self._death_watch: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> AsyncPod:
         return self
@@ -187,6 +203,7 @@ class AsyncPod:
             state = "being destroyed" if self._expired or self._destroy_lock.locked() else self._state.value
             raise Conflict(f"pod {self.id} is {state}; its timeout cannot be changed")
         self._platform._arm(self, float(seconds))
+        self.record.event("timeout_set", f"{_seconds(float(seconds))} s from now")
 
     def _running_channel(self) -> GuestChannel:
         """The channel to the agent, if the pod can answer (a paused pod cannot: resume it first)."""
@@ -212,6 +229,8 @@ class AsyncPod:
             argv, env=env, cwd=cwd, stdin=stdin, timeout=timeout, on_stdout=on_stdout, on_stderr=on_stderr
         )
         process.pod_id = self.id
+        record = self.record.exec_started(argv)
+        process.when_done(lambda outcome: self.record.exec_ended(record, outcome))
         return process
 
     async def exec(
@@ -244,6 +263,7 @@ class AsyncPod:
         await self.sandbox.pause()
         self._state = PodState.PAUSED
         self._meter.pause()
+        self.record.event("paused")
 
     async def resume(self) -> None:
         if self._state is not PodState.PAUSED:
@@ -251,6 +271,7 @@ class AsyncPod:
         await self.sandbox.resume()
         self._state = PodState.RUNNING
         self._meter.resume()
+        self.record.event("resumed")
 
     async def snapshot(self, name: str) -> SnapshotInfo:
         """Save this running pod as `name`: its memory, writable layer and database volume, quiesced together
@@ -263,6 +284,7 @@ class AsyncPod:
             raise Conflict(f"a snapshot named {name!r} exists; remove it first (`podbay snapshot rm {name}`)")
         path.parent.mkdir(parents=True, exist_ok=True)
         snapshot = await self._trace.timed("snapshot", save_snapshot(sandbox, path), detail=name)
+        self.record.event("snapshot", name)
         return describe(name, snapshot)
 
     async def fork(self, n: int) -> list[AsyncPod]:
@@ -288,11 +310,21 @@ class AsyncPod:
         raises, the pod is FAILED and keeps its volume; calling destroy() again retries."""
         await self._destroy("destroyed")
 
-    async def _destroy(self, reason: str) -> None:
+    async def _destroy(self, reason: str, failure: str | None = None) -> None:
+        """Tear the pod down and keep its post-mortem; `failure` says why, if the pod failed (its timeout, its
+        sandbox's death). A failed pod with keep_on_failure is snapshotted first."""
         async with self._destroy_lock:  # a second caller waits for the first, then finds the pod destroyed
             if self._state is PodState.DESTROYED:
                 return
             self._deadline = None
+            failed_command = self.record.failed_command()
+            if failure is None and failed_command is not None:
+                failure = f"a command failed: {' '.join(failed_command.argv)[:200]} ({_how_it_ended(failed_command)})"
+            self._failure = self._failure or failure
+            kept = await self._keep_for_inspection() if self._failure and self.spec.keep_on_failure else (None, None)
+            console = read_tail(self.sandbox.info.console_log)  # before the teardown removes the run directory
+            if failure is not None:  # it ends by itself: say why from the moment it leaves the platform's list
+                self._platform._remember_end(self.id, reason)
             database_bytes = self._database_bytes()  # before the teardown deletes an anonymous volume
             try:
                 await self._trace.timed(
@@ -301,11 +333,54 @@ class AsyncPod:
             except BaseException as exc:
                 self._state = PodState.FAILED
                 self._error = f"destroying it ({reason}) failed: {exc}"
+                self._failure = self._error
+                self._platform._keep_postmortem(self, self._error, console, kept, ended=False)
                 raise
+            self._stop_death_watch()
             self._state = PodState.DESTROYED
             self._ended_reason = reason
             self._meter.stop(database_bytes)
+            self._platform._keep_postmortem(self, reason, console, kept)
             self._platform._ended_usage(self)
+
+    async def _keep_for_inspection(self) -> tuple[str | None, str | None]:
+        """keep_on_failure: snapshot the failed pod as postmortem-<id>; (name, None), or (None, why not)."""
+        name = SNAPSHOT_PREFIX + self.id
+        if not self.sandbox.alive:
+            return None, "no snapshot: its sandbox is gone"
+        try:
+            if self._state is PodState.PAUSED:
+                await self.resume()  # the guest must freeze its filesystems for a consistent snapshot
+            await self.snapshot(name)
+        except Exception as exc:  # the post-mortem says why; the teardown goes on
+            return None, f"no snapshot: {exc}"
+        return name, None
+
+    def _watch_for_death(self) -> None:
+        """Notice when the sandbox dies by itself (its VMM or runtime exited, was OOM-killed, the guest crashed
+        or the agent exited): the guest channel closes. One waiting task per pod, no polling."""
+        self._death_watch = _background_task(self._await_death())
+
+    async def _await_death(self) -> None:
+        await self.sandbox.channel.closed()
+        if self._destroy_lock.locked() or self._expired or self._state not in (PodState.RUNNING, PodState.PAUSED):
+            return  # podbay's own teardown closed it
+        why = await self.sandbox.channel.close_reason()
+        if self._destroy_lock.locked() or self._state not in (PodState.RUNNING, PodState.PAUSED):
+            return
+        reason = f"sandbox died: {why}"
+        log.warning("pod %s: %s", self.id, reason.splitlines()[0])
+        self._death_watch = None  # this task ends in the teardown below: nothing to cancel
+        try:
+            await self._destroy(reason.splitlines()[0], failure=reason)
+        except Exception as exc:  # FAILED, post-mortem kept; close() tries again, the reaper after it
+            log.warning("pod %s: cleaning up after its sandbox died failed: %s", self.id, exc)
+            self._platform._pods.setdefault(self.id, self)
+
+    def _stop_death_watch(self) -> None:
+        watch, self._death_watch = self._death_watch, None
+        if watch is not None and watch is not asyncio.current_task():
+            watch.cancel()
 
 
 class AsyncPlatform:
@@ -326,6 +401,7 @@ class AsyncPlatform:
         """`clock`: the monotonic clock pods are metered by (time.monotonic; tests pass their own)."""
         self._clock: Clock = clock or time.monotonic
         self._usage_listeners: list[Callable[[Usage], object]] = []
+        self._event_listeners: list[Callable[[PodEvent], object]] = []
         self.paths = paths or PodbayPaths.from_env()
         self.volumes = VolumeStore(self.paths.volumes)
         self.backends: dict[str, Backend] = dict(backends or default_backends(self.paths))
@@ -336,6 +412,7 @@ class AsyncPlatform:
         self._pods: dict[str, AsyncPod] = {}
         self._clock_offset = time.time() - time.monotonic()
         self.snapshots = SnapshotStore(self.paths.state / "snapshots")
+        self.postmortems = PostMortemStore(self.paths.state / "postmortems")
         self._first_reap: asyncio.Task[list[str]] | None = None
         self._reaper: asyncio.Task[None] | None = None
         self._timer: asyncio.Task[None] | None = None  # one task for every pod's timeout: wakes at the nearest
@@ -355,6 +432,59 @@ class AsyncPlatform:
     def on_pod_end(self, listener: Callable[[Usage], object]) -> None:
         """Call `listener` with a pod's final usage when its teardown succeeds (the service records it)."""
         self._usage_listeners.append(listener)
+
+    def on_pod_event(self, listener: Callable[[PodEvent], object]) -> None:
+        """Call `listener` with every lifecycle event of every pod (created, paused, exec_ended, ended, ...)."""
+        self._event_listeners.append(listener)
+
+    def _emit(self, event: PodEvent) -> None:
+        for listener in self._event_listeners:
+            try:
+                listener(event)
+            except Exception:  # an observer must not break the pod
+                log.exception("pod %s: a listener of its %s event failed", event.pod_id, event.kind)
+
+    def _keep_postmortem(
+        self, pod: AsyncPod, reason: str, console: bytes, kept: tuple[str | None, str | None], ended: bool = True
+    ) -> None:
+        """Write the pod's post-mortem (see podbay.postmortem); a failure to write it is logged, never raised.
+        `ended`: False when its teardown failed (the pod is FAILED and held; a retry writes it again)."""
+        failure = pod._failure
+        failed = failure is not None
+        if failure is not None:
+            pod.record.event("failed", failure.splitlines()[0])
+        if ended:
+            pod.record.event("ended", reason)
+        snapshot, note = kept
+        if failed and pod.spec.keep_on_failure and snapshot is None and note is None:
+            note = "no snapshot: the pod was not running when it failed"
+        postmortem = self._postmortem_of(pod, failure or reason, failed).model_copy(
+            update={"snapshot": snapshot, "snapshot_note": note}
+        )
+        try:
+            self.postmortems.write(postmortem, console)
+        except OSError as exc:
+            log.warning("pod %s: keeping its post-mortem failed: %s", pod.id, exc)
+
+    def _postmortem_of(self, pod: AsyncPod, reason: str, failed: bool) -> PostMortem:
+        """The pod's post-mortem as it stands now (no secrets: see podbay.postmortem)."""
+        spec, env_names = _spec_without_secrets(pod.spec)
+        now = time.time()
+        return PostMortem(
+            pod_id=pod.id,
+            failed=failed,
+            reason=reason,
+            spec=spec,
+            env_names=env_names,
+            origin=pod.origin.value,
+            backend=pod.spec.backend,
+            created_at=self.wall_clock(pod._trace.origin),
+            ended_at=now,
+            expires_at=now + self.postmortems.retention(failed),
+            trace=list(pod._trace.phases),
+            events=list(pod.record.events),
+            execs=list(pod.record.execs),
+        )
 
     def _ended_usage(self, pod: AsyncPod) -> None:
         usage = pod.usage()
@@ -388,6 +518,7 @@ class AsyncPlatform:
         preload: str | None = None,
         snapshottable: bool = False,
         timeout_s: float | None = None,
+        keep_on_failure: bool = False,
     ) -> AsyncPod:
         """Create a pod from PodSpec's fields (e.g. memory_db=True, volume="customer-42"); see PodSpec for each.
         A bad value raises InvalidSpec naming the field and the fix."""
@@ -407,6 +538,7 @@ class AsyncPlatform:
             preload=preload,
             snapshottable=snapshottable,
             timeout_s=timeout_s,
+            keep_on_failure=keep_on_failure,
         )
         return await self.create(spec)
 
@@ -460,6 +592,13 @@ class AsyncPlatform:
 
     def _register(self, pod: AsyncPod) -> None:
         self._pods[pod.id] = pod
+        pod._watch_for_death()
+        took = max((phase.end_s for phase in pod._trace.phases), default=0.0)
+        pod.record.event("created", pod.origin.value, duration_s=took)
+        try:  # if this process dies with the pod alive, the reaper of a later one writes its post-mortem
+            write_card(pod._run_dir.path, self._postmortem_of(pod, "running", False), pod.sandbox.info.console_log)
+        except OSError as exc:
+            log.warning("pod %s: writing its card failed: %s", pod.id, exc)
         if pod.spec.timeout_s is not None:
             self._arm(pod, pod.spec.timeout_s)
 
@@ -468,7 +607,7 @@ class AsyncPlatform:
         pod._deadline = time.monotonic() + timeout_s
         pod._timeout_s = timeout_s
         if self._timer is None or self._timer.done():
-            self._timer = asyncio.create_task(self._expire_pods())
+            self._timer = _background_task(self._expire_pods())
         self._timer_wake.set()
 
     async def _expire_pods(self) -> None:
@@ -496,23 +635,21 @@ class AsyncPlatform:
         """The normal teardown, fail-closed: a failure is logged, the pod stays FAILED in this platform (close()
         tries again) and its run directory is left for the reaper."""
         reason = f"timeout after {_seconds(pod._timeout_s or 0)} s"
-        self._ended[pod.id] = reason  # before the teardown takes it out of _pods: a get() meanwhile says why
         try:
-            await pod._destroy(reason)
+            await pod._destroy(reason, failure=reason)
         except Exception as exc:
             log.warning("pod %s: destroying it at its timeout failed; left for the reaper: %s", pod.id, exc)
-            self._ended.pop(pod.id, None)
             self._pods.setdefault(pod.id, pod)
-            return
-        if pod._state is not PodState.DESTROYED or pod._ended_reason != reason:  # destroyed by a caller first
-            self._ended.pop(pod.id, None)
+
+    def _remember_end(self, pod_id: str, reason: str) -> None:
+        self._ended[pod_id] = reason
         while len(self._ended) > ENDED_REMEMBERED:
             del self._ended[next(iter(self._ended))]
 
     async def _reaped(self) -> None:
         if self._first_reap is None:  # once, before this platform's first pod: shared by concurrent creates
             self._first_reap = asyncio.create_task(self.reap_orphans())
-            self._reaper = asyncio.create_task(self._reap_periodically())
+            self._reaper = _background_task(self._reap_periodically())
         await self._first_reap
 
     async def restore(self, name: str) -> AsyncPod:
@@ -666,6 +803,7 @@ class AsyncPlatform:
                 continue  # another process may be between mkdir and writing the owner file
             backend = self.backends.get(str(owner["backend"])) if owner else None
             try:
+                keep_orphan_postmortem(self.postmortems, run_dir, owner["pid"] if owner else "unknown")
                 if backend is not None:
                     await backend.reap(run_dir)
                 else:
@@ -677,6 +815,10 @@ class AsyncPlatform:
             reaped.append(run_dir.name)
         live = {path.name for path in self.paths.pods.glob("pod-*")} if self.paths.pods.exists() else set()
         self.volumes.reap_anonymous(live)
+        try:
+            self.postmortems.prune()
+        except OSError as exc:
+            log.warning("pruning post-mortems failed: %s", exc)
         return reaped
 
     async def _reap_periodically(self) -> None:
@@ -720,6 +862,20 @@ class AsyncPlatform:
 def _bare_config(run_dir: RunDir, vcpus: int, memory_mib: int) -> SandboxConfig:
     """A restore's or fork child's start: its disks are copies of the saved ones, made in its run directory."""
     return SandboxConfig(pod_id=run_dir.pod_id, run_dir=run_dir.path, vcpus=vcpus, memory_mib=memory_mib, layer=None)
+
+
+def _background_task(work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+    """A task of the platform's own, in a fresh context: not of the request (or caller) that happened to start
+    it, so what it logs later carries no stale request id."""
+    return asyncio.create_task(work, context=contextvars.Context())
+
+
+def _how_it_ended(record: ExecRecord) -> str:
+    if record.error is not None:
+        return record.error
+    if record.timed_out:
+        return "timed out"
+    return f"killed by signal {record.signal}" if record.signal else f"exit {record.exit_code}"
 
 
 def _seconds(value: float) -> str:

@@ -17,6 +17,7 @@ from podbay.paths import PodbayPaths
 from podbay.platform import AsyncPlatform, AsyncPod, exit_on_termination_signals
 from podbay.pool.pools import AsyncPools
 from podbay.pool.warm import PoolReport
+from podbay.postmortem import PostMortemStore
 from podbay.snapshots import SnapshotStore
 from podbay.state.volumes import VolumeStore
 
@@ -253,6 +254,7 @@ class Platform:
         preload: str | None = None,
         snapshottable: bool = False,
         timeout_s: float | None = None,
+        keep_on_failure: bool = False,
     ) -> Pod:
         """Create a pod from PodSpec's fields (e.g. memory_db=True, volume="customer-42"); see PodSpec for each.
         A bad value raises InvalidSpec naming the field and the fix."""
@@ -272,6 +274,7 @@ class Platform:
             preload=preload,
             snapshottable=snapshottable,
             timeout_s=timeout_s,
+            keep_on_failure=keep_on_failure,
         )
         return Pod(self._loop, self._loop.run(creating))
 
@@ -284,6 +287,10 @@ class Platform:
     @property
     def snapshots(self) -> SnapshotStore:
         return self._platform.snapshots
+
+    @property
+    def postmortems(self) -> PostMortemStore:
+        return self._platform.postmortems
 
     def get(self, pod_id: str) -> Pod:
         """The pod `pod_id` of this platform (NotFound if it has none by that id)."""

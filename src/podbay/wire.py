@@ -7,6 +7,7 @@ Every error is `{"error": {"type": "<PodbayError subclass>", "message": ..., "fi
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -58,6 +59,11 @@ class ErrorDetail(BaseModel):
     message: str
     field: str | None = None
     pod_id: str | None = None
+    request_id: str | None = None  # the X-Request-Id of the request that failed: quote it to the operator
+
+
+# The id of the request being served (set by the service's middleware, podbay.server.observability).
+REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("podbay_request_id", default=None)
 
 
 class ErrorBody(BaseModel):
@@ -71,6 +77,7 @@ def error_body(exc: PodbayError, pod_id: str | None = None) -> dict[str, Any]:
         message=str(exc),
         field=getattr(exc, "field", None),
         pod_id=exc.pod_id or pod_id,
+        request_id=REQUEST_ID.get(),
     )
     return ErrorBody(error=detail).model_dump()
 

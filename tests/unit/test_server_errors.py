@@ -48,7 +48,7 @@ EXAMPLES: list[tuple[PodbayError, int]] = [
 def test_every_error_has_its_status_and_comes_back_as_itself(error: PodbayError, status: int) -> None:
     assert status_of(error) == status
     body = error_body(error, pod_id="pod-1")
-    assert set(body["error"]) == {"type", "message", "field", "pod_id"}
+    assert set(body["error"]) == {"type", "message", "field", "pod_id", "request_id"}
     assert body["error"]["pod_id"] == "pod-1"
     again = error_from_body(status, body)
     assert type(again) is type(error)

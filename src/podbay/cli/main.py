@@ -1,12 +1,27 @@
 """Entry point: `podbay doctor | images build | templates ... | snapshot ... | run | volume ... | demo | bench ... |
-serve | tokens ... | quotas ... | usage`, and against a server (PODBAY_SERVER): `create | ps | exec | pause |
-resume | destroy | fork | restore | files ...`."""
+serve | tokens ... | quotas ... | usage | logs | trace | postmortem ... | debug`, and against a server
+(PODBAY_SERVER): `create | ps | exec | pause | resume | destroy | fork | restore | files ...`."""
 
 from __future__ import annotations
 
 import typer
 
-from podbay.cli import bench, demo, doctor, images, pods, quotas, run, serve, snapshot, templates, tokens, usage, volume
+from podbay.cli import (
+    bench,
+    demo,
+    doctor,
+    images,
+    inspect,
+    pods,
+    quotas,
+    run,
+    serve,
+    snapshot,
+    templates,
+    tokens,
+    usage,
+    volume,
+)
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -27,6 +42,10 @@ app.command("destroy")(pods.destroy)
 app.command("fork")(pods.fork)
 app.command("restore")(pods.restore)
 app.add_typer(pods.files, name="files")
+app.command("logs")(inspect.logs)
+app.command("trace")(inspect.trace)
+app.command("debug")(inspect.debug)
+app.add_typer(inspect.app, name="postmortem")
 app.add_typer(images.app, name="images")
 app.add_typer(templates.app, name="templates")
 app.add_typer(snapshot.app, name="snapshot")

@@ -14,6 +14,9 @@ from podbay.metering import PriceTable
 def serve(
     listen: str = typer.Option("127.0.0.1:8080", "--listen", help="HOST:PORT to listen on (loopback by default)"),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn's log level: debug, info, warning, error"),
+    log_format: str = typer.Option(
+        "text", "--log-format", help="json: one JSON object per log line (request id, tenant, pod id); or text"
+    ),
     prices: Path | None = typer.Option(
         None, "--prices", help="a JSON price table (PriceTable's fields; those left out keep their defaults)"
     ),
@@ -27,12 +30,24 @@ def serve(
         table = PriceTable.load(prices) if prices is not None else None
     except (OSError, ValueError) as exc:
         raise typer.BadParameter(f"{prices}: {exc}", param_hint="--prices") from None
+    if log_format not in ("json", "text"):
+        raise typer.BadParameter(f"{log_format!r} is neither json nor text", param_hint="--log-format")
+    if log_level.lower() not in ("critical", "error", "warning", "info", "debug"):
+        raise typer.BadParameter(f"{log_level!r} is not a log level", param_hint="--log-level")
     import uvicorn  # only the server needs it
 
     from podbay.server import create_app
+    from podbay.server.observability import configure_logging
+
+    configure_logging(log_format, log_level)
 
     config = uvicorn.Config(
-        create_app(prices=table), host=host.strip("[]"), port=int(port_text), log_level=log_level, access_log=False
+        create_app(prices=table),
+        host=host.strip("[]"),
+        port=int(port_text),
+        log_level=log_level,
+        access_log=False,
+        log_config=None,  # configure_logging's handler: podbay's one access line per request, text or JSON
     )
     server = uvicorn.Server(config)
     # uvicorn shuts down cleanly on SIGINT and SIGTERM; a closed terminal (SIGHUP) must too, not raise

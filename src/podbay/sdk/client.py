@@ -24,7 +24,8 @@ from pydantic import ValidationError
 from podbay.channel import OutputCallback, check_signal
 from podbay.errors import HostError, InvalidSpec, NotFound, PodbayError, Timeout
 from podbay.metering import Usage, UsageReport
-from podbay.models import ExecEvent, ExecResult, FileEntry, PodInfo, PodSpec, SnapshotInfo
+from podbay.models import ExecEvent, ExecResult, FileEntry, Phase, PodInfo, PodSpec, SnapshotInfo
+from podbay.postmortem import PodEvent, PostMortem
 from podbay.sdk.admin import AsyncAdmin
 from podbay.sdk.fields import PodFields
 from podbay.tenancy import TenantVolume, VolumeRequest
@@ -230,6 +231,15 @@ class AsyncRemotePod:
     async def destroy(self) -> None:
         await self._client._request("DELETE", f"/pods/{self.id}")
 
+    async def trace(self) -> list[Phase]:
+        return await self._client.trace(self.id)
+
+    async def events(self) -> list[PodEvent]:
+        return await self._client.events(self.id)
+
+    async def console(self, tail: int | None = None) -> str:
+        return await self._client.console(self.id, tail)
+
     async def __aenter__(self) -> AsyncRemotePod:
         return self
 
@@ -350,6 +360,29 @@ class AsyncClient:
     async def delete_volume(self, name: str) -> TenantVolume:
         """Delete the volume and its data for good (Conflict while a pod holds it)."""
         return TenantVolume.model_validate((await self._request("DELETE", f"/volumes/{name}")).json())
+
+    async def trace(self, pod_id: str) -> builtins.list[Phase]:
+        """A pod's phases with their times (a pod that ended: from its post-mortem)."""
+        response = await self._request("GET", f"/pods/{pod_id}/trace")
+        return [Phase.model_validate(phase) for phase in response.json()]
+
+    async def events(self, pod_id: str) -> builtins.list[PodEvent]:
+        """A pod's lifecycle events, oldest first (a pod that ended: from its post-mortem)."""
+        response = await self._request("GET", f"/pods/{pod_id}/events")
+        return [PodEvent.model_validate(event) for event in response.json()]
+
+    async def console(self, pod_id: str, tail: int | None = None) -> str:
+        """The tail of a pod's console log (`tail` bytes at most; the server's bound if None)."""
+        params = {} if tail is None else {"tail": tail}
+        return (await self._request("GET", f"/pods/{pod_id}/console", params=params)).text
+
+    async def postmortems(self) -> builtins.list[PostMortem]:
+        """The tenant's kept post-mortems, latest end first."""
+        response = await self._request("GET", "/postmortems")
+        return [PostMortem.model_validate(found) for found in response.json()]
+
+    async def postmortem(self, pod_id: str) -> PostMortem:
+        return PostMortem.model_validate((await self._request("GET", f"/postmortems/{pod_id}")).json())
 
     async def restore(self, name: str) -> AsyncRemotePod:
         response = await self._request("POST", f"/snapshots/{name}/restore")

@@ -29,3 +29,4 @@ class PodFields(TypedDict, total=False):
     preload: str | None
     snapshottable: bool
     timeout_s: float | None
+    keep_on_failure: bool

@@ -10,7 +10,8 @@ from typing import Unpack
 
 from podbay.channel import OutputCallback
 from podbay.metering import Usage, UsageReport
-from podbay.models import ExecEvent, ExecResult, FileEntry, PodInfo, PodSpec, SnapshotInfo
+from podbay.models import ExecEvent, ExecResult, FileEntry, Phase, PodInfo, PodSpec, SnapshotInfo
+from podbay.postmortem import PodEvent, PostMortem
 from podbay.sdk.admin import Admin
 from podbay.sdk.client import DEFAULT_TIMEOUT_S, AsyncClient, AsyncRemoteFiles, AsyncRemotePod, AsyncRemoteProcess
 from podbay.sdk.fields import PodFields
@@ -143,6 +144,15 @@ class RemotePod:
     def destroy(self) -> None:
         self._loop.run(self._pod.destroy())
 
+    def trace(self) -> list[Phase]:
+        return self._loop.run(self._pod.trace())
+
+    def events(self) -> list[PodEvent]:
+        return self._loop.run(self._pod.events())
+
+    def console(self, tail: int | None = None) -> str:
+        return self._loop.run(self._pod.console(tail))
+
     def __enter__(self) -> RemotePod:
         return self
 
@@ -181,6 +191,21 @@ class Client:
 
     def usage(self, pod_id: str | None = None, *, start: float | None = None, end: float | None = None) -> UsageReport:
         return self._loop.run(self._client.usage(pod_id, start=start, end=end))
+
+    def trace(self, pod_id: str) -> builtins.list[Phase]:
+        return self._loop.run(self._client.trace(pod_id))
+
+    def events(self, pod_id: str) -> builtins.list[PodEvent]:
+        return self._loop.run(self._client.events(pod_id))
+
+    def console(self, pod_id: str, tail: int | None = None) -> str:
+        return self._loop.run(self._client.console(pod_id, tail))
+
+    def postmortems(self) -> builtins.list[PostMortem]:
+        return self._loop.run(self._client.postmortems())
+
+    def postmortem(self, pod_id: str) -> PostMortem:
+        return self._loop.run(self._client.postmortem(pod_id))
 
     def restore(self, name: str) -> RemotePod:
         return RemotePod(self._loop, self._loop.run(self._client.restore(name)))

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from podbay.metering import PriceTable
 from podbay.paths import PodbayPaths
 from podbay.platform import AsyncPlatform
-from podbay.server import admin, errors, processes, volumes
+from podbay.server import admin, errors, inspect, observability, processes, volumes
 from podbay.server.registry import Registry
 from podbay.server.routes import router
 from podbay.server.service import Service
@@ -28,7 +28,8 @@ def create_app(
         owned = platform or AsyncPlatform(paths)
         registry = Registry(owned.paths.state / "server.db")
         registry.end_all_pods("the server stopped; pods do not outlive it yet")
-        app.state.service = Service(owned, registry, prices)
+        app.state.service = service = Service(owned, registry, prices)
+        owned.on_pod_event(observability.pod_event_listener(metrics, service.ledger.owner, registry.add_snapshot))
         try:
             yield
         finally:
@@ -40,8 +41,11 @@ def create_app(
 
     app = FastAPI(title="podbay", version="0.1.0", lifespan=lifespan)
     errors.install(app)
+    app.state.metrics = metrics = observability.Metrics()
+    observability.install(app, metrics)
     app.include_router(router)
     app.include_router(volumes.router)
     app.include_router(admin.router)
     app.include_router(processes.router)
+    app.include_router(inspect.router)
     return app

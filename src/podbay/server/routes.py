@@ -46,7 +46,8 @@ def tenant(request: Request, credentials: Annotated[HTTPAuthorizationCredentials
     token = credentials.credentials.strip() if credentials is not None else ""
     if not token:
         raise Unauthorized("no API token: send `Authorization: Bearer <token>` (`podbay tokens create`)")
-    return service(request).registry.tenant_of(token)
+    request.state.tenant = found = service(request).registry.tenant_of(token)  # for the access log
+    return found
 
 
 ServiceDep = Annotated[Service, Depends(service)]
