@@ -1,55 +1,58 @@
-"""`podbay logs POD`, `podbay trace POD`, `podbay postmortem ls|show`, `podbay debug POD`: what pods of the
-embedded platform (PODBAY_STATE) left behind. Each command is thin over one function, so that it can be
-pointed at a server (PODBAY_SERVER) the same way."""
+"""`podbay logs POD`, `podbay trace POD`, `podbay postmortem ls|show`, `podbay debug POD`: what pods left behind,
+on a server (PODBAY_SERVER/PODBAY_TOKEN or --server/--token: the tenant's own pods) or in this host's
+PODBAY_STATE (pods of the embedded platform). Each command goes through the `Records` seam (cli/records.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
 import typer
 from rich.table import Table
 
 from podbay.cli.common import console, errors, reported_errors
+from podbay.cli.records import Records, open_records
+from podbay.cli.remote import CliPod, ServerOption, TokenOption, run_streamed
 from podbay.errors import NotFound
 from podbay.models import ExecResult
-from podbay.paths import PodbayPaths
-from podbay.postmortem import CONSOLE_KEPT, POD_ID, PostMortem, PostMortemStore, debug_dump, read_tail
-from podbay.sync import Platform
+from podbay.postmortem import CONSOLE_KEPT, PostMortem, debug_dump
 
 app = typer.Typer(no_args_is_help=True, help="Post-mortems of pods that ended: why, trace, events, commands.")
 
 
-def _store() -> PostMortemStore:
-    return PostMortemStore(PodbayPaths.from_env().state / "postmortems")
-
-
-def console_of(pod_id: str, tail: int) -> bytes:
-    """A live pod's console log (a VM's, in its run directory), else its post-mortem's."""
-    if POD_ID.match(pod_id):
-        live = PodbayPaths.from_env().pods / pod_id / "console.log"
-        if live.exists():
-            return read_tail(live, tail)
-    return _store().console(pod_id)[-tail:]
+@contextlib.contextmanager
+def records(server: str | None, token: str | None) -> Iterator[Records]:
+    """The records for one command, closed at the end; a podbay error is one line and status 2."""
+    with reported_errors():
+        found = open_records(server, token)
+        try:
+            yield found
+        finally:
+            found.close()
 
 
 def logs(
     pod_id: str = typer.Argument(..., help="the pod's id"),
     tail: int = typer.Option(CONSOLE_KEPT, "--tail", min=1, max=CONSOLE_KEPT, help="bytes from the end"),
+    server: ServerOption = None,
+    token: TokenOption = None,
 ) -> None:
     """The tail of a pod's console log (the guest kernel's and agent's output; a container runtime's stderr)."""
-    with reported_errors():
-        data = console_of(pod_id, tail)
-    sys.stdout.buffer.write(data)
+    with records(server, token) as found:
+        text = found.console(pod_id, tail)
+    sys.stdout.write(text)
     sys.stdout.flush()
 
 
-def trace(pod_id: str = typer.Argument(..., help="the pod's id")) -> None:
-    """The phases of an ended pod's life, from its post-mortem."""
-    with reported_errors():
-        phases = _store().load(pod_id).trace
+def trace(
+    pod_id: str = typer.Argument(..., help="the pod's id"), server: ServerOption = None, token: TokenOption = None
+) -> None:
+    """The phases of a pod's life (an ended pod's from its post-mortem; a live one's too on a server)."""
+    with records(server, token) as found:
+        phases = found.trace(pod_id)
     table = Table("phase", "start ms", "took ms", "detail")
     for phase in phases:
         table.add_row(phase.name, f"{phase.start_s * 1000:.1f}", f"{phase.duration_ms:.1f}", phase.detail)
@@ -57,12 +60,12 @@ def trace(pod_id: str = typer.Argument(..., help="the pod's id")) -> None:
 
 
 @app.command("ls")
-def ls() -> None:
+def ls(server: ServerOption = None, token: TokenOption = None) -> None:
     """Every kept post-mortem, latest first."""
-    with reported_errors():
-        found = _store().list()
+    with records(server, token) as found:
+        kept = found.postmortems()
     table = Table("pod", "ended", "failed", "reason", "snapshot")
-    for postmortem in found:
+    for postmortem in kept:
         table.add_row(
             postmortem.pod_id,
             _when(postmortem.ended_at),
@@ -74,26 +77,39 @@ def ls() -> None:
 
 
 @app.command("show")
-def show(pod_id: str = typer.Argument(..., help="the pod's id")) -> None:
+def show(
+    pod_id: str = typer.Argument(..., help="the pod's id"), server: ServerOption = None, token: TokenOption = None
+) -> None:
     """One post-mortem as JSON (the console log: `podbay logs POD`)."""
-    with reported_errors():
-        print(debug_dump(_store().load(pod_id)))
+    with records(server, token) as found:
+        print(debug_dump(found.postmortem(pod_id)))
 
 
-def debug(pod_id: str = typer.Argument(..., help="the id of a pod that failed with keep_on_failure=True")) -> None:
+def debug(
+    pod_id: str = typer.Argument(..., help="the id of a pod that failed with keep_on_failure=True"),
+    server: ServerOption = None,
+    token: TokenOption = None,
+) -> None:
     """Restore a failed pod's keep_on_failure snapshot and run shell lines in it, one at a time (the guest
     protocol has no terminal: each line runs as `sh -c LINE`; no job control, no full-screen programs).
     `exit` or end of input ends it and destroys the restored copy; the snapshot stays."""
-    with reported_errors():
-        postmortem = _store().load(pod_id)
-        snapshot = _snapshot_of(postmortem)
-        with Platform() as platform:
-            pod = platform.restore(snapshot)
-            errors.print(f"podbay: {pod_id} as it failed ({postmortem.reason.splitlines()[0]}), restored as {pod.id}")
-            try:
-                _shell(pod.exec, pod_id)
-            finally:
-                pod.destroy()
+    with records(server, token) as found:
+        postmortem = found.postmortem(pod_id)
+        pod = found.restore(_snapshot_of(postmortem))
+        errors.print(f"podbay: {pod_id} as it failed ({postmortem.reason.splitlines()[0]}), restored as {pod.id}")
+        try:
+            _shell(_runner(pod), pod_id)
+        finally:
+            pod.destroy()
+
+
+def _runner(pod: CliPod) -> Callable[..., ExecResult]:
+    def run(argv: list[str], on_stdout: Callable[[bytes], None], on_stderr: Callable[[bytes], None]) -> ExecResult:
+        return run_streamed(
+            pod, argv, env=None, cwd=None, stdin=None, timeout=None, on_stdout=on_stdout, on_stderr=on_stderr
+        )
+
+    return run
 
 
 def _snapshot_of(postmortem: PostMortem) -> str:

@@ -384,6 +384,15 @@ class AsyncClient:
     async def postmortem(self, pod_id: str) -> PostMortem:
         return PostMortem.model_validate((await self._request("GET", f"/postmortems/{pod_id}")).json())
 
+    async def snapshots(self) -> builtins.list[SnapshotInfo]:
+        """The tenant's snapshots, by name (`path` is empty: it is the server's)."""
+        response = await self._request("GET", "/snapshots")
+        return [SnapshotInfo.model_validate(info) for info in response.json()]
+
+    async def delete_snapshot(self, name: str) -> None:
+        """Delete one of the tenant's snapshots for good (pods restored from it keep running)."""
+        await self._request("DELETE", f"/snapshots/{name}")
+
     async def restore(self, name: str) -> AsyncRemotePod:
         response = await self._request("POST", f"/snapshots/{name}/restore")
         return AsyncRemotePod(self, PodInfo.model_validate(response.json()))

@@ -207,6 +207,12 @@ class Client:
     def postmortem(self, pod_id: str) -> PostMortem:
         return self._loop.run(self._client.postmortem(pod_id))
 
+    def snapshots(self) -> builtins.list[SnapshotInfo]:
+        return self._loop.run(self._client.snapshots())
+
+    def delete_snapshot(self, name: str) -> None:
+        self._loop.run(self._client.delete_snapshot(name))
+
     def restore(self, name: str) -> RemotePod:
         return RemotePod(self._loop, self._loop.run(self._client.restore(name)))
 

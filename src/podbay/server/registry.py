@@ -331,6 +331,9 @@ class Registry:
     def owns_snapshot(self, tenant: str, name: str) -> bool:
         return bool(self._run("SELECT 1 FROM snapshots WHERE name = ? AND tenant = ?", name, tenant))
 
+    def remove_snapshot(self, name: str, tenant: str) -> None:
+        self._run("DELETE FROM snapshots WHERE name = ? AND tenant = ?", name, tenant)
+
     def snapshots(self, tenant: str) -> list[str]:
         return [str(row[0]) for row in self._run("SELECT name FROM snapshots WHERE tenant = ? ORDER BY name", tenant)]
 
