@@ -18,7 +18,7 @@ from podbay.isolation.fake import LocalProcessBackend
 from podbay.paths import PodbayPaths
 from podbay.platform import AsyncPlatform
 from podbay.server import create_app
-from podbay.server.redact import HIDDEN_PATH, Redactor
+from podbay.server.redact import _HOST_IDS, HIDDEN_PATH, Redactor
 from podbay.server.registry import HOST_VOLUME_PREFIX, Registry
 
 Scenario = Callable[[httpx.ASGITransport, str, str, Registry], Awaitable[None]]
@@ -194,7 +194,17 @@ def test_no_tenant_answer_names_a_host_path_pid_or_host_volume(paths: PodbayPath
 
             pod = (await call("POST", "/pods", json={**LOCAL, "memory_db": True, "volume": "kept"})).json()["id"]
             plain = (await call("POST", "/pods", json={**LOCAL, "memory_db": True})).json()["id"]
+            started = await call("POST", f"/pods/{pod}/processes", json={"argv": ["sh", "-c", "echo $$"]})
+            process = f"/pods/{pod}/processes/{started.json()['id']}"
             for method, url, kwargs in [
+                ("GET", f"{process}/output", {}),
+                ("GET", process, {}),
+                ("GET", f"/pods/{pod}/processes", {}),
+                ("GET", f"/pods/{pod}/trace", {}),
+                ("GET", f"/pods/{pod}/events", {}),
+                ("GET", f"/pods/{pod}/console", {}),
+                ("GET", f"/pods/{pod}/files/list", {"params": {"path": "/"}}),
+                ("GET", "/snapshots", {}),
                 ("GET", "/pods", {}),
                 ("GET", f"/pods/{pod}", {}),
                 ("POST", f"/pods/{pod}/pause", {}),
@@ -211,6 +221,11 @@ def test_no_tenant_answer_names_a_host_path_pid_or_host_volume(paths: PodbayPath
                 ("GET", f"/pods/{pod}/files", {"params": {"path": "/nonexistent/file"}}),
                 ("DELETE", f"/pods/{plain}", {}),
                 ("DELETE", f"/pods/{pod}", {}),
+                ("GET", f"/pods/{pod}/trace", {}),  # ended: from its post-mortem
+                ("GET", f"/pods/{pod}/events", {}),
+                ("GET", f"/pods/{pod}/console", {}),
+                ("GET", "/postmortems", {}),
+                ("GET", f"/postmortems/{pod}", {}),
                 ("GET", "/usage", {}),
                 ("DELETE", "/volumes/kept", {}),
             ]:
@@ -224,9 +239,18 @@ def test_no_tenant_answer_names_a_host_path_pid_or_host_volume(paths: PodbayPath
         text = answer.text
         assert not any(root in text for root in roots), (where, text)
         assert HOST_VOLUME_PREFIX not in text, (where, text)
-        assert _host_details(json.loads(text)) == [], where
-    pod_infos = [answer.json() for answer in answers if answer.request.url.path.startswith("/pods")]
+        if answer.headers.get("content-type", "").startswith("application/json"):
+            assert _host_details(json.loads(text)) == [], where
+        else:  # the console log, NDJSON output: free text
+            assert not _HOST_IDS.search(text), (where, text)
+    pod_infos = [
+        answer.json()
+        for answer in answers
+        if answer.request.url.path.startswith("/pods") and answer.headers.get("content-type") == "application/json"
+    ]
     assert any(isinstance(info, dict) and info.get("volume") == "kept" for info in pod_infos)
+    postmortems = [answer.json() for answer in answers if answer.request.url.path.startswith("/postmortems/")]
+    assert [found["spec"]["volume"] for found in postmortems] == ["kept"], "the tenant's own name for its volume"
 
 
 def test_the_redactor_scrubs_paths_under_the_roots_and_host_ids(tmp_path: Path) -> None:

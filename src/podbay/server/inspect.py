@@ -2,8 +2,9 @@
 
 A tenant sees only its own pods' records: another tenant's pod, live or ended, answers 404 exactly as a pod that
 never existed. The registry remembers which tenant owned a pod after it ended, so post-mortems stay the
-tenant's. Host paths (the server's state and cache roots) are replaced by `<state>` and `<cache>` in what is
-answered: a console log or a sandbox's exit story may name them.
+tenant's. Everything answered goes through the service's one Redactor (redact.py): host paths, pids and a
+volume's host name never reach a tenant (a console log or a sandbox's exit story may name them), and a
+post-mortem's spec names the tenant's own volume.
 """
 
 from __future__ import annotations
@@ -44,16 +45,20 @@ def live_pod(svc: Service, tenant: str, pod_id: str) -> AsyncPod | None:
 def postmortem_of(svc: Service, tenant: str, pod_id: str) -> PostMortem:
     if not owned_ever(svc, tenant, pod_id):
         raise NotFound(f"no post-mortem of pod {pod_id!r}")
-    return redacted(svc, svc.platform.postmortems.load(pod_id))
+    return redacted(svc, tenant, svc.platform.postmortems.load(pod_id))
 
 
-def redact(svc: Service, text: str) -> str:
-    paths = svc.platform.paths
-    return text.replace(str(paths.state), "<state>").replace(str(paths.cache), "<cache>")
+def redacted(svc: Service, tenant: str, postmortem: PostMortem) -> PostMortem:
+    """The post-mortem as its tenant may see it: scrubbed free text, its own name for the pod's volume."""
+    host_volume = postmortem.spec.get("volume")
+    shown = PostMortem.model_validate_json(svc.redactor.text(postmortem.model_dump_json()))
+    if "volume" in shown.spec:
+        shown.spec["volume"] = svc.volumes.tenant_name(tenant, host_volume if isinstance(host_volume, str) else None)
+    return shown
 
 
-def redacted(svc: Service, postmortem: PostMortem) -> PostMortem:
-    return PostMortem.model_validate_json(redact(svc, postmortem.model_dump_json()))
+def redacted_event(svc: Service, event: PodEvent) -> PodEvent:
+    return event.model_copy(update={"detail": svc.redactor.text(event.detail)})
 
 
 @router.get("/pods/{pod_id}/trace", response_model=list[Phase], responses=responses(*POD))
@@ -61,7 +66,9 @@ async def pod_trace(pod_id: str, svc: ServiceDep, who: TenantDep) -> list[Phase]
     """The pod's phases (choose, prepare, boot or clone or claim, inject, snapshot, destroy) with their times,
     relative to the start of its creation; an ended pod's come from its post-mortem."""
     pod = live_pod(svc, who, pod_id)
-    return pod.info().trace if pod is not None else postmortem_of(svc, who, pod_id).trace
+    if pod is None:
+        return postmortem_of(svc, who, pod_id).trace
+    return [svc.redactor.phase(phase) for phase in pod.info().trace]
 
 
 @router.get("/pods/{pod_id}/events", response_model=list[PodEvent], responses=responses(*POD))
@@ -69,7 +76,9 @@ async def pod_events(pod_id: str, svc: ServiceDep, who: TenantDep) -> list[PodEv
     """The pod's lifecycle events, oldest first (the latest 512): created, paused, resumed, exec_started,
     exec_ended, snapshot, timeout_set, failed, ended."""
     pod = live_pod(svc, who, pod_id)
-    return list(pod.record.events) if pod is not None else postmortem_of(svc, who, pod_id).events
+    if pod is None:
+        return postmortem_of(svc, who, pod_id).events
+    return [redacted_event(svc, event) for event in pod.record.events]
 
 
 @router.get(
@@ -91,14 +100,14 @@ async def pod_console(
     else:
         postmortem_of(svc, who, pod_id)
         data = svc.platform.postmortems.console(pod_id)[-tail:]
-    return Response(redact(svc, data.decode(errors="replace")), media_type="text/plain; charset=utf-8")
+    return Response(svc.redactor.text(data.decode(errors="replace")), media_type="text/plain; charset=utf-8")
 
 
 @router.get("/postmortems", response_model=list[PostMortem], responses=responses(401, 500))
 async def list_postmortems(svc: ServiceDep, who: TenantDep) -> list[PostMortem]:
     """The tenant's kept post-mortems, latest end first."""
     mine = {str(row[0]) for row in svc.registry._run("SELECT id FROM pods WHERE tenant = ?", who)}
-    return [redacted(svc, found) for found in svc.platform.postmortems.list() if found.pod_id in mine]
+    return [redacted(svc, who, found) for found in svc.platform.postmortems.list() if found.pod_id in mine]
 
 
 @router.get("/postmortems/{pod_id}", response_model=PostMortem, responses=responses(*POD))
