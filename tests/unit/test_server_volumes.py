@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from podbay import AsyncClient, Conflict, InvalidSpec, NotFound, QuotaExceeded
+from podbay import AsyncClient, Conflict, HostError, InvalidSpec, NotFound, QuotaExceeded
 from podbay.isolation.fake import LocalProcessBackend
 from podbay.paths import PodbayPaths
 from podbay.platform import AsyncPlatform
@@ -265,3 +265,23 @@ def test_the_redactor_scrubs_paths_under_the_roots_and_host_ids(tmp_path: Path) 
     assert HOST_VOLUME_PREFIX not in scrubbed
     assert scrubbed.count(HIDDEN_PATH) == 2
     assert "/data/memory.db" in scrubbed, "a path inside the pod is the tenant's own"
+
+
+def test_a_volume_made_for_a_pod_that_fails_to_start_is_removed_again(
+    paths: PodbayPaths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def no_start(*_: object, **__: object) -> None:
+        raise HostError("the sandbox failed to start (the test double refuses)")
+
+    async def scenario(transport: httpx.ASGITransport, token_a: str, _: str, registry: Registry) -> None:
+        async with raw(transport, token_a) as a:
+            assert (await a.post("/volumes", json={"name": "asked-for", "size_mib": 32})).status_code == 201
+            monkeypatch.setattr(LocalProcessBackend, "start", no_start)
+            for name in ("fresh", "asked-for"):
+                failed = await a.post("/pods", json={**LOCAL, "memory_db": True, "volume": name})
+                assert failed.status_code == 500 and "failed to start" in failed.text, failed.text
+            assert [volume["name"] for volume in (await a.get("/volumes")).json()] == ["asked-for"]
+            assert registry.volume("acme", "fresh") is None
+            assert len(host_images(paths)) == 1, "the image of the one made by the failed create is gone"
+
+    serve(paths, scenario)

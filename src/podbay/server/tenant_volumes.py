@@ -9,6 +9,7 @@ leaves the server: errors that carry it are rewritten to the tenant's name (`as_
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -16,6 +17,8 @@ from podbay.errors import Conflict, NotFound, PodbayError
 from podbay.server.registry import Registry, VolumeRecord
 from podbay.state.volumes import VolumeStore
 from podbay.tenancy import TenantVolume
+
+log = logging.getLogger(__name__)
 
 
 class TenantVolumes:
@@ -72,6 +75,18 @@ class TenantVolumes:
                 pass  # its image was never made: only the record goes
         self.registry.remove_volume(tenant, name)
         return shown.model_copy(update={"attached": False, "used_kib": 0})
+
+    async def discard_unused(self, tenant: str, record: VolumeRecord) -> None:
+        """Remove a volume that a create made on first use when its pod then failed to start (its image holds
+        only the empty database, if it was made at all). One that a pod holds meanwhile stays."""
+        try:
+            await asyncio.to_thread(self.store.delete, record.host_name)
+        except NotFound:
+            pass  # its image was never made: only the record goes
+        except PodbayError as exc:
+            log.warning("volume %s of tenant %s stays: %s", record.name, tenant, exc)
+            return
+        self.registry.remove_volume(tenant, record.name)
 
     def for_pod(self, tenant: str, name: str, size_mib: int) -> tuple[VolumeRecord, bool]:
         """The record of the volume a tenant's pod asks for by name, made now if new: (record, made)."""
