@@ -348,6 +348,9 @@ class AsyncPod:
         name = SNAPSHOT_PREFIX + self.id
         if not self.sandbox.alive:
             return None, "no snapshot: its sandbox is gone"
+        skipped = self._platform._kept_snapshot_refusal(self.id)
+        if skipped is not None:
+            return None, f"no snapshot: {skipped}"
         try:
             if self._state is PodState.PAUSED:
                 await self.resume()  # the guest must freeze its filesystems for a consistent snapshot
@@ -419,6 +422,7 @@ class AsyncPlatform:
         self._timer_wake = asyncio.Event()
         self._expiring: set[asyncio.Task[None]] = set()  # destroys of expired pods under way
         self._ended: dict[str, str] = {}  # pod id -> why it ended by itself (the last ENDED_REMEMBERED)
+        self._kept_snapshot_check: Callable[[str], str | None] | None = None  # see check_kept_snapshots
         exit_on_termination_signals()
 
     async def __aenter__(self) -> AsyncPlatform:
@@ -436,6 +440,15 @@ class AsyncPlatform:
     def on_pod_event(self, listener: Callable[[PodEvent], object]) -> None:
         """Call `listener` with every lifecycle event of every pod (created, paused, exec_ended, ended, ...)."""
         self._event_listeners.append(listener)
+
+    def check_kept_snapshots(self, check: Callable[[str], str | None]) -> None:
+        """Ask `check(pod_id)` before a keep_on_failure snapshot is taken: a reason to skip it (the service: the
+        tenant's snapshot quota is full), which the post-mortem's snapshot_note gives, or None to take it."""
+        self._kept_snapshot_check = check
+
+    def _kept_snapshot_refusal(self, pod_id: str) -> str | None:
+        check = self._kept_snapshot_check
+        return None if check is None else check(pod_id)
 
     def _emit(self, event: PodEvent) -> None:
         for listener in self._event_listeners:

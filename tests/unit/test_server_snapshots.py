@@ -70,3 +70,21 @@ def test_deleting_a_snapshot_frees_the_quota(paths: PodbayPaths) -> None:
             assert (await a.post(f"/pods/{pod}/snapshot", json={"name": "next"})).status_code == 501
 
     serve(paths, scenario)
+
+
+def test_a_keep_on_failure_snapshot_is_skipped_when_the_snapshot_quota_is_full(paths: PodbayPaths) -> None:
+    async def scenario(transport: httpx.ASGITransport, token_a: str, _: str, registry: Registry) -> None:
+        saved(paths, "kept", "acme", registry)
+        registry.set_quota("acme", {"snapshots": 1})
+        async with raw(transport, token_a) as a:
+            pod = (await a.post("/pods", json={**LOCAL, "keep_on_failure": True})).json()["id"]
+            killed = await a.post(f"/pods/{pod}/exec", json={"argv": ["sh", "-c", "kill -9 $$"]})
+            assert killed.json()["signal"] == 9  # what the guest's OOM killer does: the pod failed
+            assert (await a.delete(f"/pods/{pod}")).status_code == 200
+            postmortem = (await a.get(f"/postmortems/{pod}")).json()
+            assert postmortem["failed"] and postmortem["snapshot"] is None
+            assert postmortem["snapshot_note"].startswith(
+                "no snapshot: skipped: tenant acme's snapshot quota is full (1 of 1)"
+            ), postmortem["snapshot_note"]
+
+    serve(paths, scenario)

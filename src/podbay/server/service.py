@@ -31,6 +31,7 @@ class Service:
         self.volumes = TenantVolumes(platform.volumes, registry)
         self.redactor = Redactor([platform.paths.state, platform.paths.cache])
         platform.on_pod_end(self.ledger.record)  # every end: destroy, timeout, shutdown
+        platform.check_kept_snapshots(self.kept_snapshot_refusal)
 
     def shown(self, tenant: str, pod: AsyncPod) -> PodInfo:
         """The pod's info as its tenant may see it (see redact.py)."""
@@ -123,6 +124,23 @@ class Service:
             self.registry.add_snapshot(name, tenant)
         return info
 
+    def kept_snapshot_refusal(self, pod_id: str) -> str | None:
+        """Why a failed keep_on_failure pod's snapshot is skipped: its tenant's snapshot quota is full (the
+        snapshot would become the tenant's); None to take it."""
+        tenant = self.ledger.owner(pod_id)
+        limit = self.registry.quota(tenant).snapshots if tenant is not None else None
+        if tenant is None or limit is None:
+            return None
+        have = len(self.held_snapshots(tenant)) + self.reserved.get(tenant, Counter())["snapshots"]
+        if have < limit:
+            return None
+        fix = FIXES["snapshots"].format(t=tenant)
+        return f"skipped: tenant {tenant}'s snapshot quota is full ({have} of {limit}); {fix}"
+
+    def held_snapshots(self, tenant: str) -> list[str]:
+        """The tenant's snapshots that still exist (one removed on the host no longer counts)."""
+        return [name for name in self.registry.snapshots(tenant) if self.platform.snapshots.path(name).exists()]
+
     def snapshot_memory(self, name: str) -> int:
         """The guest memory a pod restored from snapshot `name` gets."""
         return load_snapshot(self.platform.snapshots, name).memory_mib
@@ -154,7 +172,7 @@ class Service:
         """What the tenant holds now: live pods (running or paused; ended and expired ones are freed), their
         guest memory, its snapshots that still exist, its named volumes and the sum of their sizes."""
         pods = self.pods(tenant)
-        snapshots = [name for name in self.registry.snapshots(tenant) if self.platform.snapshots.path(name).exists()]
+        snapshots = self.held_snapshots(tenant)
         volumes = self.registry.volumes(tenant)
         held = {
             "pods": len(pods),
