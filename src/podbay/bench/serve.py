@@ -5,9 +5,10 @@ service's own overhead, as a ratio of medians.
 Each side gets its own private state root (the image cache is shared) and a warm pool of `size` members, refilled
 to full before each concurrency level. A claim is `create_agent(backend)` then `exec(["true"])`, timed from the
 request to the exec's result; the pod is destroyed afterwards, untimed. Claims beyond the idle members fall back
-to template clones (their origin is counted). The server is `podbay.server`'s app under uvicorn in a child
-process started here (as `podbay serve` runs it), with the pool made before it listens: `podbay serve` has no
-pool option, and a private `/_bench/refill` route, in the child only, refills the pool between levels.
+to template clones (their origin is counted). The server is a real `podbay serve --pool SIZE:BACKEND` process
+(its pool fills in the background from its start), with a tenant token and an admin token made by `podbay
+tokens create`; before each level the admin token refills the pool through `PUT /admin/pools` (waiting until
+every member is up).
 
 Read the ratio with care on a small host: the embedded side's clients share one process and event loop with
 the platform they measure, while the served side's clients run in another process than the server, so on 2
@@ -37,7 +38,8 @@ from podbay.paths import PodbayPaths
 from podbay.platform import AsyncPlatform
 from podbay.sdk import AsyncClient
 
-FILL_TIMEOUT_S = 600.0
+FILL_TIMEOUT_S = 600.0  # PUT /admin/pools waits at most this long
+PODBAY = [sys.executable, "-m", "podbay.cli"]
 DEFAULT_LEVELS = (1, 10, 50)
 Claim = Callable[[], Awaitable[tuple[float, str]]]  # one claim → first exec: (milliseconds, pod origin)
 
@@ -111,38 +113,46 @@ async def _embedded(
 
 
 def _served(paths: PodbayPaths, levels: tuple[int, ...], claims: int, size: int, backend: str) -> dict[str, Any]:
-    from podbay.server.registry import Registry
-
     with tempfile.TemporaryDirectory(prefix="podbay-bench-serve-") as state:
-        registry = Registry(Path(state) / "server.db")
-        token, _ = registry.create_token("bench")
-        registry.close()
-        port = _free_port()
         env = {**os.environ, "PODBAY_STATE": state, "PODBAY_CACHE": str(paths.cache)}
+        token = _podbay(env, "tokens", "create", "--tenant", "bench")
+        admin_token = _podbay(env, "tokens", "create", "--admin")
+        listen = f"127.0.0.1:{_free_port()}"
         log_path = Path(state) / "serve.log"
         with log_path.open("wb") as log:
-            child = subprocess.Popen(
-                [sys.executable, "-m", "podbay.bench.serve", str(port), str(size), backend],
+            server = subprocess.Popen(
+                [*PODBAY, "serve", "--listen", listen, "--pool", f"{size}:{backend}", "--log-level", "warning"],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
             try:
-                url = f"http://127.0.0.1:{port}"
-                _wait_until_up(url, child, log_path)
-                result: dict[str, Any] = asyncio.run(_remote(url, token, levels, claims, backend))
+                url = f"http://{listen}"
+                _wait_until_up(url, server, log_path)
+                result: dict[str, Any] = asyncio.run(_remote(url, token, admin_token, levels, claims, size, backend))
                 return result
             finally:
-                child.send_signal(signal.SIGTERM)
+                server.send_signal(signal.SIGTERM)
                 try:
-                    child.wait(timeout=120)
+                    server.wait(timeout=120)
                 except subprocess.TimeoutExpired:
-                    child.kill()
-                    child.wait()
+                    server.kill()
+                    server.wait()
 
 
-async def _remote(url: str, token: str, levels: tuple[int, ...], claims: int, backend: str) -> dict[str, Any]:
+def _podbay(env: dict[str, str], *args: str) -> str:
+    """Run a podbay command and return what it printed on stdout (a token, for `tokens create`)."""
+    done = subprocess.run([*PODBAY, *args], env=env, capture_output=True, text=True, timeout=60)
+    if done.returncode != 0:
+        raise HostError(f"podbay {' '.join(args)} failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
+    return done.stdout.strip()
+
+
+async def _remote(
+    url: str, token: str, admin_token: str, levels: tuple[int, ...], claims: int, size: int, backend: str
+) -> dict[str, Any]:
     clients = [AsyncClient(url, token) for _ in range(max(levels))]  # one connection pool per client
+    admin = AsyncClient(url, admin_token, timeout=FILL_TIMEOUT_S + 30)
     pick = iter(range(10**9))
     try:
 
@@ -158,26 +168,26 @@ async def _remote(url: str, token: str, levels: tuple[int, ...], claims: int, ba
                 await pod.destroy()
 
         async def refill() -> None:
-            await clients[0]._request("POST", "/_bench/refill", timeout=FILL_TIMEOUT_S + 30)
+            await admin.admin.ensure_pool(size, backend=backend, wait_s=FILL_TIMEOUT_S)
 
         result: dict[str, Any] = await _levels(levels, claims, claim, refill)
         return result
     finally:
-        await asyncio.gather(*(client.aclose() for client in clients))
+        await asyncio.gather(admin.aclose(), *(client.aclose() for client in clients))
 
 
-def _wait_until_up(url: str, child: subprocess.Popen[bytes], log_path: Path) -> None:
+def _wait_until_up(url: str, server: subprocess.Popen[bytes], log_path: Path) -> None:
     deadline = time.monotonic() + FILL_TIMEOUT_S
     while time.monotonic() < deadline:
-        if child.poll() is not None:
-            raise HostError(f"the bench server exited ({child.returncode}): {log_path.read_text()[-2000:]}")
+        if server.poll() is not None:
+            raise HostError(f"podbay serve exited ({server.returncode}): {log_path.read_text()[-2000:]}")
         try:
             if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
                 return
         except httpx.TransportError:
             pass
         time.sleep(0.2)
-    raise HostError(f"the bench server did not answer within {FILL_TIMEOUT_S:.0f} s")
+    raise HostError(f"podbay serve did not answer within {FILL_TIMEOUT_S:.0f} s")
 
 
 def _free_port() -> int:
@@ -210,30 +220,3 @@ def summary(result: dict[str, Any]) -> str:
             f" embedded p50 {embedded['p50']:.1f} ms" + (f" (x{ratio:.2f})" if ratio is not None else "")
         )
     return f"{result['backend']} pool of {result['pool_size']}, claim → first exec: " + "; ".join(parts)
-
-
-def _child(port: int, size: int, backend: str) -> None:
-    """The server side: the service's app over a platform whose pool is full before it listens."""
-    import uvicorn
-    from fastapi import FastAPI
-
-    from podbay.server import create_app
-
-    async def main() -> None:
-        platform = AsyncPlatform()
-        await platform.pools.ensure(size, backend=backend, wait=FILL_TIMEOUT_S)
-        app: FastAPI = create_app(platform=platform)
-
-        async def refill() -> dict[str, bool]:
-            await platform.pools.ensure(size, backend=backend, wait=FILL_TIMEOUT_S)
-            return {"ok": True}
-
-        app.add_api_route("/_bench/refill", refill, methods=["POST"])
-        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
-        await uvicorn.Server(config).serve()
-
-    asyncio.run(main())
-
-
-if __name__ == "__main__":
-    _child(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])

@@ -1,4 +1,5 @@
-"""`podbay serve --listen HOST:PORT`: the REST API (FastAPI under uvicorn) over one platform."""
+"""`podbay serve --listen HOST:PORT [--pool SIZE[:BACKEND]]...`: the REST API (FastAPI under uvicorn) over one
+platform, with warm pools filling in the background from the start."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import typer
 
 from podbay.cli.common import errors
+from podbay.errors import InvalidSpec
 from podbay.metering import PriceTable
 
 
@@ -20,6 +22,9 @@ def serve(
     prices: Path | None = typer.Option(
         None, "--prices", help="a JSON price table (PriceTable's fields; those left out keep their defaults)"
     ),
+    pool: list[str] = typer.Option(
+        [], "--pool", help="SIZE[:BACKEND]: keep a warm pool of this size (repeatable; filled in the background)"
+    ),
 ) -> None:
     """Serve pods over HTTP to the holders of API tokens (`podbay tokens create`); Ctrl-C or SIGTERM stops it
     and destroys its pods. State: PODBAY_STATE (the registry is server.db there)."""
@@ -30,6 +35,12 @@ def serve(
         table = PriceTable.load(prices) if prices is not None else None
     except (OSError, ValueError) as exc:
         raise typer.BadParameter(f"{prices}: {exc}", param_hint="--prices") from None
+    from podbay.server.startup_pools import parse_pool, with_pools  # fastapi: only the server needs it
+
+    try:
+        pools = [parse_pool(text) for text in pool]
+    except InvalidSpec as exc:
+        raise typer.BadParameter(str(exc), param_hint="--pool") from None
     if log_format not in ("json", "text"):
         raise typer.BadParameter(f"{log_format!r} is neither json nor text", param_hint="--log-format")
     if log_level.lower() not in ("critical", "error", "warning", "info", "debug"):
@@ -42,7 +53,7 @@ def serve(
     configure_logging(log_format, log_level)
 
     config = uvicorn.Config(
-        create_app(prices=table),
+        with_pools(create_app(prices=table), pools),
         host=host.strip("[]"),
         port=int(port_text),
         log_level=log_level,
