@@ -285,3 +285,32 @@ def test_a_volume_made_for_a_pod_that_fails_to_start_is_removed_again(
             assert len(host_images(paths)) == 1, "the image of the one made by the failed create is gone"
 
     serve(paths, scenario)
+
+
+def test_a_failed_create_leaves_the_new_volume_that_another_create_is_starting_a_pod_on(
+    paths: PodbayPaths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_start = LocalProcessBackend.start
+    starts = 0
+
+    async def first_fails(self: LocalProcessBackend, config: Any) -> Any:
+        nonlocal starts
+        starts += 1
+        if starts == 1:
+            raise HostError("the sandbox failed to start (the test double refuses the first)")
+        return await real_start(self, config)
+
+    async def scenario(transport: httpx.ASGITransport, token_a: str, _: str, registry: Registry) -> None:
+        monkeypatch.setattr(LocalProcessBackend, "start", first_fails)
+        body = {**LOCAL, "memory_db": True, "volume": "shared"}
+        async with raw(transport, token_a) as a:
+            answers = await asyncio.gather(a.post("/pods", json=body), a.post("/pods", json=body))
+            assert sorted(answer.status_code for answer in answers) == [201, 500]
+            assert [volume["name"] for volume in (await a.get("/volumes")).json()] == ["shared"]
+            (made,) = [answer.json()["id"] for answer in answers if answer.status_code == 201]
+            wrote = await a.post(f"/pods/{made}/exec", json={"argv": ["sh", "-c", 'test -n "$PODBAY_DB_PATH"']})
+            assert wrote.json()["exit_code"] == 0
+            assert (await a.delete(f"/pods/{made}")).status_code == 200
+        assert registry.volume("acme", "shared") is not None and len(host_images(paths)) == 1
+
+    serve(paths, scenario)

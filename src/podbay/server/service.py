@@ -87,15 +87,10 @@ class Service:
         existing = self.registry.volume(tenant, name)
         adding = {"volumes": 1, "volume_mib": spec.volume_mib} if existing is None else {}
         with self.reserve(tenant, pods=1, memory_mib=spec.memory_mib, **adding):
-            record, made = self.volumes.for_pod(tenant, name, spec.volume_mib)
-            try:
+            async with self.volumes.for_new_pod(tenant, name, spec.volume_mib) as record:
                 with as_tenant_sees(record):
                     pod = await self.platform.create(spec.model_copy(update={"volume": record.host_name}))
                 await self.adopt(tenant, pod)
-            except Exception:
-                if made:  # no pod ever ran on it: it holds nothing, and the tenant did not ask for it alone
-                    await self.volumes.discard_unused(tenant, record)
-                raise
         return pod
 
     async def create_volume(self, tenant: str, name: str, size_mib: int) -> None:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
 from podbay.errors import Conflict, NotFound, PodbayError
 from podbay.server.registry import Registry, VolumeRecord
@@ -25,6 +26,7 @@ class TenantVolumes:
     def __init__(self, store: VolumeStore, registry: Registry) -> None:
         self.store = store
         self.registry = registry
+        self._starting: Counter[str] = Counter()  # host name -> creates starting a pod on it now
 
     def record(self, tenant: str, name: str) -> VolumeRecord:
         """The tenant's volume `name`; another tenant's answers exactly as one that does not exist."""
@@ -75,6 +77,24 @@ class TenantVolumes:
                 pass  # its image was never made: only the record goes
         self.registry.remove_volume(tenant, name)
         return shown.model_copy(update={"attached": False, "used_kib": 0})
+
+    @asynccontextmanager
+    async def for_new_pod(self, tenant: str, name: str, size_mib: int) -> AsyncIterator[VolumeRecord]:
+        """The record of the volume a new pod of the tenant's asks for by name, made now if new. If the block
+        fails (the pod did not start), a volume made here that no other create is starting a pod on is removed
+        again: no pod ever ran on it, and the tenant never asked for it alone."""
+        record, made = self.for_pod(tenant, name, size_mib)
+        self._starting[record.host_name] += 1
+        try:
+            yield record
+        except Exception:
+            if made and self._starting[record.host_name] == 1:
+                await self.discard_unused(tenant, record)
+            raise
+        finally:
+            self._starting[record.host_name] -= 1
+            if not self._starting[record.host_name]:
+                del self._starting[record.host_name]
 
     async def discard_unused(self, tenant: str, record: VolumeRecord) -> None:
         """Remove a volume that a create made on first use when its pod then failed to start (its image holds
