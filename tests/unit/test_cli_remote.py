@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import queue
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -22,9 +21,8 @@ from podbay.cli.main import app
 from podbay.cli.remote import run_streamed
 from podbay.isolation.fake import LocalProcessBackend
 from podbay.paths import PodbayPaths
-from podbay.platform import AsyncPlatform
-from podbay.server import create_app
 from podbay.server.registry import Registry
+from tests.unit.server_double import assert_no_pods_left, loopback_server
 
 START_WAIT_S = 30.0
 
@@ -33,27 +31,23 @@ START_WAIT_S = 30.0
 def env(paths: PodbayPaths) -> Iterator[dict[str, str]]:
     """PODBAY_SERVER and PODBAY_TOKEN of a server running in a thread, for tenant acme."""
     token, _ = Registry(paths.state / "server.db").create_token("acme")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    servers: list[uvicorn.Server] = []
+    servers: list[tuple[uvicorn.Server, str]] = []
 
     async def main() -> None:
-        platform = AsyncPlatform(paths, backends={"local": LocalProcessBackend()})
-        config = uvicorn.Config(create_app(platform=platform), host="127.0.0.1", port=port, log_level="warning")
-        servers.append(uvicorn.Server(config))
-        await servers[0].serve()
+        servers.append(loopback_server(paths))
+        await servers[0][0].serve()
 
     thread = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
     thread.start()
     deadline = time.monotonic() + START_WAIT_S
-    while not (servers and servers[0].started):
+    while not (servers and servers[0][0].started):
         assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
         time.sleep(0.02)
-    yield {"PODBAY_SERVER": f"http://127.0.0.1:{port}", "PODBAY_TOKEN": token, "COLUMNS": "300"}
-    servers[0].should_exit = True
+    server, url = servers[0]
+    yield {"PODBAY_SERVER": url, "PODBAY_TOKEN": token, "COLUMNS": "300"}
+    server.should_exit = True
     thread.join()
-    assert not paths.pods.exists() or list(paths.pods.iterdir()) == [], "the shutdown destroys the pods"
+    assert_no_pods_left(paths)
 
 
 def podbay(env: dict[str, str], *args: str, stdin: bytes | None = None) -> tuple[int, str, str]:

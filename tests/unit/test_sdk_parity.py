@@ -11,6 +11,7 @@ import pytest
 
 from podbay import AsyncClient, AsyncPlatform, AsyncPod, AsyncRemotePod, Client, Platform, Pod, PodSpec, RemotePod
 from podbay.sdk import AsyncRemoteProcess, PodFields, RemoteProcess
+from podbay.sdk.admin import Admin, AsyncAdmin, PoolFields
 from podbay.sync import Process
 
 
@@ -46,3 +47,11 @@ def test_remote_handles_offer_the_embedded_methods(embedded: type, remote: type)
 
 def test_async_remote_process_mirrors_the_blocking_one() -> None:
     assert _public(RemoteProcess) - _public(AsyncRemoteProcess) == set()
+
+
+def test_the_blocking_ensure_pool_takes_the_async_ones_keywords() -> None:
+    asynchronous = inspect.signature(AsyncAdmin.ensure_pool).parameters.values()
+    keywords = [p.name for p in asynchronous if p.kind is p.KEYWORD_ONLY]
+    hints = typing.get_type_hints(AsyncAdmin.ensure_pool)
+    assert typing.get_type_hints(PoolFields) == {name: hints[name] for name in keywords}
+    assert typing.get_type_hints(Admin.ensure_pool)["shape"] == typing.Unpack[PoolFields]

@@ -11,12 +11,10 @@ from typer.testing import CliRunner
 
 from podbay.cli.main import app as cli
 from podbay.errors import InvalidSpec
-from podbay.isolation.fake import LocalProcessBackend
 from podbay.paths import PodbayPaths
-from podbay.platform import AsyncPlatform
-from podbay.server import create_app
 from podbay.server.registry import Registry
 from podbay.server.startup_pools import parse_pool, with_pools
+from tests.unit.server_double import local_app, raw
 
 WAIT_S = 60.0
 
@@ -41,19 +39,15 @@ def test_the_pools_fill_in_the_background_from_the_start(paths: PodbayPaths) -> 
     registry.close()
 
     async def main() -> list[dict[str, object]]:
-        platform = AsyncPlatform(paths, backends={"local": LocalProcessBackend()})
-        served = with_pools(create_app(platform=platform), [parse_pool("2:local")])
-        async with served.router.lifespan_context(served):
-            transport = httpx.ASGITransport(app=served)
-            headers = {"Authorization": f"Bearer {admin_token}"}
-            async with httpx.AsyncClient(transport=transport, base_url="http://podbay", headers=headers) as admin:
-                (started,) = (await admin.get("/admin/pools")).json()  # asked for by the start, not by a request
-                assert started["size"] == 2
-                # the start did not wait for the members; asking again with a wait returns once they are up
-                filled = await admin.put("/admin/pools", json={"size": 2, "backend": "local", "wait_s": WAIT_S})
-                assert filled.status_code == 200, filled.text
-                pools: list[dict[str, object]] = (await admin.get("/admin/pools")).json()
-                return pools
+        served = with_pools(local_app(paths), [parse_pool("2:local")])
+        async with served.router.lifespan_context(served), raw(httpx.ASGITransport(app=served), admin_token) as admin:
+            (started,) = (await admin.get("/admin/pools")).json()  # asked for by the start, not by a request
+            assert started["size"] == 2
+            # the start did not wait for the members; asking again with a wait returns once they are up
+            filled = await admin.put("/admin/pools", json={"size": 2, "backend": "local", "wait_s": WAIT_S})
+            assert filled.status_code == 200, filled.text
+            pools: list[dict[str, object]] = (await admin.get("/admin/pools")).json()
+            return pools
 
     (pool,) = asyncio.run(main())
     assert pool["size"] == 2 and pool["idle"] == 2

@@ -4,7 +4,6 @@ create --admin`; and a server.db made before these tables and columns existed is
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -15,34 +14,22 @@ from typer.testing import CliRunner
 
 from podbay import AsyncClient, Conflict, Forbidden, InvalidSpec, NotFound, Unauthorized
 from podbay.cli.main import app as cli
-from podbay.isolation.fake import LocalProcessBackend
 from podbay.paths import PodbayPaths
-from podbay.platform import AsyncPlatform
-from podbay.server import create_app
 from podbay.server.registry import Registry, hash_token
+from tests.unit import server_double
+from tests.unit.server_double import raw
 
-Scenario = Callable[[httpx.ASGITransport, str, str, str], Awaitable[None]]
-
-
-def serve(paths: PodbayPaths, scenario: Scenario) -> None:
-    registry = Registry(paths.state / "server.db")
-    token_a, _ = registry.create_token("acme")
-    token_b, _ = registry.create_token("globex")
-    admin, _ = registry.create_admin_token()
-    registry.close()
-
-    async def main() -> None:
-        platform = AsyncPlatform(paths, backends={"local": LocalProcessBackend()})
-        app = create_app(platform=platform)
-        async with app.router.lifespan_context(app):
-            await scenario(httpx.ASGITransport(app=app), admin, token_a, token_b)
-
-    asyncio.run(main())
+AdminScenario = Callable[[httpx.ASGITransport, str, str, str], Awaitable[None]]
 
 
-def raw(transport: httpx.ASGITransport, token: str | None) -> httpx.AsyncClient:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    return httpx.AsyncClient(transport=transport, base_url="http://podbay", headers=headers)
+def serve(paths: PodbayPaths, scenario: AdminScenario) -> None:
+    """The shared double; the scenario gets an admin token (made before its first request), then the tenants'."""
+
+    async def with_admin(transport: httpx.ASGITransport, token_a: str, token_b: str, registry: Registry) -> None:
+        admin, _ = registry.create_admin_token()
+        await scenario(transport, admin, token_a, token_b)
+
+    server_double.serve(paths, with_admin)
 
 
 def client(transport: httpx.ASGITransport, token: str) -> AsyncClient:

@@ -7,40 +7,25 @@ tests/integration/test_server.py.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
 import pytest
 
 from podbay import AsyncClient, ExecResult, InvalidSpec, NotFound, Unauthorized
-from podbay.isolation.fake import LocalProcessBackend
 from podbay.paths import PodbayPaths
-from podbay.platform import AsyncPlatform
 from podbay.sdk.client import AsyncRemotePod
-from podbay.server import create_app
-from podbay.server.registry import Registry
-
-Scenario = Callable[[httpx.ASGITransport, str, str], Awaitable[None]]
+from tests.unit import server_double
+from tests.unit.server_double import Scenario, assert_no_pods_left
 
 
 def serve(paths: PodbayPaths, scenario: Scenario) -> None:
-    registry = Registry(paths.state / "server.db")
-    token_a, _ = registry.create_token("acme")
-    token_b, _ = registry.create_token("globex")
-
-    async def main() -> None:
-        platform = AsyncPlatform(paths, backends={"local": LocalProcessBackend()})
-        app = create_app(platform=platform)
-        async with app.router.lifespan_context(app):
-            await scenario(httpx.ASGITransport(app=app), token_a, token_b)
-
-    asyncio.run(main())
-    assert not paths.pods.exists() or list(paths.pods.iterdir()) == [], "the shutdown destroys the pods"
+    server_double.serve(paths, scenario)
+    assert_no_pods_left(paths)
 
 
 def test_a_tenant_runs_commands_and_moves_files(paths: PodbayPaths) -> None:
-    async def scenario(transport: httpx.ASGITransport, token: str, _: str) -> None:
+    async def scenario(transport: httpx.ASGITransport, token: str, *_: object) -> None:
         async with AsyncClient("http://podbay", token, transport=transport) as client:
             pod = await client.create_agent(backend="local", env={"TASK": "refund"})
             result = await pod.exec(["sh", "-c", "echo $TASK; cat; echo oops >&2; exit 3"], stdin=b"in")
@@ -65,7 +50,7 @@ def test_a_tenant_runs_commands_and_moves_files(paths: PodbayPaths) -> None:
 
 
 def test_another_tenant_sees_nothing_and_bad_tokens_are_refused(paths: PodbayPaths) -> None:
-    async def scenario(transport: httpx.ASGITransport, token_a: str, token_b: str) -> None:
+    async def scenario(transport: httpx.ASGITransport, token_a: str, token_b: str, *_: object) -> None:
         async with (
             AsyncClient("http://podbay", token_a, transport=transport) as a,
             AsyncClient("http://podbay", token_b, transport=transport) as b,
@@ -87,7 +72,7 @@ def test_another_tenant_sees_nothing_and_bad_tokens_are_refused(paths: PodbayPat
 
 
 def test_bad_requests_answer_in_the_error_shape(paths: PodbayPaths) -> None:
-    async def scenario(transport: httpx.ASGITransport, token: str, _: str) -> None:
+    async def scenario(transport: httpx.ASGITransport, token: str, *_: object) -> None:
         headers = {"Authorization": f"Bearer {token}"}
         async with httpx.AsyncClient(transport=transport, base_url="http://podbay", headers=headers) as raw:
             for body, field in [
@@ -122,7 +107,7 @@ def test_the_registry_lives_in_the_state_root(paths: PodbayPaths) -> None:
 
 
 def test_hostile_bodies_are_refused_with_4xx_never_500(paths: PodbayPaths) -> None:
-    async def scenario(transport: httpx.ASGITransport, token: str, _: str) -> None:
+    async def scenario(transport: httpx.ASGITransport, token: str, *_: object) -> None:
         headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
         async with httpx.AsyncClient(transport=transport, base_url="http://podbay", headers=headers) as raw:
             for body in [
@@ -141,7 +126,7 @@ def test_hostile_bodies_are_refused_with_4xx_never_500(paths: PodbayPaths) -> No
 
 
 def test_a_pod_times_out_over_the_api(paths: PodbayPaths) -> None:
-    async def scenario(transport: httpx.ASGITransport, token_a: str, token_b: str) -> None:
+    async def scenario(transport: httpx.ASGITransport, token_a: str, token_b: str, *_: object) -> None:
         async with (
             AsyncClient("http://podbay", token_a, transport=transport) as a,
             AsyncClient("http://podbay", token_b, transport=transport) as b,

@@ -9,34 +9,14 @@ import logging
 import os
 import re
 import signal
-from collections.abc import Awaitable, Callable
 
 import httpx
 import pytest
 
 from podbay import AsyncClient, NotFound
-from podbay.isolation.fake import LocalProcessBackend
 from podbay.paths import PodbayPaths
-from podbay.platform import AsyncPlatform
-from podbay.server import create_app
 from podbay.server.observability import JsonFormatter, request_id_of
-from podbay.server.registry import Registry
-
-Scenario = Callable[[httpx.ASGITransport, str, str], Awaitable[None]]
-
-
-def serve(paths: PodbayPaths, scenario: Scenario, client: tuple[str, int] = ("127.0.0.1", 123)) -> None:
-    registry = Registry(paths.state / "server.db")
-    token_a, _ = registry.create_token("acme")
-    token_b, _ = registry.create_token("globex")
-
-    async def main() -> None:
-        platform = AsyncPlatform(paths, backends={"local": LocalProcessBackend()})
-        app = create_app(platform=platform)
-        async with app.router.lifespan_context(app):
-            await scenario(httpx.ASGITransport(app=app, client=client), token_a, token_b)
-
-    asyncio.run(main())
+from tests.unit.server_double import local_app, serve
 
 
 def samples(text: str) -> dict[str, float]:
@@ -50,7 +30,7 @@ def samples(text: str) -> dict[str, float]:
 
 
 def test_a_tenant_reads_its_pods_records_live_and_ended_and_no_one_elses(paths: PodbayPaths) -> None:
-    async def scenario(transport: httpx.ASGITransport, token_a: str, token_b: str) -> None:
+    async def scenario(transport: httpx.ASGITransport, token_a: str, token_b: str, *_: object) -> None:
         async with (
             AsyncClient("http://podbay", token_a, transport=transport) as a,
             AsyncClient("http://podbay", token_b, transport=transport) as b,
@@ -81,7 +61,7 @@ def test_a_tenant_reads_its_pods_records_live_and_ended_and_no_one_elses(paths: 
 
 
 def test_a_pod_whose_sandbox_dies_has_a_postmortem_over_the_api(paths: PodbayPaths) -> None:
-    async def scenario(transport: httpx.ASGITransport, token: str, _: str) -> None:
+    async def scenario(transport: httpx.ASGITransport, token: str, *_: object) -> None:
         async with AsyncClient("http://podbay", token, transport=transport) as client:
             pod = await client.create_agent(backend="local")
             platform = transport.app.state.service.platform  # type: ignore[attr-defined]
@@ -106,7 +86,7 @@ def test_metrics_count_requests_pods_and_errors_without_tenant_labels(
 ) -> None:
     monkeypatch.delenv("PODBAY_METRICS_TOKEN", raising=False)
 
-    async def scenario(transport: httpx.ASGITransport, token: str, _: str) -> None:
+    async def scenario(transport: httpx.ASGITransport, token: str, *_: object) -> None:
         async with AsyncClient("http://podbay", token, transport=transport) as client:
             pod = await client.create_agent(backend="local")
             await client.create_agent(backend="local", timeout_s=3600)
@@ -135,7 +115,7 @@ def test_metrics_are_hidden_from_remote_clients_unless_they_hold_the_metrics_tok
 ) -> None:
     monkeypatch.delenv("PODBAY_METRICS_TOKEN", raising=False)
 
-    async def remote(transport: httpx.ASGITransport, token: str, _: str) -> None:
+    async def remote(transport: httpx.ASGITransport, token: str, *_: object) -> None:
         async with httpx.AsyncClient(transport=transport, base_url="http://podbay") as raw:
             for headers in ({}, {"Authorization": f"Bearer {token}"}):  # a tenant's token is not enough
                 answer = await raw.get("/metrics", headers=headers)
@@ -144,7 +124,7 @@ def test_metrics_are_hidden_from_remote_clients_unless_they_hold_the_metrics_tok
     serve(paths, remote, client=("203.0.113.9", 4000))
     monkeypatch.setenv("PODBAY_METRICS_TOKEN", "scrape-me")
 
-    async def with_token(transport: httpx.ASGITransport, *_: str) -> None:
+    async def with_token(transport: httpx.ASGITransport, *_: object) -> None:
         async with httpx.AsyncClient(transport=transport, base_url="http://podbay") as raw:
             assert (await raw.get("/metrics", headers={"Authorization": "Bearer wrong"})).status_code == 404
             answer = await raw.get("/metrics", headers={"Authorization": "Bearer scrape-me"})
@@ -154,7 +134,7 @@ def test_metrics_are_hidden_from_remote_clients_unless_they_hold_the_metrics_tok
 
 
 def test_every_response_carries_a_request_id(paths: PodbayPaths) -> None:
-    async def scenario(transport: httpx.ASGITransport, token: str, _: str) -> None:
+    async def scenario(transport: httpx.ASGITransport, token: str, *_: object) -> None:
         auth = {"Authorization": f"Bearer {token}"}
         async with httpx.AsyncClient(transport=transport, base_url="http://podbay") as raw:
             made = (await raw.get("/healthz")).headers["X-Request-Id"]
@@ -178,7 +158,7 @@ def test_requests_and_pod_events_are_logged_with_request_tenant_and_pod_ids(
     caplog.set_level(logging.INFO, logger="podbay")
     created: list[str] = []
 
-    async def scenario(transport: httpx.ASGITransport, token: str, _: str) -> None:
+    async def scenario(transport: httpx.ASGITransport, token: str, *_: object) -> None:
         async with AsyncClient("http://podbay", token, transport=transport) as client:
             created.append((await client.create_agent(backend="local")).id)
 
@@ -196,7 +176,7 @@ def test_requests_and_pod_events_are_logged_with_request_tenant_and_pod_ids(
 
 def test_an_unexpected_failure_answers_500_with_its_request_id_and_is_counted(paths: PodbayPaths) -> None:
     async def main() -> None:
-        app = create_app(platform=AsyncPlatform(paths, backends={"local": LocalProcessBackend()}))
+        app = local_app(paths)
 
         async def broken() -> None:
             raise RuntimeError("a bug")
@@ -221,7 +201,7 @@ def test_what_the_platform_does_by_itself_is_logged_without_a_stale_request_id(
 ) -> None:
     caplog.set_level(logging.INFO, logger="podbay")
 
-    async def scenario(transport: httpx.ASGITransport, token: str, _: str) -> None:
+    async def scenario(transport: httpx.ASGITransport, token: str, *_: object) -> None:
         async with AsyncClient("http://podbay", token, transport=transport) as client:
             pod = await client.create_agent(backend="local", timeout_s=0.2)  # the create arms the timer
             for _ in range(400):

@@ -6,18 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
 from collections.abc import Awaitable, Callable
 
 import pytest
-import uvicorn
 
 from podbay import AsyncClient, Conflict, InvalidSpec, NotFound, PodbayError
-from podbay.isolation.fake import LocalProcessBackend
 from podbay.paths import PodbayPaths
-from podbay.platform import AsyncPlatform
-from podbay.server import create_app
 from podbay.server.registry import Registry
+from tests.unit.server_double import assert_no_pods_left, loopback_server
 
 Scenario = Callable[[str, str, str], Awaitable[None]]
 
@@ -28,27 +24,21 @@ def serve(paths: PodbayPaths, scenario: Scenario) -> None:
     registry = Registry(paths.state / "server.db")
     token_a, _ = registry.create_token("acme")
     token_b, _ = registry.create_token("globex")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
 
     async def main() -> None:
-        platform = AsyncPlatform(paths, backends={"local": LocalProcessBackend()})
-        config = uvicorn.Config(create_app(platform=platform), host="127.0.0.1", port=port, log_level="warning")
-        server = uvicorn.Server(config)
-        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        server, url = loopback_server(paths)
         running = asyncio.create_task(server.serve())
         while not server.started:
             assert not running.done(), "the server did not start"
             await asyncio.sleep(0.01)
         try:
-            await asyncio.wait_for(scenario(f"http://127.0.0.1:{port}", token_a, token_b), 60)
+            await asyncio.wait_for(scenario(url, token_a, token_b), 60)
         finally:
             server.should_exit = True
             await running
 
     asyncio.run(main())
-    assert not paths.pods.exists() or list(paths.pods.iterdir()) == [], "the shutdown destroys the pods"
+    assert_no_pods_left(paths)
 
 
 def test_stdin_reaches_a_long_running_cat_until_eof(paths: PodbayPaths) -> None:

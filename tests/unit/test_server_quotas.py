@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
 
 import httpx
 import pytest
@@ -13,38 +12,10 @@ from typer.testing import CliRunner
 
 from podbay import AsyncClient, QuotaExceeded
 from podbay.cli.main import app as cli
-from podbay.isolation.fake import LocalProcessBackend
 from podbay.paths import PodbayPaths
-from podbay.platform import AsyncPlatform
-from podbay.server import create_app
 from podbay.server.registry import Registry
 from podbay.server.service import Service
-
-Scenario = Callable[[httpx.ASGITransport, str, str, Registry], Awaitable[None]]
-LOCAL = {"backend": "local"}
-
-
-def serve(paths: PodbayPaths, scenario: Scenario) -> None:
-    registry = Registry(paths.state / "server.db")  # the operator's: `podbay quotas` from another process
-    token_a, _ = registry.create_token("acme")
-    token_b, _ = registry.create_token("globex")
-
-    async def main() -> None:
-        platform = AsyncPlatform(paths, backends={"local": LocalProcessBackend()})
-        app = create_app(platform=platform)
-        async with app.router.lifespan_context(app):
-            await scenario(httpx.ASGITransport(app=app), token_a, token_b, registry)
-
-    try:
-        asyncio.run(main())
-    finally:
-        registry.close()
-
-
-def raw(transport: httpx.ASGITransport, token: str) -> httpx.AsyncClient:
-    return httpx.AsyncClient(
-        transport=transport, base_url="http://podbay", headers={"Authorization": f"Bearer {token}"}
-    )
+from tests.unit.server_double import LOCAL, raw, serve
 
 
 def refused(answer: httpx.Response, text: str) -> None:

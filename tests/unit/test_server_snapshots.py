@@ -14,7 +14,7 @@ from podbay import AsyncClient, NotFound
 from podbay.isolation.qemu.snapshot import SNAPSHOT_FORMAT
 from podbay.paths import PodbayPaths
 from podbay.server.registry import Registry
-from tests.unit.test_server_volumes import LOCAL, raw, serve
+from tests.unit.server_double import LOCAL, raw, serve
 
 
 def saved(paths: PodbayPaths, name: str, tenant: str, registry: Registry) -> Path:

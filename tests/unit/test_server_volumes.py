@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,36 +15,9 @@ import pytest
 from podbay import AsyncClient, Conflict, HostError, InvalidSpec, NotFound, QuotaExceeded
 from podbay.isolation.fake import LocalProcessBackend
 from podbay.paths import PodbayPaths
-from podbay.platform import AsyncPlatform
-from podbay.server import create_app
 from podbay.server.redact import _HOST_IDS, HIDDEN_PATH, Redactor
 from podbay.server.registry import HOST_VOLUME_PREFIX, Registry
-
-Scenario = Callable[[httpx.ASGITransport, str, str, Registry], Awaitable[None]]
-LOCAL = {"backend": "local"}
-
-
-def serve(paths: PodbayPaths, scenario: Scenario) -> None:
-    registry = Registry(paths.state / "server.db")
-    token_a, _ = registry.create_token("acme")
-    token_b, _ = registry.create_token("globex")
-
-    async def main() -> None:
-        platform = AsyncPlatform(paths, backends={"local": LocalProcessBackend()})
-        app = create_app(platform=platform)
-        async with app.router.lifespan_context(app):
-            await scenario(httpx.ASGITransport(app=app), token_a, token_b, registry)
-
-    try:
-        asyncio.run(main())
-    finally:
-        registry.close()
-
-
-def raw(transport: httpx.ASGITransport, token: str) -> httpx.AsyncClient:
-    return httpx.AsyncClient(
-        transport=transport, base_url="http://podbay", headers={"Authorization": f"Bearer {token}"}
-    )
+from tests.unit.server_double import LOCAL, raw, serve
 
 
 def host_images(paths: PodbayPaths) -> list[str]:

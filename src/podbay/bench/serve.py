@@ -28,15 +28,16 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import httpx
 
 from podbay.bench.create import percentile
 from podbay.errors import HostError, InvalidSpec
 from podbay.paths import PodbayPaths
-from podbay.platform import AsyncPlatform
+from podbay.platform import AsyncPlatform, AsyncPod
 from podbay.sdk import AsyncClient
+from podbay.sdk.client import AsyncRemotePod
 
 FILL_TIMEOUT_S = 600.0  # PUT /admin/pools waits at most this long
 PODBAY = [sys.executable, "-m", "podbay.cli"]
@@ -77,6 +78,29 @@ async def _levels(levels: tuple[int, ...], claims: int, claim: Claim, refill: Ca
     return results
 
 
+class _Claimed(Protocol):
+    async def exec(self, argv: list[str], /) -> object: ...
+    async def destroy(self) -> None: ...
+
+
+ClaimedPod = TypeVar("ClaimedPod", bound=_Claimed)
+
+
+async def _timed_claim(
+    create: Callable[[], Awaitable[ClaimedPod]], origin: Callable[[ClaimedPod], Awaitable[str]]
+) -> tuple[float, str]:
+    """One claim, embedded or served: the milliseconds from asking for a pod to its first exec's end, and the
+    pod's origin (asked after the clock stops); the pod is destroyed after."""
+    started = time.perf_counter()
+    pod = await create()
+    try:
+        await pod.exec(["true"])
+        elapsed = (time.perf_counter() - started) * 1000
+        return elapsed, await origin(pod)
+    finally:
+        await pod.destroy()
+
+
 async def _concurrently(clients: int, total: int, claim: Claim) -> list[tuple[float, str]]:
     """`total` claims made by `clients` concurrent clients, each taking the next claim when its last is done."""
     queue = iter(range(total))
@@ -96,14 +120,11 @@ async def _embedded(
     with tempfile.TemporaryDirectory(prefix="podbay-bench-serve-") as state:
         async with AsyncPlatform(PodbayPaths(cache=paths.cache, state=Path(state))) as platform:
 
+            async def origin(pod: AsyncPod) -> str:
+                return pod.origin.value
+
             async def claim() -> tuple[float, str]:
-                started = time.perf_counter()
-                pod = await platform.create_agent(backend=backend)
-                try:
-                    await pod.exec(["true"])
-                    return (time.perf_counter() - started) * 1000, pod.origin.value
-                finally:
-                    await pod.destroy()
+                return await _timed_claim(lambda: platform.create_agent(backend=backend), origin)
 
             async def refill() -> None:
                 await platform.pools.ensure(size, backend=backend, wait=FILL_TIMEOUT_S)
@@ -156,16 +177,12 @@ async def _remote(
     pick = iter(range(10**9))
     try:
 
+        async def origin(pod: AsyncRemotePod) -> str:
+            return str((await pod.info()).origin)
+
         async def claim() -> tuple[float, str]:
             client = clients[next(pick) % len(clients)]
-            started = time.perf_counter()
-            pod = await client.create_agent(backend=backend)
-            try:
-                await pod.exec(["true"])
-                elapsed = (time.perf_counter() - started) * 1000
-                return elapsed, str((await pod.info()).origin)
-            finally:
-                await pod.destroy()
+            return await _timed_claim(lambda: client.create_agent(backend=backend), origin)
 
         async def refill() -> None:
             await admin.admin.ensure_pool(size, backend=backend, wait_s=FILL_TIMEOUT_S)

@@ -15,9 +15,9 @@ import typer
 from rich.table import Table
 
 from podbay.channel import check_timeout
-from podbay.cli.common import console, errors, reported_errors
-from podbay.cli.remote import PodHost, ServerOption, TokenOption, run_streamed, server_host
-from podbay.cli.run import parse_env, writer
+from podbay.cli.common import console, reported_errors
+from podbay.cli.remote import PodHost, ServerOption, TokenOption, server_host
+from podbay.cli.run import exit_with, parse_env, stream_to_terminal
 from podbay.models import PodInfo, PodSpec
 
 files = typer.Typer(no_args_is_help=True, help="Files in a pod on a server: get, put, ls.")
@@ -108,19 +108,10 @@ def exec_(
     with reported_errors():
         check_timeout(timeout, "--timeout")
     with _session("exec", server, token) as host:
-        result = run_streamed(
-            host.get(pod_id),
-            command,
-            env=environment,
-            cwd=cwd,
-            stdin=sys.stdin.buffer if interactive else None,
-            timeout=timeout,
-            on_stdout=writer(sys.stdout.buffer),
-            on_stderr=writer(sys.stderr.buffer),
+        result = stream_to_terminal(
+            host.get(pod_id), command, env=environment, cwd=cwd, interactive=interactive, timeout=timeout
         )
-    if result.timed_out:
-        errors.print(f"podbay: the command timed out after {timeout} s and was killed")
-    raise typer.Exit(result.exit_code)
+    exit_with(result, timeout)
 
 
 def pause(

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import BinaryIO
+from typing import BinaryIO, NoReturn
 
 import typer
 
 from podbay.channel import check_timeout
 from podbay.cli.common import errors, reported_errors
-from podbay.cli.remote import ServerOption, TokenOption, open_host, run_streamed
-from podbay.models import PodSpec
+from podbay.cli.remote import CliPod, ServerOption, TokenOption, open_host, run_streamed
+from podbay.models import ExecResult, PodSpec
 
 
 def run(
@@ -57,20 +57,38 @@ def run(
         try:
             pod = host.create(spec) if spec is not None else host.restore(str(from_snapshot))
             try:
-                result = run_streamed(
-                    pod,
-                    command,
-                    env=None,
-                    cwd=None,
-                    stdin=sys.stdin.buffer if interactive else None,
-                    timeout=timeout,
-                    on_stdout=writer(sys.stdout.buffer),
-                    on_stderr=writer(sys.stderr.buffer),
-                )
+                result = stream_to_terminal(pod, command, env=None, cwd=None, interactive=interactive, timeout=timeout)
             finally:
                 pod.destroy()
         finally:
             host.close()
+    exit_with(result, timeout)
+
+
+def stream_to_terminal(
+    pod: CliPod,
+    command: list[str],
+    *,
+    env: dict[str, str] | None,
+    cwd: str | None,
+    interactive: bool,
+    timeout: float | None,
+) -> ExecResult:
+    """Run `command` in `pod` with its output streaming to ours (and, `interactive`, our stdin to it)."""
+    return run_streamed(
+        pod,
+        command,
+        env=env,
+        cwd=cwd,
+        stdin=sys.stdin.buffer if interactive else None,
+        timeout=timeout,
+        on_stdout=writer(sys.stdout.buffer),
+        on_stderr=writer(sys.stderr.buffer),
+    )
+
+
+def exit_with(result: ExecResult, timeout: float | None) -> NoReturn:
+    """Exit with the command's status, saying so first when the timeout killed it."""
     if result.timed_out:
         errors.print(f"podbay: the command timed out after {timeout} s and was killed")
     raise typer.Exit(result.exit_code)

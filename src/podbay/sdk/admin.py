@@ -5,13 +5,23 @@ with an admin token (`podbay tokens create --admin`); a tenant's token gets Forb
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict, Unpack
 
 from podbay.sync import _Loop
 from podbay.tenancy import NewToken, PoolStatus, QuotaInfo, TenantInfo, TokenInfo
 
 if TYPE_CHECKING:
     from podbay.sdk.client import AsyncClient
+
+
+class PoolFields(TypedDict, total=False):
+    """AsyncAdmin.ensure_pool's keywords, for the blocking one's `**shape` (the defaults are the async one's)."""
+
+    backend: str
+    vcpus: int
+    memory_mib: int
+    disk_mib: int
+    wait_s: float | None
 
 
 class AsyncAdmin:
@@ -119,18 +129,5 @@ class Admin:
     def pools(self) -> list[PoolStatus]:
         return self._loop.run(self._admin.pools())
 
-    def ensure_pool(
-        self,
-        size: int,
-        *,
-        backend: str = "qemu",
-        vcpus: int = 1,
-        memory_mib: int = 256,
-        disk_mib: int = 1024,
-        wait_s: float | None = None,
-    ) -> PoolStatus:
-        return self._loop.run(
-            self._admin.ensure_pool(
-                size, backend=backend, vcpus=vcpus, memory_mib=memory_mib, disk_mib=disk_mib, wait_s=wait_s
-            )
-        )
+    def ensure_pool(self, size: int, **shape: Unpack[PoolFields]) -> PoolStatus:
+        return self._loop.run(self._admin.ensure_pool(size, **shape))
