@@ -13,15 +13,13 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import time
 
-import httpx
 import pytest
 
 from podbay.paths import PodbayPaths
 
 from .conftest import assert_nothing_left, cli_env
-from .test_server import PODBAY, START_TIMEOUT_S, fastest_backend, free_port
+from .test_server import PODBAY, fastest_backend, free_port, wait_until_serving
 
 pytestmark = pytest.mark.integration
 
@@ -44,16 +42,7 @@ def test_the_cli_story_against_a_real_server(vm_paths: PodbayPaths) -> None:
     )
     remote = {**cli_env(vm_paths), "PODBAY_SERVER": f"http://127.0.0.1:{port}", "PODBAY_TOKEN": made.stdout.strip()}
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            assert server.poll() is None, (vm_paths.state / "serve.log").read_text()
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "podbay serve did not answer in time"
-            time.sleep(0.2)
+        wait_until_serving(f"http://127.0.0.1:{port}", server, vm_paths.state / "serve.log")
         backend = fastest_backend(vm_paths)
 
         ran = podbay("run", "--backend", backend, "--", "python3", "-c", "print(42)", env=remote)

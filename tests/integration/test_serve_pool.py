@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from podbay import Client
 from podbay.paths import PodbayPaths
 
 from .conftest import assert_nothing_left, cli_env
-from .test_server import PODBAY, START_TIMEOUT_S, fastest_backend, free_port, podbay
+from .test_server import PODBAY, fastest_backend, free_port, podbay, wait_until_serving
 
 pytestmark = pytest.mark.integration
 FILL_WAIT_S = 300.0
@@ -37,16 +35,7 @@ def test_serve_warms_its_pool_from_the_start(tmp_path: Path) -> None:
             stderr=subprocess.STDOUT,
         )
         try:
-            deadline = time.monotonic() + START_TIMEOUT_S
-            while True:
-                assert server.poll() is None, log_path.read_text()
-                try:
-                    if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, "podbay serve did not answer in time"
-                time.sleep(0.2)
+            wait_until_serving(url, server, log_path)
             with Client(url, admin_token, timeout=FILL_WAIT_S + 30) as admin:
                 (pool,) = admin.admin.pools()
                 assert (pool.size, pool.shape.backend) == (1, backend), "asked for at the start, by no request"

@@ -54,6 +54,20 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def wait_until_serving(url: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
+    """Return once the `podbay serve` at `url` answers /healthz; fail with its log if it exits first."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        assert process.poll() is None, log_path.read_text()
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "podbay serve did not answer in time"
+        time.sleep(0.2)
+
+
 def fastest_backend(paths: PodbayPaths) -> str:
     runc = default_backends(paths)["runc"].availability()
     return "runc" if runc.available else "qemu"
@@ -73,16 +87,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         stderr=subprocess.STDOUT,
     )
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            assert process.poll() is None, (paths.state / "serve.log").read_text()
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "podbay serve did not answer in time"
-            time.sleep(0.2)
+        wait_until_serving(url, process, paths.state / "serve.log")
         yield Server(url, paths, token_a, token_b, fastest_backend(paths), process)
     finally:
         process.send_signal(signal.SIGTERM)
