@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 
 import pytest
@@ -19,7 +18,7 @@ import pytest
 from podbay.paths import PodbayPaths
 
 from .conftest import assert_nothing_left, cli_env
-from .test_server import PODBAY, fastest_backend, free_port, wait_until_serving
+from .test_server import PODBAY, fastest_backend, free_port, stop_serving, wait_until_serving
 
 pytestmark = pytest.mark.integration
 
@@ -68,12 +67,9 @@ def test_the_cli_story_against_a_real_server(vm_paths: PodbayPaths) -> None:
         other = podbay("usage", "--tenant", "globex", env=remote)
         assert other.returncode == 2 and "acme" in other.stderr, "the token speaks for acme only"
     finally:
-        server.send_signal(signal.SIGTERM)
         try:
-            server.wait(timeout=120)
+            stop_serving(server)
         finally:
-            if server.poll() is None:
-                server.kill()
             log.close()
     assert "Traceback" not in (vm_paths.state / "serve.log").read_text()
     assert_nothing_left(vm_paths)

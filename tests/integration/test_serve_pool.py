@@ -3,7 +3,6 @@ with the CLI sees it), and a tenant's first pod of that shape is claimed from it
 
 from __future__ import annotations
 
-import signal
 import subprocess
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from podbay import Client
 from podbay.paths import PodbayPaths
 
 from .conftest import assert_nothing_left, cli_env
-from .test_server import PODBAY, fastest_backend, free_port, podbay, wait_until_serving
+from .test_server import PODBAY, fastest_backend, free_port, podbay, stop_serving, wait_until_serving
 
 pytestmark = pytest.mark.integration
 FILL_WAIT_S = 300.0
@@ -46,11 +45,6 @@ def test_serve_warms_its_pool_from_the_start(tmp_path: Path) -> None:
                 assert pod.exec(["echo", "warm"]).stdout == "warm\n"
                 pod.destroy()
         finally:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(timeout=120)
-            finally:
-                if server.poll() is None:
-                    server.kill()
+            stop_serving(server)
     assert "Traceback" not in log_path.read_text()
     assert_nothing_left(paths)

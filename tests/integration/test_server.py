@@ -68,6 +68,16 @@ def wait_until_serving(url: str, process: subprocess.Popen[bytes], log_path: Pat
         time.sleep(0.2)
 
 
+def stop_serving(process: subprocess.Popen[bytes]) -> None:
+    """A graceful stop (SIGTERM); killed if it has not exited in 120 s (the wait's timeout fails the test)."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
 def fastest_backend(paths: PodbayPaths) -> str:
     runc = default_backends(paths)["runc"].availability()
     return "runc" if runc.available else "qemu"
@@ -90,12 +100,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         wait_until_serving(url, process, paths.state / "serve.log")
         yield Server(url, paths, token_a, token_b, fastest_backend(paths), process)
     finally:
-        process.send_signal(signal.SIGTERM)
         try:
-            process.wait(timeout=120)
+            stop_serving(process)
         finally:
-            if process.poll() is None:
-                process.kill()
             log.close()
     output = (paths.state / "serve.log").read_text()
     assert "Traceback" not in output, output

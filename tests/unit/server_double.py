@@ -27,7 +27,7 @@ Scenario = Callable[[httpx.ASGITransport, str, str, Registry], Awaitable[None]]
 
 
 def local_app(paths: PodbayPaths) -> FastAPI:
-    """The app over a platform whose only backend is the test double; made in the event loop that serves it."""
+    """The app over a platform whose only backend is the test double."""
     return create_app(platform=AsyncPlatform(paths, backends={"local": LocalProcessBackend()}))
 
 

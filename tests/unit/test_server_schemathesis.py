@@ -24,11 +24,9 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from podbay.isolation.fake import LocalProcessBackend
 from podbay.paths import PodbayPaths
-from podbay.platform import AsyncPlatform
-from podbay.server import create_app
 from podbay.server.registry import Registry
+from tests.unit.server_double import assert_no_pods_left, local_app
 
 COMMITTED = Path(__file__).resolve().parents[2] / "docs" / "openapi.json"
 # Operations also sent, every other time, to a pod that exists (not exec or files: the test double runs
@@ -55,12 +53,12 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FastAPI, 
     token, _ = registry.create_token("acme")
     admin_token, _ = registry.create_admin_token()
     registry.close()
-    app = create_app(platform=AsyncPlatform(paths, backends={"local": LocalProcessBackend()}))
+    app = local_app(paths)
     with get_client(app):  # starts the app's lifespan on schemathesis's own event loop, until shutdown_lifespans
         pass
     yield app, token, admin_token
     shutdown_lifespans()  # the app's shutdown: its pods are destroyed, its platform closed
-    assert not paths.pods.exists() or list(paths.pods.iterdir()) == [], "the shutdown destroys the pods"
+    assert_no_pods_left(paths)
 
 
 @schema.parametrize()
