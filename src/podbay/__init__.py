@@ -33,7 +33,7 @@ from podbay.models import (
     SnapshotInfo,
 )
 from podbay.paths import PodbayPaths
-from podbay.platform import AsyncFiles, AsyncPlatform, AsyncPod
+from podbay.platform import AsyncFiles, AsyncPlatform, AsyncPod, Recovery
 from podbay.pool.pools import AsyncPools
 from podbay.pool.warm import Percentiles, PoolReport, PoolShape
 from podbay.sdk import AsyncClient, AsyncRemotePod, Client, RemotePod
@@ -78,6 +78,7 @@ __all__ = [
     "PriceTable",
     "Process",
     "QuotaExceeded",
+    "Recovery",
     "RemotePod",
     "SandboxInfo",
     "SnapshotInfo",

@@ -11,14 +11,17 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from podbay.channel import GuestChannel, GuestProcess, OutputCallback, guest_answer
 from podbay.errors import (
     BackendUnavailable,
     Conflict,
+    GuestError,
     InvalidSpec,
     NotFound,
     PodbayError,
@@ -27,7 +30,16 @@ from podbay.errors import (
     errors_name_the_pod,
 )
 from podbay.guest.protocol import MAX_PAYLOAD
-from podbay.isolation.base import Availability, Backend, PodAssignment, Sandbox, SandboxConfig
+from podbay.isolation.base import (
+    Availability,
+    Backend,
+    PodAssignment,
+    ReattachableBackend,
+    ReattachableSandbox,
+    Sandbox,
+    SandboxConfig,
+    VolumeAttachment,
+)
 from podbay.isolation.qemu.snapshot import SnapshotSandbox, save_snapshot, start_from_snapshot
 from podbay.isolation.qemu.snapshot import fork as fork_pod
 from podbay.isolation.registry import default_backends
@@ -37,7 +49,8 @@ from podbay.models import MAX_TIMEOUT_S, ExecResult, FileEntry, Phase, PodInfo, 
 from podbay.paths import PodbayPaths
 from podbay.pool.factory import Origin, PoolClaim, SandboxFactory, Start, require
 from podbay.pool.pools import AsyncPools, Pools, shape_of
-from podbay.rundir import RunDir, read_owner, remove_run_dir
+from podbay.records import PodRecord, VolumeRecord, read_record, write_record
+from podbay.rundir import RunDir, owner_alive, read_owner, remove_run_dir
 from podbay.snapshots import SnapshotStore, describe, load_snapshot
 from podbay.state.base import StateLease, StateProvider
 from podbay.state.sqlite import SqliteProvider
@@ -244,6 +257,7 @@ class AsyncPod:
         await self.sandbox.pause()
         self._state = PodState.PAUSED
         self._meter.pause()
+        self._platform._save_record(self)
 
     async def resume(self) -> None:
         if self._state is not PodState.PAUSED:
@@ -251,6 +265,7 @@ class AsyncPod:
         await self.sandbox.resume()
         self._state = PodState.RUNNING
         self._meter.resume()
+        self._platform._save_record(self)
 
     async def snapshot(self, name: str) -> SnapshotInfo:
         """Save this running pod as `name`: its memory, writable layer and database volume, quiesced together
@@ -306,6 +321,14 @@ class AsyncPod:
             self._ended_reason = reason
             self._meter.stop(database_bytes)
             self._platform._ended_usage(self)
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What `AsyncPlatform.recover` took over, and what it could not (pod id -> why; those were torn down)."""
+
+    adopted: list[AsyncPod]
+    lost: dict[str, str]
 
 
 class AsyncPlatform:
@@ -458,10 +481,21 @@ class AsyncPlatform:
         self._register(pod)
         return pod
 
+    async def _stop_timers(self) -> None:
+        """Stop the reaper and the timeout timer; wait for the expiries under way (teardowns are not cut short)."""
+        for task in (self._reaper, self._timer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        await asyncio.gather(*list(self._expiring), return_exceptions=True)
+
     def _register(self, pod: AsyncPod) -> None:
         self._pods[pod.id] = pod
         if pod.spec.timeout_s is not None:
-            self._arm(pod, pod.spec.timeout_s)
+            self._arm(pod, pod.spec.timeout_s)  # writes its record
+        else:
+            self._save_record(pod)
 
     def _arm(self, pod: AsyncPod, timeout_s: float) -> None:
         """Set `pod` to be destroyed `timeout_s` from now, and wake the timer to wait for the nearest deadline."""
@@ -470,6 +504,50 @@ class AsyncPlatform:
         if self._timer is None or self._timer.done():
             self._timer = asyncio.create_task(self._expire_pods())
         self._timer_wake.set()
+        self._save_record(pod)
+
+    def _save_record(self, pod: AsyncPod) -> None:
+        """Write the pod's durable record (podbay.records), which a later process re-adopts it from. A pod whose
+        record cannot be written runs on, but would not survive this process: that is logged."""
+        try:
+            write_record(pod._run_dir.path, self._record_of(pod))
+        except OSError as exc:
+            log.warning("pod %s: its record cannot be written, it will not survive a restart: %s", pod.id, exc)
+
+    def _record_of(self, pod: AsyncPod) -> PodRecord:
+        backend = self.backends.get(pod.spec.backend)
+        sandbox: dict[str, Any] = {}
+        if backend is not None and backend.capabilities.reattach:
+            sandbox = cast(ReattachableSandbox, pod.sandbox).record()
+        lease, usage = pod._lease, pod.usage()
+        volume = None
+        if lease is not None and lease.volumes and lease.volume_name is not None:
+            attached = lease.volumes[0]
+            volume = VolumeRecord(
+                name=lease.volume_name,
+                image=str(attached.image),
+                target=attached.target,
+                ephemeral=lease.ephemeral,
+                db_url=lease.db_url,
+                env=lease.env,
+                provider=lease.provider,
+            )
+        return PodRecord(
+            pod_id=pod.id,
+            backend=pod.spec.backend,
+            spec=pod.spec,
+            origin=pod.origin.value,
+            created_at=self.wall_clock(pod._trace.origin),
+            metered_from=usage.started_at,
+            state=pod._state,
+            written_at=time.time(),
+            paused_s=usage.paused_s,
+            trace=list(pod._trace.phases),
+            timeout_s=pod._timeout_s,
+            deadline=None if pod._deadline is None else self.wall_clock(pod._deadline),
+            volume=volume,
+            sandbox=sandbox,
+        )
 
     async def _expire_pods(self) -> None:
         """The platform's one timer: destroy each pod whose deadline passed, then sleep until the nearest one
@@ -677,6 +755,126 @@ class AsyncPlatform:
         self.volumes.reap_anonymous(live)
         return reaped
 
+    async def recover(self, pod_ids: Iterable[str] | None = None) -> Recovery:
+        """Take over the pods an earlier process left running (it was restarted, or killed with SIGKILL).
+
+        Looks at the run directories whose owner is dead (all of them, or only `pod_ids`): a pod whose backend
+        can re-attach (`Capabilities.reattach`) is rebuilt from its record (podbay.records) and becomes this
+        platform's — its run directory names this process, its deadline is re-armed (one that passed meanwhile
+        destroys it now, as a timeout), its usage counts from its first hand-over. Every other one is torn down
+        and returned in `lost` with the reason, as is each of `pod_ids` that cannot be found. Call it before
+        the first create: it ends with the reaper's first round, which reaps whatever is left of dead owners.
+        """
+        wanted = None if pod_ids is None else set(pod_ids)
+        found = {path.name: path for path in self.paths.pods.glob("pod-*")} if self.paths.pods.exists() else {}
+        lost: dict[str, str] = {}
+        candidates = []
+        for name, run_dir in sorted(found.items()):
+            if (wanted is not None and name not in wanted) or name in self._pods:
+                continue
+            if owner_alive(read_owner(run_dir)):
+                if wanted is not None:
+                    lost[name] = "another running process controls it"
+                continue
+            candidates.append(run_dir)
+        for name in sorted((wanted or set()) - set(found) - set(self._pods)):
+            lost[name] = "its run directory is gone (the host restarted, or its sandbox was reaped)"
+        outcomes = await asyncio.gather(*(self._recover(run_dir, wanted is not None) for run_dir in candidates))
+        adopted = []
+        for run_dir, outcome in zip(candidates, outcomes, strict=True):
+            if isinstance(outcome, AsyncPod):
+                adopted.append(outcome)
+            elif outcome is not None:
+                lost[run_dir.name] = outcome
+        await self._reaped()
+        return Recovery(adopted, lost)
+
+    async def _recover(self, run_dir: Path, named: bool) -> AsyncPod | str | None:
+        """Re-adopt one orphaned pod: the pod, or why it could not be (it is torn down), or None for a run
+        directory without a record that nobody `named` (a pool member: the reaper's)."""
+        try:
+            record = read_record(run_dir)
+        except GuestError as exc:
+            return await self._abandon(run_dir, None, str(exc))
+        if record is None:
+            why = "it has no record: it was not handed over yet when its controller stopped"
+            return await self._abandon(run_dir, None, why) if named else None
+        backend = self.backends.get(record.backend)
+        if backend is None or not backend.capabilities.reattach:
+            why = f"its {record.backend} sandbox cannot outlive the process that ran it (its agent exits with it)"
+            return await self._abandon(run_dir, backend, why)
+        paused = record.state is PodState.PAUSED
+        try:
+            sandbox = await cast(ReattachableBackend, backend).reattach(run_dir, record.sandbox, paused=paused)
+        except PodbayError as exc:
+            return await self._abandon(run_dir, backend, f"it could not be re-attached: {exc}")
+        pod = self._revive(record, sandbox, RunDir.claim(run_dir, backend.name))
+        self._pods[pod.id] = pod
+        if record.deadline is None or record.timeout_s is None:
+            self._save_record(pod)
+            return pod
+        self._arm(pod, max(0.0, record.deadline - time.time()))
+        pod._timeout_s = record.timeout_s  # the reason names the timeout it was given, not what was left of it
+        if record.deadline > time.time():
+            self._save_record(pod)
+            return pod
+        pod._deadline, pod._expired = None, True  # it expired while no process held it: now, not by the timer
+        await self._expire(pod)
+        ended = pod._ended_reason if pod._state is PodState.DESTROYED else f"destroying it failed: {pod._error}"
+        return f"{ended} (it expired while no process held it)"
+
+    def _revive(self, record: PodRecord, sandbox: Sandbox, run_dir: RunDir) -> AsyncPod:
+        trace = Trace()
+        trace.origin = record.created_at - self._clock_offset
+        trace.phases = list(record.trace)
+        now = time.monotonic() - trace.origin
+        trace.phases.append(Phase(name="recover", start_s=now, end_s=now, detail="re-attached by a new controller"))
+        lease = None
+        if record.volume is not None:
+            volume = record.volume  # its lock is held by the VMM, which inherited it from the first controller
+            attachment = VolumeAttachment(name=volume.name, image=Path(volume.image), target=volume.target)
+            lease = StateLease(
+                volume.provider, volume.db_url, dict(volume.env), (attachment,), volume.name, volume.ephemeral
+            )
+        pod = AsyncPod(self, record.pod_id, record.spec, sandbox, lease, trace, run_dir, Origin(record.origin))
+        paused = record.state is PodState.PAUSED
+        if paused:
+            pod._state = PodState.PAUSED
+        paused_s = record.paused_s + (max(0.0, time.time() - record.written_at) if paused else 0.0)
+        pod._meter = Meter.resumed(self._clock, record.metered_from, paused_s, paused)
+        return pod
+
+    async def _abandon(self, run_dir: Path, backend: Backend | None, why: str) -> str:
+        """Tear down what is left of a pod that cannot be re-adopted; `why`, plus what failed if anything did
+        (the reaper then tries again: the run directory still names its dead owner)."""
+        try:
+            if backend is not None:
+                await backend.reap(run_dir)
+            else:
+                kill_processes_mentioning(run_dir)
+            remove_run_dir(run_dir)
+        except (PodbayError, OSError) as exc:
+            log.warning("could not reap %s: %s", run_dir.name, exc)
+            return f"{why}; reaping it failed, the reaper retries: {exc}"
+        return why
+
+    async def detach_all(self) -> list[str]:
+        """Hand this platform's running and paused pods over to a later process, which takes them over with
+        `recover()` (`podbay serve --keep-pods`): their records are written and their connections closed, and
+        they keep running, with their deadlines in their records. Pods whose backend cannot re-attach are left
+        here (close() destroys them). Returns the ids of the pods handed over."""
+        await self._stop_timers()
+        kept = []
+        for pod in list(self._pods.values()):
+            backend = self.backends.get(pod.spec.backend)
+            movable = backend is not None and backend.capabilities.reattach
+            if movable and pod._state in (PodState.RUNNING, PodState.PAUSED) and not pod._destroy_lock.locked():
+                self._save_record(pod)
+                await cast(ReattachableSandbox, pod.sandbox).detach()
+                self._pods.pop(pod.id)
+                kept.append(pod.id)
+        return kept
+
     async def _reap_periodically(self) -> None:
         while True:
             await asyncio.sleep(REAP_INTERVAL_S)
@@ -702,12 +900,7 @@ class AsyncPlatform:
 
     async def close(self) -> None:
         """Destroy every pod this platform still holds, and its warm pools' idle members."""
-        for task in (self._reaper, self._timer):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        await asyncio.gather(*list(self._expiring), return_exceptions=True)  # teardowns are not cut short
+        await self._stop_timers()
         await asyncio.gather(
             self._warm.close(),
             *(pod._destroy("the platform closed") for pod in list(self._pods.values())),
