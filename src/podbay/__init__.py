@@ -34,7 +34,7 @@ from podbay.models import (
     SnapshotInfo,
 )
 from podbay.paths import PodbayPaths
-from podbay.platform import AsyncFiles, AsyncPlatform, AsyncPod
+from podbay.platform import AsyncFiles, AsyncPlatform, AsyncPod, Recovery
 from podbay.pool.pools import AsyncPools
 from podbay.pool.warm import Percentiles, PoolReport, PoolShape
 from podbay.postmortem import ExecRecord, PodEvent, PostMortem, PostMortemStore
@@ -114,6 +114,7 @@ __all__ = [
     "ProcessInfo",
     "QuotaExceeded",
     "QuotaInfo",
+    "Recovery",
     "RemotePod",
     "RemoteProcess",
     "SandboxInfo",

@@ -160,6 +160,18 @@ class Meter:
         self._end: float | None = None
         self._database_bytes = 0
 
+    @classmethod
+    def resumed(cls, clock: Clock, wall_start: float, paused_s: float, paused: bool) -> Meter:
+        """A meter carried over from an earlier process (a pod re-adopted after a restart): it started at
+        `wall_start` (wall clock) and had been paused `paused_s` in all; `paused`: it is paused now."""
+        meter = cls(clock)
+        meter._start = meter._start - max(0.0, time.time() - wall_start)
+        meter._wall_start = wall_start
+        meter._paused_s = paused_s
+        if paused:
+            meter.pause()
+        return meter
+
     @property
     def stopped(self) -> bool:
         return self._end is not None

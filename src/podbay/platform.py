@@ -12,14 +12,17 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from podbay.channel import GuestChannel, GuestProcess, OutputCallback, guest_answer
 from podbay.errors import (
     BackendUnavailable,
     Conflict,
+    GuestError,
     InvalidSpec,
     NotFound,
     PodbayError,
@@ -28,7 +31,16 @@ from podbay.errors import (
     errors_name_the_pod,
 )
 from podbay.guest.protocol import MAX_PAYLOAD
-from podbay.isolation.base import Availability, Backend, PodAssignment, Sandbox, SandboxConfig
+from podbay.isolation.base import (
+    Availability,
+    Backend,
+    PodAssignment,
+    ReattachableBackend,
+    ReattachableSandbox,
+    Sandbox,
+    SandboxConfig,
+    VolumeAttachment,
+)
 from podbay.isolation.qemu.snapshot import SnapshotSandbox, save_snapshot, start_from_snapshot
 from podbay.isolation.qemu.snapshot import fork as fork_pod
 from podbay.isolation.registry import default_backends
@@ -42,7 +54,7 @@ from podbay.postmortem import (
     SNAPSHOT_PREFIX,
     ExecRecord,
     PodEvent,
-    PodRecord,
+    PodHistory,
     PostMortem,
     PostMortemStore,
     keep_orphan_postmortem,
@@ -50,7 +62,8 @@ from podbay.postmortem import (
     write_card,
 )
 from podbay.postmortem import spec_without_secrets as _spec_without_secrets
-from podbay.rundir import RunDir, read_owner, remove_run_dir
+from podbay.records import PodRecord, VolumeRecord, read_record, write_record
+from podbay.rundir import RunDir, owner_alive, read_owner, remove_run_dir
 from podbay.snapshots import SnapshotStore, describe, load_snapshot
 from podbay.state.base import StateLease, StateProvider
 from podbay.state.sqlite import SqliteProvider
@@ -157,7 +170,7 @@ class AsyncPod:
         self._ended_reason: str | None = None
         self._error: str | None = None
         self._meter = Meter(platform._clock)  # see podbay.metering: from the hand-over to a teardown that succeeds
-        self.record = PodRecord(pod_id, platform._emit)  # events and exec history (podbay.postmortem)
+        self.history = PodHistory(pod_id, platform._emit)  # events and exec history (podbay.postmortem)
         self._failure: str | None = None  # why the pod failed, if it did (see podbay.postmortem)
         self._death_watch: asyncio.Task[None] | None = None
 
@@ -203,7 +216,7 @@ class AsyncPod:
             state = "being destroyed" if self._expired or self._destroy_lock.locked() else self._state.value
             raise Conflict(f"pod {self.id} is {state}; its timeout cannot be changed")
         self._platform._arm(self, float(seconds))
-        self.record.event("timeout_set", f"{_seconds(float(seconds))} s from now")
+        self.history.event("timeout_set", f"{_seconds(float(seconds))} s from now")
 
     def _running_channel(self) -> GuestChannel:
         """The channel to the agent, if the pod can answer (a paused pod cannot: resume it first)."""
@@ -229,8 +242,8 @@ class AsyncPod:
             argv, env=env, cwd=cwd, stdin=stdin, timeout=timeout, on_stdout=on_stdout, on_stderr=on_stderr
         )
         process.pod_id = self.id
-        record = self.record.exec_started(argv)
-        process.when_done(lambda outcome: self.record.exec_ended(record, outcome))
+        record = self.history.exec_started(argv)
+        process.when_done(lambda outcome: self.history.exec_ended(record, outcome))
         return process
 
     async def exec(
@@ -263,7 +276,8 @@ class AsyncPod:
         await self.sandbox.pause()
         self._state = PodState.PAUSED
         self._meter.pause()
-        self.record.event("paused")
+        self.history.event("paused")
+        self._platform._save_record(self)
 
     async def resume(self) -> None:
         if self._state is not PodState.PAUSED:
@@ -271,7 +285,8 @@ class AsyncPod:
         await self.sandbox.resume()
         self._state = PodState.RUNNING
         self._meter.resume()
-        self.record.event("resumed")
+        self.history.event("resumed")
+        self._platform._save_record(self)
 
     async def snapshot(self, name: str) -> SnapshotInfo:
         """Save this running pod as `name`: its memory, writable layer and database volume, quiesced together
@@ -284,7 +299,7 @@ class AsyncPod:
             raise Conflict(f"a snapshot named {name!r} exists; remove it first (`podbay snapshot rm {name}`)")
         path.parent.mkdir(parents=True, exist_ok=True)
         snapshot = await self._trace.timed("snapshot", save_snapshot(sandbox, path), detail=name)
-        self.record.event("snapshot", name)
+        self.history.event("snapshot", name)
         return describe(name, snapshot)
 
     async def fork(self, n: int) -> list[AsyncPod]:
@@ -317,7 +332,7 @@ class AsyncPod:
             if self._state is PodState.DESTROYED:
                 return
             self._deadline = None
-            failed_command = self.record.failed_command()
+            failed_command = self.history.failed_command()
             if failure is None and failed_command is not None:
                 failure = f"a command failed: {' '.join(failed_command.argv)[:200]} ({_how_it_ended(failed_command)})"
             self._failure = self._failure or failure
@@ -384,6 +399,14 @@ class AsyncPod:
         watch, self._death_watch = self._death_watch, None
         if watch is not None and watch is not asyncio.current_task():
             watch.cancel()
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What `AsyncPlatform.recover` took over, and what it could not (pod id -> why; those were torn down)."""
+
+    adopted: list[AsyncPod]
+    lost: dict[str, str]
 
 
 class AsyncPlatform:
@@ -465,9 +488,9 @@ class AsyncPlatform:
         failure = pod._failure
         failed = failure is not None
         if failure is not None:
-            pod.record.event("failed", failure.splitlines()[0])
+            pod.history.event("failed", failure.splitlines()[0])
         if ended:
-            pod.record.event("ended", reason)
+            pod.history.event("ended", reason)
         snapshot, note = kept
         if failed and pod.spec.keep_on_failure and snapshot is None and note is None:
             note = "no snapshot: the pod was not running when it failed"
@@ -495,8 +518,8 @@ class AsyncPlatform:
             ended_at=now,
             expires_at=now + self.postmortems.retention(failed),
             trace=list(pod._trace.phases),
-            events=list(pod.record.events),
-            execs=list(pod.record.execs),
+            events=list(pod.history.events),
+            execs=list(pod.history.execs),
         )
 
     def _ended_usage(self, pod: AsyncPod) -> None:
@@ -603,17 +626,28 @@ class AsyncPlatform:
         self._register(pod)
         return pod
 
+    async def _stop_timers(self) -> None:
+        """Stop the reaper and the timeout timer; wait for the expiries under way (teardowns are not cut short)."""
+        for task in (self._reaper, self._timer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        await asyncio.gather(*list(self._expiring), return_exceptions=True)
+
     def _register(self, pod: AsyncPod) -> None:
         self._pods[pod.id] = pod
         pod._watch_for_death()
         took = max((phase.end_s for phase in pod._trace.phases), default=0.0)
-        pod.record.event("created", pod.origin.value, duration_s=took)
+        pod.history.event("created", pod.origin.value, duration_s=took)
         try:  # if this process dies with the pod alive, the reaper of a later one writes its post-mortem
             write_card(pod._run_dir.path, self._postmortem_of(pod, "running", False), pod.sandbox.info.console_log)
         except OSError as exc:
             log.warning("pod %s: writing its card failed: %s", pod.id, exc)
         if pod.spec.timeout_s is not None:
-            self._arm(pod, pod.spec.timeout_s)
+            self._arm(pod, pod.spec.timeout_s)  # writes its record
+        else:
+            self._save_record(pod)
 
     def _arm(self, pod: AsyncPod, timeout_s: float) -> None:
         """Set `pod` to be destroyed `timeout_s` from now, and wake the timer to wait for the nearest deadline."""
@@ -622,6 +656,50 @@ class AsyncPlatform:
         if self._timer is None or self._timer.done():
             self._timer = _background_task(self._expire_pods())
         self._timer_wake.set()
+        self._save_record(pod)
+
+    def _save_record(self, pod: AsyncPod) -> None:
+        """Write the pod's durable record (podbay.records), which a later process re-adopts it from. A pod whose
+        record cannot be written runs on, but would not survive this process: that is logged."""
+        try:
+            write_record(pod._run_dir.path, self._record_of(pod))
+        except OSError as exc:
+            log.warning("pod %s: its record cannot be written, it will not survive a restart: %s", pod.id, exc)
+
+    def _record_of(self, pod: AsyncPod) -> PodRecord:
+        backend = self.backends.get(pod.spec.backend)
+        sandbox: dict[str, Any] = {}
+        if backend is not None and backend.capabilities.reattach:
+            sandbox = cast(ReattachableSandbox, pod.sandbox).record()
+        lease, usage = pod._lease, pod.usage()
+        volume = None
+        if lease is not None and lease.volumes and lease.volume_name is not None:
+            attached = lease.volumes[0]
+            volume = VolumeRecord(
+                name=lease.volume_name,
+                image=str(attached.image),
+                target=attached.target,
+                ephemeral=lease.ephemeral,
+                db_url=lease.db_url,
+                env=lease.env,
+                provider=lease.provider,
+            )
+        return PodRecord(
+            pod_id=pod.id,
+            backend=pod.spec.backend,
+            spec=pod.spec,
+            origin=pod.origin.value,
+            created_at=self.wall_clock(pod._trace.origin),
+            metered_from=usage.started_at,
+            state=pod._state,
+            written_at=time.time(),
+            paused_s=usage.paused_s,
+            trace=list(pod._trace.phases),
+            timeout_s=pod._timeout_s,
+            deadline=None if pod._deadline is None else self.wall_clock(pod._deadline),
+            volume=volume,
+            sandbox=sandbox,
+        )
 
     async def _expire_pods(self) -> None:
         """The platform's one timer: destroy each pod whose deadline passed, then sleep until the nearest one
@@ -816,7 +894,12 @@ class AsyncPlatform:
                 continue  # another process may be between mkdir and writing the owner file
             backend = self.backends.get(str(owner["backend"])) if owner else None
             try:
-                keep_orphan_postmortem(self.postmortems, run_dir, owner["pid"] if owner else "unknown")
+                keep_orphan_postmortem(
+                    self.postmortems,
+                    run_dir,
+                    reason=f"its controlling process (pid {owner['pid'] if owner else 'unknown'}) ended without "
+                    "destroying it; a later process reaped it",
+                )
                 if backend is not None:
                     await backend.reap(run_dir)
                 else:
@@ -833,6 +916,130 @@ class AsyncPlatform:
         except OSError as exc:
             log.warning("pruning post-mortems failed: %s", exc)
         return reaped
+
+    async def recover(self, pod_ids: Iterable[str] | None = None) -> Recovery:
+        """Take over the pods an earlier process left running (it was restarted, or killed with SIGKILL).
+
+        Looks at the run directories whose owner is dead (all of them, or only `pod_ids`): a pod whose backend
+        can re-attach (`Capabilities.reattach`) is rebuilt from its record (podbay.records) and becomes this
+        platform's — its run directory names this process, its deadline is re-armed (one that passed meanwhile
+        destroys it now, as a timeout), its usage counts from its first hand-over. Every other one is torn down
+        and returned in `lost` with the reason, as is each of `pod_ids` that cannot be found. Call it before
+        the first create: it ends with the reaper's first round, which reaps whatever is left of dead owners.
+        """
+        wanted = None if pod_ids is None else set(pod_ids)
+        found = {path.name: path for path in self.paths.pods.glob("pod-*")} if self.paths.pods.exists() else {}
+        lost: dict[str, str] = {}
+        candidates = []
+        for name, run_dir in sorted(found.items()):
+            if (wanted is not None and name not in wanted) or name in self._pods:
+                continue
+            if owner_alive(read_owner(run_dir)):
+                if wanted is not None:
+                    lost[name] = "another running process controls it"
+                continue
+            candidates.append(run_dir)
+        for name in sorted((wanted or set()) - set(found) - set(self._pods)):
+            lost[name] = "its run directory is gone (the host restarted, or its sandbox was reaped)"
+        outcomes = await asyncio.gather(*(self._recover(run_dir, wanted is not None) for run_dir in candidates))
+        adopted = []
+        for run_dir, outcome in zip(candidates, outcomes, strict=True):
+            if isinstance(outcome, AsyncPod):
+                adopted.append(outcome)
+            elif outcome is not None:
+                lost[run_dir.name] = outcome
+        await self._reaped()
+        return Recovery(adopted, lost)
+
+    async def _recover(self, run_dir: Path, named: bool) -> AsyncPod | str | None:
+        """Re-adopt one orphaned pod: the pod, or why it could not be (it is torn down), or None for a run
+        directory without a record that nobody `named` (a pool member: the reaper's)."""
+        try:
+            record = read_record(run_dir)
+        except GuestError as exc:
+            return await self._abandon(run_dir, None, str(exc))
+        if record is None:
+            why = "it has no record: it was not handed over yet when its controller stopped"
+            return await self._abandon(run_dir, None, why) if named else None
+        backend = self.backends.get(record.backend)
+        if backend is None or not backend.capabilities.reattach:
+            why = f"its {record.backend} sandbox cannot outlive the process that ran it (its agent exits with it)"
+            return await self._abandon(run_dir, backend, why)
+        paused = record.state is PodState.PAUSED
+        try:
+            sandbox = await cast(ReattachableBackend, backend).reattach(run_dir, record.sandbox, paused=paused)
+        except PodbayError as exc:
+            return await self._abandon(run_dir, backend, f"it could not be re-attached: {exc}")
+        pod = self._revive(record, sandbox, RunDir.claim(run_dir, backend.name))
+        self._pods[pod.id] = pod
+        pod._watch_for_death()
+        pod.history.event("recovered", "re-attached by a new controller")
+        if record.deadline is None or record.timeout_s is None:
+            self._save_record(pod)
+            return pod
+        self._arm(pod, max(0.0, record.deadline - time.time()))
+        pod._timeout_s = record.timeout_s  # the reason names the timeout it was given, not what was left of it
+        if record.deadline > time.time():
+            self._save_record(pod)
+            return pod
+        pod._deadline, pod._expired = None, True  # it expired while no process held it: now, not by the timer
+        await self._expire(pod)
+        ended = pod._ended_reason if pod._state is PodState.DESTROYED else f"destroying it failed: {pod._error}"
+        return f"{ended} (it expired while no process held it)"
+
+    def _revive(self, record: PodRecord, sandbox: Sandbox, run_dir: RunDir) -> AsyncPod:
+        trace = Trace()
+        trace.origin = record.created_at - self._clock_offset
+        trace.phases = list(record.trace)
+        now = time.monotonic() - trace.origin
+        trace.phases.append(Phase(name="recover", start_s=now, end_s=now, detail="re-attached by a new controller"))
+        lease = None
+        if record.volume is not None:
+            volume = record.volume  # its lock is held by the VMM, which inherited it from the first controller
+            attachment = VolumeAttachment(name=volume.name, image=Path(volume.image), target=volume.target)
+            lease = StateLease(
+                volume.provider, volume.db_url, dict(volume.env), (attachment,), volume.name, volume.ephemeral
+            )
+        pod = AsyncPod(self, record.pod_id, record.spec, sandbox, lease, trace, run_dir, Origin(record.origin))
+        paused = record.state is PodState.PAUSED
+        if paused:
+            pod._state = PodState.PAUSED
+        paused_s = record.paused_s + (max(0.0, time.time() - record.written_at) if paused else 0.0)
+        pod._meter = Meter.resumed(self._clock, record.metered_from, paused_s, paused)
+        return pod
+
+    async def _abandon(self, run_dir: Path, backend: Backend | None, why: str) -> str:
+        """Tear down what is left of a pod that cannot be re-adopted; `why`, plus what failed if anything did
+        (the reaper then tries again: the run directory still names its dead owner)."""
+        try:
+            keep_orphan_postmortem(self.postmortems, run_dir, reason=f"it could not be re-adopted: {why}")
+            if backend is not None:
+                await backend.reap(run_dir)
+            else:
+                kill_processes_mentioning(run_dir)
+            remove_run_dir(run_dir)
+        except (PodbayError, OSError) as exc:
+            log.warning("could not reap %s: %s", run_dir.name, exc)
+            return f"{why}; reaping it failed, the reaper retries: {exc}"
+        return why
+
+    async def detach_all(self) -> list[str]:
+        """Hand this platform's running and paused pods over to a later process, which takes them over with
+        `recover()` (`podbay serve --keep-pods`): their records are written and their connections closed, and
+        they keep running, with their deadlines in their records. Pods whose backend cannot re-attach are left
+        here (close() destroys them). Returns the ids of the pods handed over."""
+        await self._stop_timers()
+        kept = []
+        for pod in list(self._pods.values()):
+            backend = self.backends.get(pod.spec.backend)
+            movable = backend is not None and backend.capabilities.reattach
+            if movable and pod._state in (PodState.RUNNING, PodState.PAUSED) and not pod._destroy_lock.locked():
+                pod._stop_death_watch()  # the channel closes next: that is a hand-over, not a death
+                self._save_record(pod)
+                await cast(ReattachableSandbox, pod.sandbox).detach()
+                self._pods.pop(pod.id)
+                kept.append(pod.id)
+        return kept
 
     async def _reap_periodically(self) -> None:
         while True:
@@ -859,12 +1066,7 @@ class AsyncPlatform:
 
     async def close(self) -> None:
         """Destroy every pod this platform still holds, and its warm pools' idle members."""
-        for task in (self._reaper, self._timer):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        await asyncio.gather(*list(self._expiring), return_exceptions=True)  # teardowns are not cut short
+        await self._stop_timers()
         await asyncio.gather(
             self._warm.close(),
             *(pod._destroy("the platform closed") for pod in list(self._pods.values())),

@@ -108,7 +108,7 @@ def kept_argv(argv: Sequence[str]) -> list[str]:
     return kept
 
 
-class PodRecord:
+class PodHistory:
     """A running pod's events and exec history, bounded, in memory; handed to listeners as they happen."""
 
     def __init__(self, pod_id: str, emit: Callable[[PodEvent], None]) -> None:
@@ -231,9 +231,10 @@ def write_card(run_dir: Path, postmortem: PostMortem, console_log: str | None) -
     (run_dir / POD_CARD).write_text(json.dumps(card))
 
 
-def keep_orphan_postmortem(store: PostMortemStore, run_dir: Path, owner_pid: object) -> bool:
-    """The post-mortem of a pod whose controlling process died (the reaper's find), from the card it left;
-    False if there is none (a pool member that no pod claimed, or a card that cannot be read)."""
+def keep_orphan_postmortem(store: PostMortemStore, run_dir: Path, reason: str) -> bool:
+    """The post-mortem of a pod whose controlling process died and that is torn down (by the reaper, or by a
+    recovery that could not re-adopt it), from the card it left, ended for `reason`; False if there is none (a
+    pool member that no pod claimed, or a card that cannot be read)."""
     try:
         card = json.loads((run_dir / POD_CARD).read_text())
         left = PostMortem.model_validate(card["postmortem"])
@@ -242,7 +243,6 @@ def keep_orphan_postmortem(store: PostMortemStore, run_dir: Path, owner_pid: obj
     console_name = card.get("console")
     console = read_tail(run_dir / console_name) if isinstance(console_name, str) and "/" not in console_name else b""
     now = time.time()
-    reason = f"its controlling process (pid {owner_pid}) ended without destroying it; a later process reaped it"
     found = left.model_copy(
         update={"failed": True, "reason": reason, "ended_at": now, "expires_at": now + store.failure_retention_s}
     )

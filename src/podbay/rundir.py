@@ -38,6 +38,16 @@ class RunDir:
         (path / OWNER_FILE).write_text(json.dumps(owner))
         return cls(pod_id, path)
 
+    @classmethod
+    def claim(cls, path: Path, backend: str) -> RunDir:
+        """Take over a dead controller's run directory (`AsyncPlatform.recover`): its owner file now names this
+        process (replaced atomically), so no reaper takes it for an orphan."""
+        owner = {"pid": os.getpid(), "identity": process_identity(os.getpid()), "backend": backend}
+        temporary = path / f".{OWNER_FILE}.{os.getpid()}.tmp"
+        temporary.write_text(json.dumps(owner))
+        os.replace(temporary, path / OWNER_FILE)
+        return cls(path.name, path)
+
     def remove(self) -> None:
         remove_run_dir(self.path)
 
@@ -50,6 +60,11 @@ def remove_run_dir(run_dir: Path) -> None:
     if mounts_under(run_dir):
         raise GuestError(f"{run_dir} still has mounts under it; left in place (the reaper retries)")
     shutil.rmtree(run_dir)
+
+
+def owner_alive(owner: dict[str, Any] | None) -> bool:
+    """The process an owner file names still runs (a reused pid does not count)."""
+    return owner is not None and process_identity(int(owner["pid"])) == owner["identity"]
 
 
 def read_owner(run_dir: Path) -> dict[str, Any] | None:

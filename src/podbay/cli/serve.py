@@ -25,9 +25,16 @@ def serve(
     pool: list[str] = typer.Option(
         [], "--pool", help="SIZE[:BACKEND]: keep a warm pool of this size (repeatable; filled in the background)"
     ),
+    keep_pods: bool = typer.Option(
+        False,
+        "--keep-pods",
+        help="at shutdown, leave the pods that can outlive the server (qemu) running for the next `podbay serve` "
+        "on the same state to re-adopt (an upgrade); others are destroyed",
+    ),
 ) -> None:
     """Serve pods over HTTP to the holders of API tokens (`podbay tokens create`); Ctrl-C or SIGTERM stops it
-    and destroys its pods. State: PODBAY_STATE (the registry is server.db there)."""
+    and destroys its pods (unless --keep-pods). At start it re-adopts the pods a previous server on the same
+    state left running (a restart, or a kill -9). State: PODBAY_STATE (the registry is server.db there)."""
     host, sep, port_text = listen.rpartition(":")
     if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise typer.BadParameter(f"{listen!r} is not HOST:PORT (e.g. 127.0.0.1:8080)", param_hint="--listen")
@@ -53,7 +60,7 @@ def serve(
     configure_logging(log_format, log_level)
 
     config = uvicorn.Config(
-        with_pools(create_app(prices=table), pools),
+        with_pools(create_app(prices=table, keep_pods=keep_pods), pools),
         host=host.strip("[]"),
         port=int(port_text),
         log_level=log_level,

@@ -50,6 +50,10 @@ class Capabilities:
     attach_after_start: bool = False  # a running member can take a pod's volume (pool claims with a volume)
     snapshot: bool = False  # save a running pod (memory, layer, volume) and restore it later
     fork: bool = False  # N running copies of a running pod
+    # A later controller process can take over a running sandbox from its record after this one exits or dies
+    # (a server restart, a kill -9): `ReattachableBackend.reattach`. Without it, a sandbox ends with its
+    # controller (its agent exits when the host side of its channel goes).
+    reattach: bool = False
 
     def as_dict(self) -> dict[str, bool]:
         return {field: bool(getattr(self, field)) for field in self.__dataclass_fields__}
@@ -131,3 +135,21 @@ class Backend(Protocol):
 
     async def reap(self, run_dir: Path) -> None:
         """Stop whatever a sandbox left running under `run_dir` after its controlling process died."""
+
+
+class ReattachableSandbox(Sandbox, Protocol):
+    """A sandbox a later process can take over (`Capabilities.reattach`)."""
+
+    def record(self) -> dict[str, Any]:
+        """What `ReattachableBackend.reattach` needs to rebuild this sandbox in another process (JSON-able; no
+        secrets: it lands in the pod's record, a file in its run directory)."""
+
+    async def detach(self) -> None:
+        """Close this process's connections to the sandbox and leave it running, for a later process."""
+
+
+class ReattachableBackend(Backend, Protocol):
+    async def reattach(self, run_dir: Path, record: dict[str, Any], *, paused: bool) -> Sandbox:
+        """Take over the running sandbox under `run_dir`, which `record` (its `record()`) describes: reconnect to
+        it and check that its agent answers; leave it paused if `paused`, else running. Raises a PodbayError
+        saying why it cannot (e.g. its VMM is gone); the caller then reaps what is left."""

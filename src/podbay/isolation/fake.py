@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from podbay.channel import GuestChannel
+from podbay.errors import GuestError
 from podbay.guest import agent
 from podbay.isolation.base import Availability, Capabilities, SandboxConfig
 from podbay.isolation.supervise import kill_processes_mentioning
@@ -88,3 +89,41 @@ class LocalSandbox:
             self._process.kill()
         await self._process.wait()
         shutil.rmtree(self._run_dir / "work", ignore_errors=True)
+
+
+class ReattachableLocalBackend(LocalProcessBackend):
+    """The test double with `Capabilities.reattach`, for the platform's and the server's recovery logic.
+
+    Its agents speak over socketpairs, which no second process can reach, so "re-attaching" hands back the
+    sandbox this backend object started under that run directory, if its agent still runs: a test passes one
+    backend to the platform that dies and to the one that takes over (both in the test's process).
+    """
+
+    capabilities = Capabilities(reattach=True)
+
+    def __init__(self) -> None:
+        self.started: dict[Path, ReattachableLocalSandbox] = {}
+
+    async def start(self, config: SandboxConfig) -> ReattachableLocalSandbox:
+        plain = await super().start(config)
+        sandbox = ReattachableLocalSandbox(plain.info, plain.channel, plain._process, config.run_dir)
+        self.started[config.run_dir] = sandbox
+        return sandbox
+
+    async def reattach(self, run_dir: Path, record: dict[str, Any], *, paused: bool) -> LocalSandbox:
+        sandbox = self.started.get(run_dir)
+        if sandbox is None or sandbox.info.pid != record.get("pid") or not sandbox.alive:
+            raise GuestError(f"its agent (pid {record.get('pid')}) is gone")
+        await sandbox.resume()
+        await sandbox.channel.request("health", timeout=10)
+        if paused:
+            await sandbox.pause()
+        return sandbox
+
+
+class ReattachableLocalSandbox(LocalSandbox):
+    def record(self) -> dict[str, Any]:
+        return {"pid": self.info.pid}
+
+    async def detach(self) -> None:
+        """Nothing to close: the same object is handed back by `reattach`."""

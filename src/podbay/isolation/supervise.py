@@ -11,7 +11,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from podbay.channel import GuestChannel
 from podbay.errors import GuestError, Timeout
@@ -25,15 +25,77 @@ ROTATED_MARK = b"[podbay: log rotated; the previous part is in the .1 file, anyt
 LOG_LIMIT = 1 << 20  # bytes per log file a sandbox can make the host keep; with one rotation, twice that
 
 
+class VmmProcess(Protocol):
+    """A sandbox's process as its sandbox sees it: a child this process started (`asyncio.subprocess.Process`),
+    or one an earlier controller started and this one re-adopted (`AdoptedProcess`)."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    async def wait(self) -> int: ...
+
+
+ADOPTED_EXIT = -1  # what an adopted process "exits with": it is not this process's child, so its status is unknown
+
+
+class AdoptedProcess:
+    """A sandbox process started by an earlier controller that died (or handed it over): not a child of this
+    process, so its exit status cannot be read; a pidfd tells when it exits. Its identity (pid + start time)
+    is checked at adoption and at every look, so a reused pid is never taken for it."""
+
+    def __init__(self, pid: int, identity: str) -> None:
+        self.pid = pid
+        self._identity = identity
+        self._returncode: int | None = None
+        if process_identity(pid) != identity or is_gone(pid):
+            raise GuestError(f"process {pid} is gone")
+
+    @property
+    def returncode(self) -> int | None:
+        if self._returncode is None and (process_identity(self.pid) != self._identity or is_gone(self.pid)):
+            self._returncode = ADOPTED_EXIT
+        return self._returncode
+
+    async def wait(self) -> int:
+        while self.returncode is None:
+            try:
+                pidfd = os.pidfd_open(self.pid)
+            except OSError:  # gone between the look and the open
+                continue
+            try:
+                if self.returncode is None:  # the pid is still ours: the pidfd is of the right process
+                    await _readable(pidfd)
+            finally:
+                os.close(pidfd)
+        return self._returncode if self._returncode is not None else ADOPTED_EXIT
+
+
+async def _readable(fd: int) -> None:
+    """Wait until `fd` is readable (a pidfd: until its process exits)."""
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(fd, wake)
+    try:
+        await ready
+    finally:
+        loop.remove_reader(fd)
+
+
 class ProcessExited(Exception):
     def __init__(self, status: int) -> None:
         super().__init__(f"exited with status {status}")
         self.status = status
 
 
-async def unless_exited(
-    process: asyncio.subprocess.Process, work: Awaitable[T], timeout: float, grace: float = 1.0
-) -> T:
+async def unless_exited(process: VmmProcess, work: Awaitable[T], timeout: float, grace: float = 1.0) -> T:
     """The result of `work`, unless `process` exits first (ProcessExited) or `timeout` passes (Timeout).
 
     When `work` fails, the process is given `grace` seconds to exit: a broken channel is usually the symptom
@@ -58,7 +120,7 @@ async def unless_exited(
         await asyncio.gather(exited, task, return_exceptions=True)
 
 
-async def kill_session(process: asyncio.subprocess.Process) -> None:
+async def kill_session(process: VmmProcess) -> None:
     """SIGKILL the process's whole session (it was started in its own), then reap it."""
     if process.returncode is not None:
         return

@@ -8,14 +8,13 @@ Clones, snapshots and restores build on the same class, so they stop and fail th
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 from podbay.channel import GuestChannel
 from podbay.errors import GuestError, PodbayError, Timeout
 from podbay.isolation.base import SandboxConfig
-from podbay.isolation.supervise import ProcessExited, shut_down_agent, unless_exited, volume_mounts
+from podbay.isolation.supervise import ProcessExited, VmmProcess, shut_down_agent, unless_exited, volume_mounts
 from podbay.models import SandboxInfo
 
 T = TypeVar("T")
@@ -26,7 +25,7 @@ class VmSandbox:
     # Seconds a failed step waits for the VMM to exit: its exit status says more than the broken pipe.
     exit_grace_s = 1.0
 
-    def __init__(self, info: SandboxInfo, process: asyncio.subprocess.Process, config: SandboxConfig) -> None:
+    def __init__(self, info: SandboxInfo, process: VmmProcess, config: SandboxConfig) -> None:
         self.info = info
         self._process = process
         self._channel: GuestChannel | None = None
@@ -98,6 +97,22 @@ class VmSandbox:
                 await self._channel.close()
             await self._disconnect()
         await self._release()
+
+    async def detach(self) -> None:
+        """Let go of the sandbox without stopping it, for a later process to re-attach (`podbay serve
+        --keep-pods`): close the channel and the control connection; the VMM keeps running, and keeps the locks
+        it inherited. This object is unusable afterwards."""
+        if self._destroyed:
+            return
+        self._destroyed = True
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+        await self._disconnect()
+        await self._let_go()
+
+    async def _let_go(self) -> None:
+        """What this process held for a VMM it leaves running (log readers, its copy of the uid lock)."""
 
     async def _pause_vcpus(self) -> None:
         raise NotImplementedError

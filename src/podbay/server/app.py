@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -15,28 +16,39 @@ from podbay.server.registry import Registry
 from podbay.server.routes import router
 from podbay.server.service import Service
 
+log = logging.getLogger("podbay")
+
 
 def create_app(
-    paths: PodbayPaths | None = None, platform: AsyncPlatform | None = None, prices: PriceTable | None = None
+    paths: PodbayPaths | None = None,
+    platform: AsyncPlatform | None = None,
+    prices: PriceTable | None = None,
+    *,
+    keep_pods: bool = False,
 ) -> FastAPI:
     """The service over `platform` (made from `paths`, or PODBAY_STATE/PODBAY_CACHE, at start-up if not given;
     a given platform is closed at shutdown too). Its registry is `<state>/server.db`; `prices` prices usage
-    (PriceTable's defaults if None)."""
+    (PriceTable's defaults if None).
+
+    At start-up it re-adopts the pods the registry holds as live (a previous server was restarted or killed):
+    those it cannot are marked ended with the reason. At shutdown it destroys its pods, unless `keep_pods`:
+    then the pods that can outlive it (`Capabilities.reattach`) are left running for the next server."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = platform or AsyncPlatform(paths)
         registry = Registry(owned.paths.state / "server.db")
-        registry.end_all_pods("the server stopped; pods do not outlive it yet")
-        app.state.service = service = Service(owned, registry, prices)
-        owned.on_pod_event(observability.pod_event_listener(metrics, service.ledger.owner, registry.add_snapshot))
         try:
+            app.state.service = service = Service(owned, registry, prices)
+            owned.on_pod_event(observability.pod_event_listener(metrics, service.ledger.owner, registry.add_snapshot))
+            await recover_pods(owned, registry)  # after the listeners: a pod lost here is metered and counted
             yield
         finally:
             try:
+                kept = await owned.detach_all() if keep_pods else []
                 await owned.close()
             finally:
-                registry.end_all_pods("the server stopped")
+                end_pods_except(registry, set(kept), "the server stopped")
                 registry.close()
 
     app = FastAPI(title="podbay", version="0.1.0", lifespan=lifespan)
@@ -50,3 +62,19 @@ def create_app(
     app.include_router(inspect.router)
     app.include_router(snapshots.router)
     return app
+
+
+async def recover_pods(platform: AsyncPlatform, registry: Registry) -> None:
+    """Re-adopt the registry's live pods (see AsyncPlatform.recover); those lost end with their reason, which
+    their tenant reads in the 404 for them."""
+    recovery = await platform.recover(registry.all_live_pods())
+    for pod_id, reason in recovery.lost.items():
+        registry.end_pod(pod_id, reason)
+    if recovery.adopted or recovery.lost:
+        log.info("re-adopted %d pod(s); %d ended: %s", len(recovery.adopted), len(recovery.lost), recovery.lost)
+
+
+def end_pods_except(registry: Registry, kept: set[str], reason: str) -> None:
+    for pod_id in registry.all_live_pods():
+        if pod_id not in kept:
+            registry.end_pod(pod_id, reason)

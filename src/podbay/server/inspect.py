@@ -78,7 +78,7 @@ async def pod_events(pod_id: str, svc: ServiceDep, who: TenantDep) -> list[PodEv
     pod = live_pod(svc, who, pod_id)
     if pod is None:
         return postmortem_of(svc, who, pod_id).events
-    return [redacted_event(svc, event) for event in pod.record.events]
+    return [redacted_event(svc, event) for event in pod.history.events]
 
 
 @router.get(

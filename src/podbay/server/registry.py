@@ -317,6 +317,10 @@ class Registry:
         rows = self._run("SELECT id FROM pods WHERE tenant = ? AND ended_at IS NULL ORDER BY created_at", tenant)
         return [str(row[0]) for row in rows]
 
+    def all_live_pods(self) -> list[str]:
+        """Every tenant's live pods (what a restarted server re-adopts)."""
+        return [str(row[0]) for row in self._run("SELECT id FROM pods WHERE ended_at IS NULL ORDER BY created_at")]
+
     def end_all_pods(self, reason: str) -> int:
         """Mark every pod still recorded as live as ended (the server stopped, or starts after a stop)."""
         return len(

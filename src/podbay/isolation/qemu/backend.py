@@ -12,21 +12,23 @@ import os
 import shutil
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from qemu.qmp import ConnectError, QMPClient, QMPError
 
 from podbay.channel import GuestChannel
 from podbay.errors import BackendUnavailable, Conflict, PodbayError
 from podbay.images import ImageSet, find_images
-from podbay.isolation.base import Availability, Capabilities, SandboxConfig
+from podbay.isolation.base import Availability, Capabilities, SandboxConfig, VolumeAttachment
 from podbay.isolation.host import hardware_kvm, host_tsc_khz
 from podbay.isolation.qemu.command import QEMU_BINARY, RunFiles, build_command
 from podbay.isolation.supervise import (
     BoundedLog,
+    VmmProcess,
     kill_processes_mentioning,
     kill_session,
     layer_disk,
+    process_identity,
     tail,
 )
 from podbay.isolation.uids import UidLease, allocate_uid
@@ -50,7 +52,7 @@ class QemuBackend:
     name = "qemu"
     mounts_volumes_on_host = False
     isolation = "microvm"
-    capabilities = Capabilities(template_clone=True, attach_after_start=True, snapshot=True, fork=True)
+    capabilities = Capabilities(template_clone=True, attach_after_start=True, snapshot=True, fork=True, reattach=True)
 
     def __init__(self, paths: PodbayPaths, images: ImageSet | None = None) -> None:
         self._paths = paths
@@ -95,6 +97,12 @@ class QemuBackend:
     async def reap(self, run_dir: Path) -> None:
         kill_processes_mentioning(run_dir)  # the VMM is the only process; its files go with the run dir
         reap_owned_memory(run_dir.name)
+
+    async def reattach(self, run_dir: Path, record: dict[str, Any], *, paused: bool) -> QemuSandbox:
+        """Take over a running QEMU that an earlier controller started (see podbay.isolation.qemu.reattach)."""
+        from podbay.isolation.qemu.reattach import reattach  # it builds every QEMU sandbox class, clones included
+
+        return await reattach(run_dir, record, paused=paused)
 
     async def prepare_layer(self, run_dir: Path, size_mib: int) -> Path:
         return await layer_disk(run_dir, size_mib)
@@ -170,12 +178,13 @@ class QemuSandbox(VmSandbox):
         self,
         info: SandboxInfo,
         files: RunFiles,
-        process: asyncio.subprocess.Process,
+        process: VmmProcess,
         config: SandboxConfig,
         logs: tuple[BoundedLog, ...] = (),
         uid: UidLease | None = None,
     ) -> None:
         super().__init__(info, process, config)
+        self._config = config
         self._files = files
         self._logs = logs
         self._uid = uid
@@ -184,6 +193,35 @@ class QemuSandbox(VmSandbox):
     async def connect(self, timeout: float) -> None:
         """Wait until the agent answers; fail early, with QEMU's own words, if QEMU dies first."""
         await self.until_answer(self._handshake(), timeout, "the guest agent to answer")
+
+    async def reconnect(self, timeout: float, *, paused: bool) -> None:
+        """Re-attach to a QEMU that an earlier controller started: QMP and the agent's socket are QEMU's servers,
+        and the agent re-opens its port when its host goes, so a new connection reaches the same guest. Checks
+        that the agent answers (a stopped guest runs for that), then leaves the guest paused if `paused`."""
+        await self.until_answer(self._reconnect(paused), timeout, "the guest agent to answer a new controller")
+
+    async def _reconnect(self, paused: bool) -> None:
+        await _when_listening(self._files.qmp_socket, self._qmp.connect)
+        status = await self._qmp.execute("query-status")
+        reader, writer = await asyncio.open_unix_connection(str(self._files.agent_socket))
+        self._channel = GuestChannel(reader, writer, explain_close=self._explain_close)
+        if not (isinstance(status, dict) and status.get("running")):
+            await self._qmp.execute("cont")  # paused, or stopped by a save its controller never finished
+        await self._channel.request("health", timeout=None)
+        if paused:
+            await self.pause()
+
+    def record(self) -> dict[str, Any]:
+        """How a later process re-attaches (podbay.isolation.qemu.reattach): QEMU's identity, its start config
+        and what describes the sandbox. Paths and sizes only; nothing of the pod's environment."""
+        pid = self._process.pid
+        return {
+            "kind": "qemu",
+            "pid": pid,
+            "identity": process_identity(pid),
+            "config": config_record(self._config),
+            "info": self.info.model_dump(mode="json"),
+        }
 
     def exited_error(self, status: int, what: str) -> PodbayError:
         stderr = tail(self._files.stderr_log)
@@ -236,6 +274,44 @@ class QemuSandbox(VmSandbox):
             log.close()
         if self._uid is not None:
             self._uid.release()  # QEMU is gone: nothing runs as the uid any more
+
+    async def _let_go(self) -> None:
+        # QEMU ignores SIGPIPE: once nobody drains its console and stderr pipes, what it writes there is lost,
+        # and it runs on. Its own copy of the uid lock keeps the uid its own while it lives.
+        await self._release()
+
+
+def config_record(config: SandboxConfig) -> dict[str, Any]:
+    """A SandboxConfig as JSON, without its lock descriptors (they belong to one process)."""
+    return {
+        "pod_id": config.pod_id,
+        "run_dir": str(config.run_dir),
+        "vcpus": config.vcpus,
+        "memory_mib": config.memory_mib,
+        "layer": None if config.layer is None else str(config.layer),
+        "volumes": [
+            {"name": volume.name, "image": str(volume.image), "target": volume.target} for volume in config.volumes
+        ],
+        "boot_timeout_s": config.boot_timeout_s,
+    }
+
+
+def config_from_record(record: dict[str, Any]) -> SandboxConfig:
+    """The inverse of config_record (KeyError, TypeError or ValueError for a malformed one)."""
+    volumes = tuple(
+        VolumeAttachment(name=str(volume["name"]), image=Path(volume["image"]), target=str(volume["target"]))
+        for volume in record["volumes"]
+    )
+    layer = record["layer"]
+    return SandboxConfig(
+        pod_id=str(record["pod_id"]),
+        run_dir=Path(record["run_dir"]),
+        vcpus=int(record["vcpus"]),
+        memory_mib=int(record["memory_mib"]),
+        layer=None if layer is None else Path(layer),
+        volumes=volumes,
+        boot_timeout_s=float(record["boot_timeout_s"]),
+    )
 
 
 def _held_locks(config: SandboxConfig, uid: UidLease | None) -> list[int]:

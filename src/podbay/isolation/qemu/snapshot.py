@@ -68,7 +68,14 @@ from typing import Any, Literal
 from podbay.channel import GuestChannel
 from podbay.errors import Conflict, GuestError, InvalidSpec, NotFound, Timeout
 from podbay.isolation.base import SandboxConfig, VolumeAttachment
-from podbay.isolation.qemu.backend import MEMORY_ROOT, RAM_PREFIX, QemuBackend, _when_listening, spawn_qemu
+from podbay.isolation.qemu.backend import (
+    MEMORY_ROOT,
+    RAM_PREFIX,
+    QemuBackend,
+    _when_listening,
+    config_record,
+    spawn_qemu,
+)
 from podbay.isolation.qemu.command import RunFiles
 from podbay.isolation.qemu.template import (
     STATE_FD_NAME,
@@ -282,6 +289,25 @@ class SnapshotSandbox(ClonedSandbox):
                 group.create_task(agent())
         except BaseExceptionGroup as failed:
             raise failed.exceptions[0] from None
+
+    def record(self) -> dict[str, Any]:
+        """QemuSandbox's record, plus what a snapshot or fork of the re-attached pod needs (reattach.py)."""
+        return {
+            **super().record(),
+            "kind": "snapshot",
+            "state": str(self._state),
+            "vm": {
+                "kernel": str(self.vm.kernel),
+                "rootfs": str(self.vm.rootfs),
+                "accelerator": self.vm.accelerator,
+                "tsc_khz": self.vm.tsc_khz,
+            },
+            "layout": config_record(self.layout),
+            "memory": str(self.memory),
+            "memory_shared": self.memory_shared,
+            "owned_memory_dir": None if self._owned_memory_dir is None else str(self._owned_memory_dir),
+            "ignore_shared": self.ignore_shared,
+        }
 
     async def recover_after_failed_save(self) -> None:
         """Whatever a failed save left: cancel the migration, run the guest again."""
