@@ -1061,8 +1061,9 @@ class AsyncPlatform:
         """Why a pod of this platform that ended by itself (its timeout) is gone; None if not known."""
         return self._ended.get(pod_id)
 
-    def list(self) -> list[PodInfo]:
-        return [pod.info() for pod in self._pods.values()]
+    def list(self, *, state: PodState | None = None, backend: str | None = None) -> list[PodInfo]:
+        """This platform's pods, oldest first; only those in `state` / on `backend` if given."""
+        return matching([pod.info() for pod in self._pods.values()], state, backend)
 
     async def close(self) -> None:
         """Destroy every pod this platform still holds, and its warm pools' idle members."""
@@ -1077,6 +1078,15 @@ class AsyncPlatform:
 def _bare_config(run_dir: RunDir, vcpus: int, memory_mib: int) -> SandboxConfig:
     """A restore's or fork child's start: its disks are copies of the saved ones, made in its run directory."""
     return SandboxConfig(pod_id=run_dir.pod_id, run_dir=run_dir.path, vcpus=vcpus, memory_mib=memory_mib, layer=None)
+
+
+def matching(pods: list[PodInfo], state: PodState | None, backend: str | None) -> list[PodInfo]:
+    """The list filters that the platform, the service and the client share."""
+    return [
+        info
+        for info in pods
+        if (state is None or info.state is state) and (backend is None or info.spec.backend == backend)
+    ]
 
 
 def _background_task(work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:

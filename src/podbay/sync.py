@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 from podbay.channel import GuestProcess, OutputCallback
 from podbay.isolation.base import Availability, Backend
 from podbay.metering import Usage
-from podbay.models import ExecResult, FileEntry, PodInfo, PodSpec, SnapshotInfo
+from podbay.models import ExecResult, FileEntry, PodInfo, PodSpec, PodState, SnapshotInfo
 from podbay.paths import PodbayPaths
 from podbay.platform import AsyncPlatform, AsyncPod, exit_on_termination_signals
 from podbay.pool.pools import AsyncPools
@@ -296,8 +296,8 @@ class Platform:
         """The pod `pod_id` of this platform (NotFound if it has none by that id)."""
         return Pod(self._loop, self._platform.get(pod_id))
 
-    def list(self) -> list[PodInfo]:
-        return self._platform.list()
+    def list(self, *, state: PodState | None = None, backend: str | None = None) -> list[PodInfo]:
+        return self._platform.list(state=state, backend=backend)
 
     def close(self) -> None:
         """Destroy every pod this platform holds and stop its event loop; safe to call twice."""

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from podbay import AsyncClient, ExecResult, InvalidSpec, NotFound, Unauthorized
+from podbay import AsyncClient, ExecResult, InvalidSpec, NotFound, PodState, Unauthorized
 from podbay.paths import PodbayPaths
 from podbay.sdk.client import AsyncRemotePod
 from tests.unit import server_double
@@ -157,5 +157,24 @@ def test_a_pod_times_out_over_the_api(paths: PodbayPaths) -> None:
             with pytest.raises(NotFound, match=r"timeout after 0\.5 s") as missing:
                 await pod.info()
             assert missing.value.pod_id == pod.id
+
+    serve(paths, scenario)
+
+
+def test_the_pod_list_filters_by_state_and_backend(paths: PodbayPaths) -> None:
+    async def scenario(transport: httpx.ASGITransport, token: str, *_: object) -> None:
+        async with AsyncClient("http://podbay", token, transport=transport) as client:
+            running = await client.create_agent(backend="local")
+            paused = await client.create_agent(backend="local")
+            await paused.pause()
+            assert [info.id for info in await client.list(state=PodState.PAUSED)] == [paused.id]
+            assert [info.id for info in await client.list(state=PodState.RUNNING)] == [running.id]
+            assert len(await client.list(backend="local")) == 2
+            assert await client.list(backend="qemu") == []
+            with pytest.raises(InvalidSpec) as bad:
+                await client._request("GET", "/pods", params={"state": "sleeping"})
+            assert bad.value.field == "state"
+            await paused.destroy()
+            await running.destroy()
 
     serve(paths, scenario)

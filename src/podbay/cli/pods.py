@@ -18,7 +18,7 @@ from podbay.channel import check_timeout
 from podbay.cli.common import console, reported_errors
 from podbay.cli.remote import PodHost, ServerOption, TokenOption, server_host
 from podbay.cli.run import exit_with, parse_env, stream_to_terminal
-from podbay.models import PodInfo, PodSpec
+from podbay.models import PodInfo, PodSpec, PodState
 
 files = typer.Typer(no_args_is_help=True, help="Files in a pod on a server: get, put, ls.")
 
@@ -80,12 +80,14 @@ def create(
 
 def ps(
     as_json: bool = typer.Option(False, "--json", help="print the list as JSON on stdout"),
+    state: PodState | None = typer.Option(None, "--state", help="only pods in this state"),
+    backend: str | None = typer.Option(None, "--backend", help="only pods on this backend"),
     server: ServerOption = None,
     token: TokenOption = None,
 ) -> None:
     """The pods you have on the server (running or paused)."""
     with _session("ps", server, token) as host:
-        pods = host.list()
+        pods = host.list(state=state, backend=backend)
     _print_pods(pods, as_json)
 
 

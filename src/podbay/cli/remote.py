@@ -17,7 +17,7 @@ import typer
 from podbay.channel import OutputCallback
 from podbay.cli.common import errors
 from podbay.errors import PodbayError
-from podbay.models import ExecResult, FileEntry, PodInfo, PodSpec, SnapshotInfo
+from podbay.models import ExecResult, FileEntry, PodInfo, PodSpec, PodState, SnapshotInfo
 
 ServerOption = Annotated[
     str | None,
@@ -82,7 +82,7 @@ class PodHost(Protocol):
 
     def get(self, pod_id: str) -> CliPod: ...
 
-    def list(self) -> list[PodInfo]: ...
+    def list(self, *, state: PodState | None = None, backend: str | None = None) -> list[PodInfo]: ...
 
     def restore(self, name: str) -> CliPod: ...
 

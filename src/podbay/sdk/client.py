@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from podbay.channel import OutputCallback, check_signal
 from podbay.errors import HostError, InvalidSpec, NotFound, PodbayError, Timeout
 from podbay.metering import Usage, UsageReport
-from podbay.models import ExecEvent, ExecResult, FileEntry, Phase, PodInfo, PodSpec, SnapshotInfo
+from podbay.models import ExecEvent, ExecResult, FileEntry, Phase, PodInfo, PodSpec, PodState, SnapshotInfo
 from podbay.postmortem import PodEvent, PostMortem
 from podbay.sdk.admin import AsyncAdmin
 from podbay.sdk.fields import PodFields
@@ -322,8 +322,10 @@ class AsyncClient:
         response = await self._request("GET", f"/pods/{pod_id}")
         return AsyncRemotePod(self, PodInfo.model_validate(response.json()))
 
-    async def list(self) -> list[PodInfo]:
-        response = await self._request("GET", "/pods")
+    async def list(self, *, state: PodState | None = None, backend: str | None = None) -> list[PodInfo]:
+        """The tenant's live pods, oldest first; only those in `state` / on `backend` if given."""
+        params = {key: str(value) for key, value in (("state", state), ("backend", backend)) if value is not None}
+        response = await self._request("GET", "/pods", params=params)
         return [PodInfo.model_validate(info) for info in response.json()]
 
     async def usage(

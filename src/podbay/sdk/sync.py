@@ -10,7 +10,7 @@ from typing import Unpack
 
 from podbay.channel import OutputCallback
 from podbay.metering import Usage, UsageReport
-from podbay.models import ExecEvent, ExecResult, FileEntry, Phase, PodInfo, PodSpec, SnapshotInfo
+from podbay.models import ExecEvent, ExecResult, FileEntry, Phase, PodInfo, PodSpec, PodState, SnapshotInfo
 from podbay.postmortem import PodEvent, PostMortem
 from podbay.sdk.admin import Admin
 from podbay.sdk.client import DEFAULT_TIMEOUT_S, AsyncClient, AsyncRemoteFiles, AsyncRemotePod, AsyncRemoteProcess
@@ -186,8 +186,8 @@ class Client:
     def get(self, pod_id: str) -> RemotePod:
         return RemotePod(self._loop, self._loop.run(self._client.get(pod_id)))
 
-    def list(self) -> list[PodInfo]:
-        return self._loop.run(self._client.list())
+    def list(self, *, state: PodState | None = None, backend: str | None = None) -> list[PodInfo]:
+        return self._loop.run(self._client.list(state=state, backend=backend))
 
     def usage(self, pod_id: str | None = None, *, start: float | None = None, end: float | None = None) -> UsageReport:
         return self._loop.run(self._client.usage(pod_id, start=start, end=end))

@@ -14,7 +14,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from podbay.errors import InvalidSpec, PodbayError, Unauthorized
 from podbay.guest.protocol import MAX_PAYLOAD
 from podbay.metering import UsageReport
-from podbay.models import ExecEvent, ExecResult, FileEntry, PodInfo, PodSpec, SnapshotInfo
+from podbay.models import ExecEvent, ExecResult, FileEntry, PodInfo, PodSpec, PodState, SnapshotInfo
+from podbay.platform import matching
 from podbay.server.errors import responses
 from podbay.server.service import Service
 from podbay.wire import ExecRequest, FileWritten, ForkRequest, SnapshotRequest, TimeoutRequest, error_body
@@ -72,9 +73,14 @@ async def create_pod(spec: PodSpec, svc: ServiceDep, who: TenantDep) -> PodInfo:
     return svc.shown(who, await svc.create(who, spec))
 
 
-@router.get("/pods", response_model=list[PodInfo], responses=responses(*ANY))
-async def list_pods(svc: ServiceDep, who: TenantDep) -> list[PodInfo]:
-    return svc.pods(who)
+@router.get("/pods", response_model=list[PodInfo], responses=responses(*ANY, 422))
+async def list_pods(
+    svc: ServiceDep,
+    who: TenantDep,
+    state: Annotated[PodState | None, Query(description="only pods in this state")] = None,
+    backend: Annotated[str | None, Query(max_length=64, description="only pods on this backend")] = None,
+) -> list[PodInfo]:
+    return matching(svc.pods(who), state, backend)
 
 
 @router.get("/pods/{pod_id}", response_model=PodInfo, responses=responses(*POD))
