@@ -106,8 +106,10 @@ def test_doctor_json_lists_each_backends_capabilities(vm_paths: PodbayPaths) -> 
         "attach_after_start": True,
         "snapshot": True,
         "fork": True,
+        "reattach": True,
     }
     assert not capabilities["runc"]["snapshot"] and capabilities["runc"]["pool"]
+    assert not capabilities["runc"]["reattach"], "a container's agent exits with its controller"
 
 
 def test_snapshot_commands_refuse_unknown_names_clearly(vm_paths: PodbayPaths) -> None:

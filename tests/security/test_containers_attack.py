@@ -204,9 +204,8 @@ CONTROLLER = textwrap.dedent(
     platform = Platform(PodbayPaths(cache=Path(cache), state=Path(state)))
     pod = platform.create_agent(backend=backend, memory_db=True, volume="orphaned")
     pod.exec(["sh", "-c", "echo from-the-orphan > /data/orphan.txt && sync"])
-    if attack == "bomb":
-        pod.start_process(["sh", "-c", sys.argv[5]])
-        time.sleep(2)
+    if attack == "bomb":  # the controller is killed at once: a bomb can kill gVisor's sandbox, and a live
+        pod.start_process(["sh", "-c", sys.argv[5]])  # controller's death watch would then clean up by itself
     else:
         pod.pause()  # frozen: it cannot even notice that its controller is gone
     print(pod.id, flush=True)
@@ -239,6 +238,7 @@ def test_a_dead_controllers_fork_bomb_is_reaped(
     skip_unless_available(platform, backend)
     pod_id = orphan_a_pod(vm_paths, backend, "bomb")
     pod_ids.append(pod_id)
+    time.sleep(2)  # the orphan's bomb spreads with nobody watching
     assert reap(vm_paths) == [pod_id]
     assert leftovers(vm_paths, pod_id) == {}
     assert not VolumeStore(vm_paths.volumes).info("orphaned").attached

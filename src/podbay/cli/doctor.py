@@ -73,9 +73,8 @@ def _show(report: dict[str, Any], out: Console) -> None:
     kvm = report["hardware_kvm"]
     out.print(f"[bold]hardware KVM:[/] {'yes' if kvm['available'] else 'no'} — {kvm['reason']}")
     out.print(f"[bold]qemu:[/] {report['qemu']}")
-    table = Table("backend", "available", "isolation", "accelerator", "security boundary", "can", "reason / note")
+    table = Table("backend", "available", "isolation", "accelerator", "security boundary", "can")
     for row in report["backends"]:
-        detail = row["reason"] if not row["available"] else f"{row['reason']}. {row['note']}"
         table.add_row(
             row["name"],
             _yes(row["available"]),
@@ -83,9 +82,11 @@ def _show(report: dict[str, Any], out: Console) -> None:
             row["accelerator"],
             _yes(row["security_boundary"]),
             ", ".join(name.replace("_", " ") for name, able in row["capabilities"].items() if able) or "-",
-            detail,
         )
     out.print(table)
+    for row in report["backends"]:  # below the table, whole: a cell this long would be cut to fit a terminal
+        detail = row["reason"] if not row["available"] else f"{row['reason']}. {row['note']}"
+        out.print(f"[bold]{row['name']}:[/] {detail}", highlight=False)
     images = report["images"]
     if images["error"] is None:
         out.print(f"[bold]images:[/] kernel {images['kernel']}\n        rootfs {images['rootfs']}")
