@@ -11,7 +11,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from podbay import Client, NotFound
@@ -20,7 +19,7 @@ from podbay.isolation.supervise import command_lines_mentioning
 from podbay.paths import PodbayPaths
 
 from .conftest import assert_nothing_left, cli_env
-from .test_server import PODBAY, START_TIMEOUT_S, free_port, podbay
+from .test_server import PODBAY, free_port, podbay, wait_until_serving
 
 pytestmark = pytest.mark.integration
 
@@ -44,16 +43,7 @@ class Serve:
             stderr=subprocess.STDOUT,
         )
         log.close()
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            assert self.process.poll() is None, self.log()
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "podbay serve did not answer in time"
-            time.sleep(0.2)
+        wait_until_serving(self.url, self.process, self.paths.state / f"serve-{self.starts}.log")
 
     def stop(self, signum: int) -> None:
         assert self.process is not None
