@@ -736,7 +736,13 @@ class Agent:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(("127.0.0.1", port))
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError as exc:
+                if exc.errno != errno.EADDRNOTAVAIL:
+                    raise
+                _loopback_up(sock)  # a VM boots with `lo` down (no network device, nothing configures it)
+                sock.bind(("127.0.0.1", port))
             sock.listen(64)
             sock.setblocking(False)
         except BaseException:
@@ -1077,6 +1083,17 @@ def _on_mount(target: str, fd: int | None, call: Callable[[int], object]) -> Non
         call(own)
     finally:
         os.close(own)
+
+
+def _loopback_up(sock: socket.socket) -> None:
+    """Bring `lo` up (SIOCGIFFLAGS, then SIOCSIFFLAGS with IFF_UP): the kernel gives it 127.0.0.1/8 itself."""
+    import fcntl
+    import struct
+
+    siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
+    request = struct.pack("16sh14x", b"lo", 0)
+    flags = struct.unpack("16sh14x", fcntl.ioctl(sock.fileno(), siocgifflags, request))[1]
+    fcntl.ioctl(sock.fileno(), siocsifflags, struct.pack("16sh14x", b"lo", flags | iff_up))
 
 
 def _refresh_disk(source: str, size: int) -> None:
