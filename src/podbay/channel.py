@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, S
 from dataclasses import dataclass
 from typing import Any
 
+from podbay import tunnel
 from podbay.errors import GuestError, InvalidSpec, NotFound, Timeout, errors_name_the_pod
 from podbay.guest import protocol
 from podbay.models import ExecResult
@@ -208,8 +209,12 @@ class GuestChannel:
             return
         service = header.get("service")
         connect = self._services.get(service) if isinstance(service, str) else None
+        why = None
         if connect is None or stream_id in self.streams:
             why = f"no service {service!r} is registered for this pod"
+        elif len(self.streams) >= tunnel.MAX_STREAMS:
+            why = f"{tunnel.MAX_STREAMS} streams are open already; close one first"
+        if why is not None or connect is None:
             self._spawn(self._stream_op("refuse", stream_id, message=why))
             return
         window = header.get("window")

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 # Connects one stream to the service: a fresh (reader, writer) pair per guest connection.
 ServiceConnect = Callable[[], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
 CONNECT_TIMEOUT_S = 10.0
+MAX_STREAMS = 256  # open guest-opened streams per channel: a guest cannot make the host hold connections at will
 _EOF = object()
 
 

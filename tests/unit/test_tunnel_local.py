@@ -180,6 +180,26 @@ def test_a_service_that_cannot_be_reached_is_refused(tmp_path: Path) -> None:
     run(test)
 
 
+def test_streams_past_the_limit_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from podbay import tunnel
+
+    monkeypatch.setattr(tunnel, "MAX_STREAMS", 1)
+
+    async def test() -> None:
+        async with local_channel(tmp_path) as channel, echo_service() as (_, connect):
+            channel.register_service("echo", connect)
+            port = await channel.listen(0, "echo")
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"held\n")
+            assert await reader.readline() == b"held\n"  # one stream open ...
+            assert await round_trip(port, b"second") == b""  # ... so the next is refused
+            writer.close()
+            await settle(list(channel.streams.values()))
+            assert await round_trip(port, b"third") == b"third"  # room again
+
+    run(test)
+
+
 def test_a_peer_that_closes_early_ends_its_stream_only(tmp_path: Path) -> None:
     async def test() -> None:
         async with local_channel(tmp_path) as channel, echo_service() as (_, connect):
