@@ -135,7 +135,7 @@ class Port:
             try:
                 data = data[os.write(self.write_fd, data) :]
             except BlockingIOError:
-                time.sleep(0.001)
+                _wait_writable(self.write_fd)  # the host reads on (credit bounds what is queued): no spinning
             except OSError:
                 return  # host went away; the next read sees it too
 
@@ -1169,6 +1169,18 @@ def _drain(fd: int) -> None:
             pass
     except BlockingIOError:
         pass
+
+
+def _wait_writable(fd: int) -> None:
+    """Sleep until `fd` takes more bytes (or a second passes: the caller retries, and sees an error then)."""
+    poller = selectors.DefaultSelector()
+    try:
+        poller.register(fd, selectors.EVENT_WRITE)
+        poller.select(1.0)
+    except (OSError, ValueError):
+        pass  # a closed descriptor: the write that follows reports it
+    finally:
+        poller.close()
 
 
 def _readable(fd: int) -> bool:
