@@ -322,3 +322,31 @@ def test_without_credit_the_agent_stops_reading_and_keeps_serving(tmp_path: Path
     finally:
         process.kill()
         process.wait()
+
+
+def test_a_guest_that_ignores_its_window_loses_the_stream_not_the_host_memory() -> None:
+    """The guest's data waits on the host until the service takes it: past one window the stream is aborted."""
+
+    class Channel:
+        def __init__(self) -> None:
+            self.sent: list[tuple[str, Header]] = []
+
+        def _spawn(self, work: Any) -> None:
+            work.close()  # the close frame itself is not under test here
+
+        async def _stream_op(self, op: str, target: int, **fields: Any) -> None:
+            self.sent.append((op, fields))
+
+    async def test() -> None:
+        stream = TunnelStream(Channel(), -1, "db", protocol.WINDOW)  # type: ignore[arg-type]
+        stream.task = asyncio.create_task(asyncio.sleep(60))  # stands for the stream's pumps
+        chunk = b"z" * protocol.CHUNK
+        for _ in range(protocol.WINDOW // protocol.CHUNK):
+            stream.deliver({"event": "data"}, chunk)
+        assert stream.inflight == protocol.WINDOW and not stream.task.done()
+        stream.deliver({"event": "data"}, b"one byte too many"[:1])
+        await asyncio.sleep(0)
+        assert stream.task.cancelled(), "the stream must be aborted"
+        assert stream.inflight <= protocol.WINDOW + 1 and stream._inbox.qsize() == protocol.WINDOW // protocol.CHUNK
+
+    run(test)
