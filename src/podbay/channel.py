@@ -12,12 +12,15 @@ import itertools
 import math
 import signal as signals
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+from podbay import tunnel
 from podbay.errors import GuestError, InvalidSpec, NotFound, Timeout, errors_name_the_pod
 from podbay.guest import protocol
 from podbay.models import ExecResult
+from podbay.tunnel import ServiceConnect, TunnelStream
 
 Header = dict[str, Any]
 Frame = tuple[Header, bytes]
@@ -31,6 +34,18 @@ START_TIMEOUT_S = 30.0  # for the agent to confirm that a command started
 EXPLAIN_TIMEOUT_S = 3.0
 # Says why the channel closed (the sandbox process's exit status, an out-of-memory kill, its log's tail).
 CloseExplainer = Callable[[], Awaitable[str]]
+
+
+@dataclass
+class Flow:
+    """Credit accounting of one exec's output on the host (docs/guest-protocol.md, "Flow control").
+
+    `inflight`: output bytes received and not yet handed to the consumer (queued here). With a `window` (the
+    agent confirmed it counts credit) it never passes the window; `peak` is its highest mark."""
+
+    window: int | None = None
+    inflight: int = 0
+    peak: int = 0
 
 
 def check_timeout(timeout: float | None, field: str = "timeout") -> float | None:
@@ -122,6 +137,10 @@ class GuestChannel:
         self._closed_reason: str | None = None
         self._explain_close = explain_close
         self._explained: str | None = None
+        self._flows: dict[int, Flow] = {}
+        self._services: dict[str, ServiceConnect] = {}
+        self.streams: dict[int, TunnelStream] = {}  # guest-opened streams now open, by their (negative) id
+        self._tasks: set[asyncio.Task[None]] = set()
         self._read_task = asyncio.create_task(self._read_frames())
 
     # ---- plumbing --------------------------------------------------------------------------------------
@@ -133,15 +152,89 @@ class GuestChannel:
                 header_len, payload_len = protocol.parse_prefix(prefix)
                 header = protocol.parse_header(await self._reader.readexactly(header_len))
                 payload = await self._reader.readexactly(payload_len) if payload_len else b""
-                queue = self._queues.get(header.get("id", 0))
+                request_id = header.get("id", 0)
+                if isinstance(request_id, int) and request_id < 0:
+                    self._guest_stream_frame(request_id, header, payload)
+                    continue
+                queue = self._queues.get(request_id)
                 if queue is not None:
-                    queue.put_nowait((header, payload))
+                    queue.put_nowait(self._counted(request_id, header, payload))
         except (asyncio.IncompleteReadError, ConnectionError, protocol.FrameError) as exc:
             self._closed_reason = f"guest channel closed: {exc!r}"
         finally:
             self._closed_reason = self._closed_reason or "guest channel closed"
             for queue in self._queues.values():
                 queue.put_nowait(None)
+            for stream in list(self.streams.values()):
+                stream.abort(None, tell_guest=False)
+
+    def _counted(self, request_id: int, header: Header, payload: bytes) -> Frame:
+        """Count an exec's output against its window; output past it (a guest ignoring credit) fails the exec
+        instead of growing the queue."""
+        flow = self._flows.get(request_id)
+        if flow is None or header.get("event") not in ("stdout", "stderr"):
+            return header, payload
+        flow.inflight += len(payload)
+        flow.peak = max(flow.peak, flow.inflight)
+        if flow.window is not None and flow.inflight > flow.window:
+            message = f"the guest sent {flow.inflight} bytes of output past its credit window of {flow.window}"
+            return {"id": request_id, "event": "error", "error": "protocol", "message": message}, b""
+        return header, payload
+
+    # ---- guest-opened streams --------------------------------------------------------------------------
+
+    def register_service(self, name: str, connect: ServiceConnect) -> None:
+        """Let the guest open streams to `name`: each one is connected to what `connect()` returns. Only
+        registered names are accepted; the guest never chooses where a stream goes."""
+        if not isinstance(name, str) or not 0 < len(name) <= 64:
+            raise InvalidSpec("service", f"{name!r} is not a name of 1 to 64 characters", 'pass e.g. "db"')
+        self._services[name] = connect
+
+    def unregister_service(self, name: str) -> None:
+        """New streams to `name` are refused from now on (open ones carry on)."""
+        self._services.pop(name, None)
+
+    async def listen(self, port: int, service: str) -> int:
+        """Have the agent listen on the guest's 127.0.0.1:`port` (0: any free port) and open a stream to
+        `service` for each connection. Returns the port it listens on."""
+        header, _ = await self.request("listen", port=port, service=service)
+        with guest_answer("listen"):
+            return int(header["port"])
+
+    def _guest_stream_frame(self, stream_id: int, header: Header, payload: bytes) -> None:
+        if header.get("event") != "open":
+            stream = self.streams.get(stream_id)
+            if stream is not None:
+                stream.deliver(header, payload)
+            return
+        service = header.get("service")
+        connect = self._services.get(service) if isinstance(service, str) else None
+        why = None
+        if connect is None or stream_id in self.streams:
+            why = f"no service {service!r} is registered for this pod"
+        elif len(self.streams) >= tunnel.MAX_STREAMS:
+            why = f"{tunnel.MAX_STREAMS} streams are open already; close one first"
+        if why is not None or connect is None:
+            self._spawn(self._stream_op("refuse", stream_id, message=why))
+            return
+        window = header.get("window")
+        if not isinstance(window, int) or isinstance(window, bool) or window < protocol.CHUNK:
+            window = protocol.CHUNK  # a malformed window: the smallest that still moves a chunk at a time
+        stream = TunnelStream(self, stream_id, str(service), min(window, protocol.MAX_PAYLOAD))
+        self.streams[stream_id] = stream
+        stream.task = self._spawn(stream.run(connect))
+        stream.task.add_done_callback(lambda _: self.streams.pop(stream_id, None))
+
+    async def _stream_op(self, op: str, target: int, payload: bytes = b"", **fields: Any) -> None:
+        """A fire-and-forget control frame for a stream (the agent answers only errors, which are dropped)."""
+        with contextlib.suppress(GuestError):
+            await self._send({"id": next(self._ids), "op": op, "target": target, **fields}, payload)
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _closed_error(self) -> GuestError:
         """The error for a closed channel, with the sandbox's own account of why (asked once)."""
@@ -207,6 +300,8 @@ class GuestChannel:
         return str(await self._closed_error())
 
     async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
         self._read_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._read_task
@@ -230,20 +325,28 @@ class GuestChannel:
         timeout = check_timeout(timeout)
         host_deadline = time.monotonic() + timeout + HOST_TIMEOUT_GRACE_S if timeout is not None else None
         request_id, queue = self._open()
+        flow = self._flows[request_id] = Flow()
         fields = {"argv": list(argv), "env": dict(env or {}), "cwd": cwd, "stdin": stdin, "timeout": timeout}
+        fields["window"] = protocol.WINDOW  # an agent before protocol 2 ignores it and sends without credit
         try:
             await self._send({"id": request_id, "op": "exec", **fields})
             async with asyncio.timeout(START_TIMEOUT_S):
                 header, _ = await self._next(request_id, queue)
         except TimeoutError:
-            self._queues.pop(request_id, None)
+            self._forget(request_id)
             raise Timeout(f"the guest agent did not start {argv[0]!r} within {START_TIMEOUT_S} s") from None
         except BaseException:
-            self._queues.pop(request_id, None)
+            self._forget(request_id)
             raise
         with guest_answer("exec"):
             pid = int(header["pid"])
-        return GuestProcess(self, request_id, queue, pid, on_stdout, on_stderr, host_deadline)
+            window = header.get("window")
+            flow.window = int(window) if window is not None else None
+        return GuestProcess(self, request_id, queue, pid, on_stdout, on_stderr, host_deadline, flow)
+
+    def _forget(self, request_id: int) -> None:
+        self._queues.pop(request_id, None)
+        self._flows.pop(request_id, None)
 
 
 @errors_name_the_pod(lambda process: process.pod_id)
@@ -259,6 +362,7 @@ class GuestProcess:
         on_stdout: OutputCallback | None,
         on_stderr: OutputCallback | None,
         host_deadline: float | None = None,
+        flow: Flow | None = None,
     ) -> None:
         self.pod_id: str | None = None  # set by the pod that started it; its errors carry it
         self._channel = channel
@@ -269,6 +373,11 @@ class GuestProcess:
         self._callbacks = {"stdout": on_stdout, "stderr": on_stderr}
         self._output: dict[str, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
         self._truncated = False
+        self.flow = flow or Flow()
+        # Stdin bytes the agent still takes (its window, replenished by its `credit` frames); unbounded for an
+        # agent that does not count credit.
+        self._stdin_credit = self.flow.window
+        self._stdin_granted = asyncio.Event()
         self._result = asyncio.create_task(self._pump())
         # A process nobody waits for any more (its waiter was cancelled, its sandbox destroyed) still ends in
         # an error when the channel closes: that is expected, not an "exception never retrieved".
@@ -290,7 +399,16 @@ class GuestProcess:
         for start in range(0, max(len(data), 1), protocol.CHUNK):
             chunk = data[start : start + protocol.CHUNK]
             last = start + protocol.CHUNK >= len(data)
+            await self._stdin_room(len(chunk))
             await self._control("stdin", chunk, eof=eof and last)
+
+    async def _stdin_room(self, size: int) -> None:
+        """Wait until the agent has room for `size` more stdin bytes (a chunk never passes its window)."""
+        while self._stdin_credit is not None and self._stdin_credit < size and not self._result.done():
+            self._stdin_granted.clear()
+            await self._stdin_granted.wait()
+        if self._stdin_credit is not None:
+            self._stdin_credit -= size
 
     async def close_stdin(self) -> None:
         await self._control("stdin", b"", eof=True)
@@ -322,6 +440,7 @@ class GuestProcess:
 
     async def _pump(self) -> ExecResult:
         """Deliver output to the callbacks as it arrives (not only when someone waits) and collect it."""
+        ungranted = 0
         try:
             while True:
                 header, payload = await self._channel._next(self._id, self._queue)
@@ -334,10 +453,33 @@ class GuestProcess:
                     callback = self._callbacks[event]
                     if callback is not None:
                         callback(payload)
+                    self.flow.inflight -= len(payload)
+                    ungranted += len(payload)
+                    ungranted = await self._grant(ungranted)
+                elif event == "credit":
+                    self._stdin_credited(header.get("bytes"))
                 elif event == "exit":
                     return _exit_result(header, self._output, self._truncated)
         finally:
-            self._channel._queues.pop(self._id, None)
+            self._channel._forget(self._id)
+            self._stdin_granted.set()  # a writer waiting for credit gives up waiting (its stdin goes nowhere)
+
+    async def _grant(self, ungranted: int) -> int:
+        """Credit the agent with output the consumer took: in batches of a quarter window, or whenever the
+        queue runs dry (so a stalled agent always gets its grant). Returns what is still ungranted."""
+        window = self.flow.window
+        if window is None or not ungranted or (ungranted < window // 4 and not self._queue.empty()):
+            return 0 if window is None else ungranted
+        with contextlib.suppress(GuestError):  # the channel closed: the next frame says so
+            await self._channel._send(
+                {"id": next(self._channel._ids), "op": "credit", "target": self._id, "bytes": ungranted}
+            )
+        return 0
+
+    def _stdin_credited(self, amount: object) -> None:
+        if self._stdin_credit is not None and isinstance(amount, int) and not isinstance(amount, bool) and amount > 0:
+            self._stdin_credit += amount
+            self._stdin_granted.set()
 
 
 def _exit_result(header: Header, output: dict[str, bytearray], truncated: bool) -> ExecResult:

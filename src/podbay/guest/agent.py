@@ -135,7 +135,7 @@ class Port:
             try:
                 data = data[os.write(self.write_fd, data) :]
             except BlockingIOError:
-                time.sleep(0.001)
+                _wait_writable(self.write_fd)  # the host reads on (credit bounds what is queued): no spinning
             except OSError:
                 return  # host went away; the next read sees it too
 
@@ -185,6 +185,34 @@ class Process:
         self.timed_out = False
         self.started = time.monotonic()
         self.output_fds: dict[int, str] = {}
+        # Flow control (None: a host without credit windows, so unbounded as before protocol 2).
+        self.credit: int | None = None  # output bytes the host still accepts
+        self.window: int | None = None  # stdin bytes the host may have unacknowledged
+        self.status: int | None = None  # wait status once reaped; `exit` waits for the output to drain
+
+
+class Listener:
+    """A TCP listener on the guest's loopback: each connection becomes a guest-opened stream to `service`."""
+
+    def __init__(self, sock: socket.socket, service: str) -> None:
+        self.sock = sock
+        self.service = service
+
+
+class Stream:
+    """A guest-opened stream: one TCP connection forwarded to a host service, with credit both ways."""
+
+    def __init__(self, stream_id: int, sock: socket.socket, service: str) -> None:
+        self.id = stream_id
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.service = service
+        self.accepted = False
+        self.credit = 0  # bytes the host still accepts from us (its window, granted at `accept`)
+        self.pending = bytearray()  # bytes from the host not yet written to the socket (at most WINDOW)
+        self.read_eof = False  # the connection sent EOF (and so did we, to the host)
+        self.write_eof = False  # the host sent EOF: shut our write side once `pending` is out
+        self.shut_wr = False
 
 
 class Agent:
@@ -201,6 +229,10 @@ class Agent:
         self.selector = selectors.DefaultSelector()
         self.env: dict[str, str] = dict(BASE_ENV)
         self.processes: dict[int, Process] = {}  # by pid
+        self.execs: dict[int, Process] = {}  # by request id, until `exit` is sent (output may still drain)
+        self.streams: dict[int, Stream] = {}  # guest-opened streams, by their (negative) id
+        self.listeners: dict[int, Listener] = {}  # by fd
+        self.last_stream_id = 0
         self.mounts: list[str] = []
         self.booted = time.monotonic()
         self.decoder = protocol.FrameDecoder()
@@ -220,6 +252,13 @@ class Agent:
             "reseed": self.op_reseed,
             "freeze": self.op_freeze,
             "thaw": self.op_thaw,
+            "credit": self.op_credit,
+            "listen": self.op_listen,
+            "accept": self.op_accept,
+            "refuse": self.op_refuse,
+            "send": self.op_send,
+            "eof": self.op_eof,
+            "close": self.op_close,
         }
 
     # ---- main loop -------------------------------------------------------------------------------------
@@ -257,9 +296,19 @@ class Agent:
         elif kind == "port":
             self.read_port()
         elif kind == "output":
-            self.read_output(process, key.fd)
+            if process.status is None:
+                self.read_output(process, key.fd)
+            else:
+                self.drain_exited(process)
         elif kind == "stdin":
             self.flush_stdin(process)
+        elif kind == "listener":
+            self.accept_connections(process)
+        elif kind == "stream":
+            if events & selectors.EVENT_WRITE:
+                self.flush_stream(process)
+            if events & selectors.EVENT_READ and process.id in self.streams:
+                self.read_stream(process)
 
     def drop_stream(self, key: selectors.SelectorKey, exc: Exception) -> None:
         """Something failed that should not have: forget the host's half-read frames, or stop watching a child's
@@ -277,6 +326,11 @@ class Agent:
             os.close(key.fd)
             process.stdin_fd = None
             process.stdin_pending.clear()
+        elif kind == "stream" and process.id in self.streams:
+            self.abort_stream(process, problem)
+        elif kind == "listener" and key.fd in self.listeners:
+            self.selector.unregister(key.fd)
+            self.listeners.pop(key.fd).sock.close()
 
     def next_timeout(self) -> float | None:
         moments = [p.deadline for p in self.processes.values() if p.deadline and not p.timed_out]
@@ -298,6 +352,8 @@ class Agent:
                 sys.exit(0)  # stdio/socket transport: the host is gone, so is the sandbox
             self.selector.unregister(self.port.read_fd)
             self.port.hang_up()
+            for stream in list(self.streams.values()):  # their host ends went with the host
+                self.abort_stream(stream, None)
             self.decoder = protocol.FrameDecoder()  # the next host starts a fresh stream
             now = time.monotonic()
             self.host_lost_at = self.host_lost_at if self.host_lost_at is not None else now
@@ -505,10 +561,16 @@ class Agent:
         cwd = _optional_text(request, "cwd", 'pass a directory such as "/work", or leave it out') or self.workdir
         timeout = _seconds(request, "timeout")
         with_stdin = _flag(request, "stdin", False)
+        window = _window(request)
         deadline = time.monotonic() + timeout if timeout is not None else None
         process = self.spawn(request["id"], argv, env, cwd, with_stdin, deadline)
+        process.credit = process.window = window
         self.processes[process.pid] = process
-        self.port.send({"id": request["id"], "event": "started", "pid": process.pid})
+        self.execs[process.request_id] = process
+        started: Header = {"id": request["id"], "event": "started", "pid": process.pid}
+        if window is not None:  # says to the host that this agent honours (and grants) credit
+            started["window"] = window
+        self.port.send(started)
 
     def spawn(
         self,
@@ -542,28 +604,70 @@ class Agent:
         return process
 
     def read_output(self, process: Process, fd: int) -> None:
+        """One chunk of a child's output, within the host's credit. Without credit the pipes are not polled
+        (the child blocks on a full pipe: back-pressure) until a `credit` frame comes."""
+        size = protocol.CHUNK if process.credit is None else min(protocol.CHUNK, process.credit)
+        if size == 0:
+            self.watch_output(process, False)
+            return
         try:
-            data = os.read(fd, protocol.CHUNK)
+            data = os.read(fd, size)
         except BlockingIOError:
             return
-        if data:
-            self.port.send({"id": process.request_id, "event": process.output_fds[fd]}, data)
-        else:
+        if not data:
             self.close_output(process, fd)
+            return
+        self.port.send({"id": process.request_id, "event": process.output_fds[fd]}, data)
+        if process.credit is not None:
+            process.credit -= len(data)
+            if process.credit == 0:
+                self.watch_output(process, False)
+
+    def watch_output(self, process: Process, watch: bool) -> None:
+        """Poll the child's pipes (there is credit) or stop (there is none: no spinning on a blocked stream)."""
+        registered = self.selector.get_map()
+        for fd in process.output_fds:
+            if watch and fd not in registered:
+                self.selector.register(fd, selectors.EVENT_READ, ("output", process))
+            elif not watch and fd in registered:
+                self.selector.unregister(fd)
 
     def close_output(self, process: Process, fd: int) -> None:
-        self.selector.unregister(fd)
+        if fd in self.selector.get_map():
+            self.selector.unregister(fd)
         os.close(fd)
         del process.output_fds[fd]
+
+    def op_credit(self, request: Header, _: bytes) -> None:
+        """The host took `bytes` of an exec's output or a stream's data: that much more may be sent."""
+        amount = _count(request, "bytes", MAX_OFFSET)
+        if not amount:
+            raise invalid("bytes", f"must be an integer above zero, got {_show(request.get('bytes'))}", "e.g. 65536")
+        target = _target(request)
+        stream = self.streams.get(target)
+        if stream is not None:
+            stream.credit += amount
+            self.update_interest(stream)
+            return
+        process = self.execs.get(target)
+        if process is None:
+            raise RequestError("not_found", f"no exec or stream with id {_show(request.get('target'))}")
+        if process.credit is None:
+            return  # started without a window: nothing is counted
+        process.credit += amount
+        if process.status is None:
+            self.watch_output(process, True)
+        else:
+            self.drain_exited(process)
 
     def find_process(self, request: Header) -> Process:
         target = request.get("target")
         if not _is_int(target):
             raise invalid("target", f"must be the integer id of an exec, got {_show(target)}", "pass the exec's id")
-        for process in self.processes.values():
-            if process.request_id == target:
-                return process
-        raise RequestError("not_found", f"no running exec with id {target!r}")
+        process = self.execs.get(_target(request))
+        if process is None or process.status is not None:  # reaped: its pid may be reused, never signal it
+            raise RequestError("not_found", f"no running exec with id {target!r}")
+        return process
 
     def op_stdin(self, request: Header, payload: bytes) -> None:
         eof = _flag(request, "eof", False)
@@ -572,6 +676,12 @@ class Agent:
             if not process.with_stdin:
                 raise invalid("stdin", "this exec was started without stdin", "start it with stdin=True")
             raise invalid("eof", "this exec's stdin is already closed", "send no more stdin after eof")
+        if process.window is not None and len(process.stdin_pending) + len(payload) > process.window:
+            raise invalid(
+                "stdin",
+                f"{len(payload)} more bytes would pass the window of {process.window} unacknowledged bytes",
+                "wait for the agent's credit frames before sending more",
+            )
         process.stdin_pending += payload
         process.stdin_eof = process.stdin_eof or eof
         self.flush_stdin(process)
@@ -580,14 +690,18 @@ class Agent:
         fd = process.stdin_fd
         if fd is None:
             return
+        before = len(process.stdin_pending)
         try:
             while process.stdin_pending:
                 del process.stdin_pending[: os.write(fd, process.stdin_pending)]
         except BlockingIOError:
             pass
         except BrokenPipeError:
-            process.stdin_pending.clear()
+            process.stdin_pending.clear()  # dropped bytes are credited too: the host's writer must not wait
             process.stdin_eof = True
+        taken = before - len(process.stdin_pending)
+        if taken and process.window is not None:
+            self.port.send({"id": process.request_id, "event": "credit", "bytes": taken})
         registered = fd in self.selector.get_map()
         if process.stdin_pending and not registered:
             self.selector.register(fd, selectors.EVENT_WRITE, ("stdin", process))
@@ -605,6 +719,159 @@ class Agent:
         process = self.find_process(request)
         _killpg(process.pid, signum)
         self.result(request)
+
+    # ---- guest-opened streams: the TCP forwarder -----------------------------------------------------------
+
+    def op_listen(self, request: Header, _: bytes) -> None:
+        """Listen on the guest's loopback at `port` (0: any free port) and open a stream to the host's `service`
+        for each connection. The answer says the port."""
+        import socket  # only a pod with a tunnel needs it: keep it off every cold boot
+
+        port = _count(request, "port", 65535)
+        if port is None:
+            raise invalid("port", "is missing", "pass a TCP port from 1 to 65535 (0: any free port)")
+        service = _check_text(request.get("service"), "service", 'pass a service name, e.g. "db"')
+        if not 0 < len(service) <= 64:
+            raise invalid("service", f"{_show(service)} is not a name of 1 to 64 characters", 'e.g. "db"')
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError as exc:
+                if exc.errno != errno.EADDRNOTAVAIL:
+                    raise
+                _loopback_up(sock)  # a VM boots with `lo` down (no network device, nothing configures it)
+                sock.bind(("127.0.0.1", port))
+            sock.listen(64)
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        self.listeners[sock.fileno()] = Listener(sock, service)
+        self.selector.register(sock.fileno(), selectors.EVENT_READ, ("listener", self.listeners[sock.fileno()]))
+        self.result(request, port=sock.getsockname()[1])
+
+    def accept_connections(self, listener: Listener) -> None:
+        """Each new connection is a stream the host must accept before a byte of it is read."""
+        while True:
+            try:
+                sock, _ = listener.sock.accept()
+            except BlockingIOError:
+                return
+            sock.setblocking(False)
+            self.last_stream_id -= 1  # guest-chosen ids are negative: they never meet the host's
+            stream = Stream(self.last_stream_id, sock, listener.service)
+            self.streams[stream.id] = stream
+            self.port.send({"id": stream.id, "event": "open", "service": stream.service, "window": protocol.WINDOW})
+
+    def find_stream(self, request: Header) -> Stream:
+        stream = self.streams.get(_target(request))
+        if stream is None:
+            raise RequestError("not_found", f"no open stream with id {_show(request.get('target'))}")
+        return stream
+
+    def op_accept(self, request: Header, _: bytes) -> None:
+        stream = self.find_stream(request)
+        window = _window(request)
+        stream.accepted = True
+        stream.credit = protocol.WINDOW if window is None else window
+        self.update_interest(stream)
+
+    def op_refuse(self, request: Header, _: bytes) -> None:
+        """The host will not connect this stream (an unknown service, or it could not reach it): hang up."""
+        self.abort_stream(self.find_stream(request), None)
+
+    def op_close(self, request: Header, _: bytes) -> None:
+        """The host's end failed: drop the connection at once, whatever is pending."""
+        self.abort_stream(self.find_stream(request), None)
+
+    def op_send(self, request: Header, payload: bytes) -> None:
+        stream = self.find_stream(request)
+        if stream.write_eof:
+            raise invalid("eof", "this stream's host side already sent eof", "send no data after eof")
+        if len(stream.pending) + len(payload) > protocol.WINDOW:
+            self.abort_stream(stream, "the host sent past its credit window")
+            raise invalid("payload", f"passes the window of {protocol.WINDOW} bytes", "wait for credit frames")
+        stream.pending += payload
+        self.flush_stream(stream)
+
+    def op_eof(self, request: Header, _: bytes) -> None:
+        stream = self.find_stream(request)
+        stream.write_eof = True
+        self.flush_stream(stream)
+
+    def flush_stream(self, stream: Stream) -> None:
+        """Write what the host sent to the connection; credit the host with what the connection took."""
+        taken = 0
+        try:
+            while stream.pending:
+                written = stream.sock.send(stream.pending)
+                del stream.pending[:written]
+                taken += written
+        except BlockingIOError:
+            pass
+        except OSError as exc:
+            self.abort_stream(stream, f"the connection failed: {exc}")
+            return
+        if taken:
+            self.port.send({"id": stream.id, "event": "credit", "bytes": taken})
+        if stream.write_eof and not stream.pending and not stream.shut_wr:
+            import socket
+
+            stream.shut_wr = True
+            try:
+                stream.sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass  # the peer is gone: its read side reports that
+        self.update_interest(stream)
+
+    def read_stream(self, stream: Stream) -> None:
+        size = min(protocol.CHUNK, stream.credit)
+        if size:
+            try:
+                data = stream.sock.recv(size)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                self.abort_stream(stream, f"the connection failed: {exc}")
+                return
+            if data:
+                stream.credit -= len(data)
+                self.port.send({"id": stream.id, "event": "data"}, data)
+            else:
+                stream.read_eof = True
+                self.port.send({"id": stream.id, "event": "eof"})
+        self.update_interest(stream)
+
+    def update_interest(self, stream: Stream) -> None:
+        """Poll the connection for reading only while the host has granted credit, for writing only while
+        something is pending; a stream done both ways is closed."""
+        if stream.read_eof and stream.shut_wr:
+            self.abort_stream(stream, None)
+            return
+        events = 0
+        if stream.accepted and stream.credit > 0 and not stream.read_eof:
+            events |= selectors.EVENT_READ
+        if stream.pending:
+            events |= selectors.EVENT_WRITE
+        key = self.selector.get_map().get(stream.fd)
+        if events and key is None:
+            self.selector.register(stream.fd, events, ("stream", stream))
+        elif events and key is not None and key.events != events:
+            self.selector.modify(stream.fd, events, ("stream", stream))
+        elif not events and key is not None:
+            self.selector.unregister(stream.fd)
+
+    def abort_stream(self, stream: Stream, why: str | None) -> None:
+        """Close the connection and forget the stream; tell the host why unless it asked for this itself."""
+        if self.streams.pop(stream.id, None) is None:
+            return
+        if stream.fd in self.selector.get_map():
+            self.selector.unregister(stream.fd)
+        stream.sock.close()
+        if why is not None:
+            self.port.send({"id": stream.id, "event": "close", "message": why})
 
     def enforce_deadlines(self) -> None:
         now = time.monotonic()
@@ -627,16 +894,27 @@ class Agent:
                 self.finish(process, status)
 
     def finish(self, process: Process, status: int) -> None:
-        # The child is gone, so whatever it wrote is already in the pipes: drain them, then report the exit.
-        for fd in list(process.output_fds):
-            while fd in process.output_fds:
-                self.read_output(process, fd)
-                if fd in process.output_fds and not _readable(fd):
-                    self.close_output(process, fd)
+        process.status = status
         if process.stdin_fd is not None:
             if process.stdin_fd in self.selector.get_map():
                 self.selector.unregister(process.stdin_fd)
             os.close(process.stdin_fd)
+            process.stdin_fd = None
+        self.drain_exited(process)
+
+    def drain_exited(self, process: Process) -> None:
+        """The child is gone, so whatever it wrote is already in the pipes: drain them (as far as the host's
+        credit goes; the rest on its next grant), then report the exit. A pipe a grandchild keeps open but
+        leaves empty is closed, not waited for."""
+        for fd in list(process.output_fds):
+            while fd in process.output_fds and process.credit != 0:
+                self.read_output(process, fd)
+                if fd in process.output_fds and not _readable(fd):
+                    self.close_output(process, fd)
+        if process.output_fds or process.status is None:
+            return
+        status = process.status
+        del self.execs[process.request_id]
         signum = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
         code = 128 + signum if signum is not None else os.WEXITSTATUS(status)
         self.port.send(
@@ -807,6 +1085,17 @@ def _on_mount(target: str, fd: int | None, call: Callable[[int], object]) -> Non
         os.close(own)
 
 
+def _loopback_up(sock: socket.socket) -> None:
+    """Bring `lo` up (SIOCGIFFLAGS, then SIOCSIFFLAGS with IFF_UP): the kernel gives it 127.0.0.1/8 itself."""
+    import fcntl
+    import struct
+
+    siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
+    request = struct.pack("16sh14x", b"lo", 0)
+    flags = struct.unpack("16sh14x", fcntl.ioctl(sock.fileno(), siocgifflags, request))[1]
+    fcntl.ioctl(sock.fileno(), siocsifflags, struct.pack("16sh14x", b"lo", flags | iff_up))
+
+
 def _refresh_disk(source: str, size: int) -> None:
     """Before mounting a disk a restored clone got in place of its template's placeholder: wait until the kernel
     reports the disk's real size (the host signals the change), then drop the blocks it cached of the old one."""
@@ -880,6 +1169,18 @@ def _drain(fd: int) -> None:
             pass
     except BlockingIOError:
         pass
+
+
+def _wait_writable(fd: int) -> None:
+    """Sleep until `fd` takes more bytes (or a second passes: the caller retries, and sees an error then)."""
+    poller = selectors.DefaultSelector()
+    try:
+        poller.register(fd, selectors.EVENT_WRITE)
+        poller.select(1.0)
+    except (OSError, ValueError):
+        pass  # a closed descriptor: the write that follows reports it
+    finally:
+        poller.close()
 
 
 def _readable(fd: int) -> bool:
@@ -995,6 +1296,23 @@ def _count(request: Header, field: str, maximum: int) -> int | None:
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= maximum:
         raise invalid(field, f"must be an integer from 0 to {maximum}, got {_show(value)}", "pass e.g. 0")
     return value
+
+
+def _window(request: Header) -> int | None:
+    """A credit window in bytes (at least one chunk), or None: the host does not count credit."""
+    window = request.get("window")
+    if window is None:
+        return None
+    if not _is_int(window) or not protocol.CHUNK <= window <= protocol.MAX_PAYLOAD:
+        fix = f"pass e.g. {protocol.WINDOW}, or leave it out"
+        raise invalid("window", f"must be an integer from {protocol.CHUNK} to {protocol.MAX_PAYLOAD}", fix)
+    return int(window)
+
+
+def _target(request: Header) -> int:
+    """The exec or stream a control frame is for; 0 (never an id) when it is no integer."""
+    target = request.get("target")
+    return target if isinstance(target, int) and not isinstance(target, bool) else 0
 
 
 def _mode(request: Header) -> int:

@@ -20,13 +20,16 @@ if TYPE_CHECKING:
 
     Header = dict[str, Any]
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: credit windows, guest-opened streams, listen
 PORT_NAME = "podbay.agent"  # virtio-serial port name the guest looks for under /sys/class/virtio-ports
 
 PREFIX = struct.Struct("!II")
 MAX_HEADER = 1 << 20
 MAX_PAYLOAD = 64 << 20
 CHUNK = 64 << 10  # largest stdout/stderr/stdin chunk one frame carries
+# Per-stream credit window (docs/guest-protocol.md, "Flow control"): a sender has at most this many payload bytes
+# of one stream unacknowledged; the receiver grants credit (`credit` frames) as its consumer takes the bytes.
+WINDOW = 256 << 10
 
 
 class FrameError(ValueError):
