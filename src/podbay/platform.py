@@ -59,7 +59,6 @@ from podbay.postmortem import (
     PostMortemStore,
     keep_orphan_postmortem,
     read_tail,
-    write_card,
 )
 from podbay.postmortem import spec_without_secrets as _spec_without_secrets
 from podbay.records import PodRecord, VolumeRecord, read_record, write_record
@@ -640,10 +639,6 @@ class AsyncPlatform:
         pod._watch_for_death()
         took = max((phase.end_s for phase in pod._trace.phases), default=0.0)
         pod.history.event("created", pod.origin.value, duration_s=took)
-        try:  # if this process dies with the pod alive, the reaper of a later one writes its post-mortem
-            write_card(pod._run_dir.path, self._postmortem_of(pod, "running", False), pod.sandbox.info.console_log)
-        except OSError as exc:
-            log.warning("pod %s: writing its card failed: %s", pod.id, exc)
         if pod.spec.timeout_s is not None:
             self._arm(pod, pod.spec.timeout_s)  # writes its record
         else:
@@ -699,6 +694,7 @@ class AsyncPlatform:
             deadline=None if pod._deadline is None else self.wall_clock(pod._deadline),
             volume=volume,
             sandbox=sandbox,
+            console=_console_name(pod.sandbox.info.console_log, pod._run_dir.path),
         )
 
     async def _expire_pods(self) -> None:
@@ -1087,6 +1083,11 @@ def matching(pods: list[PodInfo], state: PodState | None, backend: str | None) -
         for info in pods
         if (state is None or info.state is state) and (backend is None or info.spec.backend == backend)
     ]
+
+
+def _console_name(console_log: str | None, run_dir: Path) -> str | None:
+    """The console log's name if it is in the run directory (where a later process will look for it)."""
+    return Path(console_log).name if console_log and Path(console_log).parent == run_dir else None
 
 
 def _background_task(work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:

@@ -35,8 +35,9 @@ from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
 
-from podbay.errors import InvalidSpec, NotFound
+from podbay.errors import InvalidSpec, NotFound, PodbayError
 from podbay.models import ExecResult, Phase, PodSpec
+from podbay.records import read_record
 
 EVENTS_KEPT = 512  # per pod; the oldest go first (a long-lived pod running many commands)
 EXECS_KEPT = 200
@@ -46,7 +47,6 @@ CONSOLE_KEPT = 64 << 10  # bytes of the console log's tail kept in a post-mortem
 FAILURE_RETENTION_S = 7 * 86400.0
 NORMAL_RETENTION_S = 3600.0
 POD_ID = re.compile(r"^pod-[0-9a-f]{12}$")
-POD_CARD = "podbay-pod.json"  # in a pod's run directory: see write_card
 SNAPSHOT_PREFIX = "postmortem-"  # keep_on_failure's snapshot of pod P is named postmortem-P
 
 
@@ -223,30 +223,42 @@ class PostMortemStore:
         return removed
 
 
-def write_card(run_dir: Path, postmortem: PostMortem, console_log: str | None) -> None:
-    """Leave in the pod's run directory what a later process needs to write its post-mortem if this process
-    dies without ending the pod (the reaper finds it): the post-mortem as it stands, and its console's name."""
-    console = Path(console_log).name if console_log and Path(console_log).parent == run_dir else None
-    card = {"postmortem": postmortem.model_dump(mode="json"), "console": console}
-    (run_dir / POD_CARD).write_text(json.dumps(card))
-
-
 def keep_orphan_postmortem(store: PostMortemStore, run_dir: Path, reason: str) -> bool:
     """The post-mortem of a pod whose controlling process died and that is torn down (by the reaper, or by a
-    recovery that could not re-adopt it), from the card it left, ended for `reason`; False if there is none (a
-    pool member that no pod claimed, or a card that cannot be read)."""
+    recovery that could not re-adopt it), from its record (podbay.records), ended for `reason`; False if there
+    is none (a pool member that no pod claimed, or a record that cannot be read). Its events and commands died
+    with the controller: it has what the record holds (spec, trace, origin) and the console's tail."""
     try:
-        card = json.loads((run_dir / POD_CARD).read_text())
-        left = PostMortem.model_validate(card["postmortem"])
-    except (OSError, ValueError, KeyError, TypeError):
+        record = read_record(run_dir)
+    except PodbayError:
         return False
-    console_name = card.get("console")
-    console = read_tail(run_dir / console_name) if isinstance(console_name, str) and "/" not in console_name else b""
+    if record is None:
+        return False
+    spec, env_names = spec_without_secrets(record.spec)
     now = time.time()
-    found = left.model_copy(
-        update={"failed": True, "reason": reason, "ended_at": now, "expires_at": now + store.failure_retention_s}
+    created = PodEvent(
+        pod_id=record.pod_id,
+        kind="created",
+        at=record.metered_from,
+        detail=record.origin,
+        duration_s=max(0.0, record.metered_from - record.created_at),
     )
-    store.write(found, console)
+    found = PostMortem(
+        pod_id=record.pod_id,
+        failed=True,
+        reason=reason,
+        spec=spec,
+        env_names=env_names,
+        origin=record.origin,
+        backend=record.backend,
+        created_at=record.created_at,
+        ended_at=now,
+        expires_at=now + store.failure_retention_s,
+        trace=list(record.trace),
+        events=[created],
+    )
+    console = record.console
+    store.write(found, read_tail(run_dir / console) if console and "/" not in console else b"")
     return True
 
 

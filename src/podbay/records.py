@@ -5,6 +5,8 @@ in it changes (a timeout set, a pause, a resume); `AsyncPlatform.recover` reads 
 kill -9 of the controller. It holds the pod's identity and spec, its origin, its creation time and deadline as
 wall-clock times (a monotonic clock does not survive the process), its state, its database volume, and the
 backend's own description of the sandbox (`ReattachableSandbox.record()`: for QEMU its pid, sockets, disks).
+A pod that cannot be re-adopted, or that the reaper finds, gets its post-mortem from it too
+(`podbay.postmortem.keep_orphan_postmortem`).
 
 It is written atomically (a temporary file, fsynced, renamed over the old one), so a reader sees a whole
 record or the previous one. The run directory is 0700 and the file 0600, owned by the controller's user: a
@@ -59,6 +61,7 @@ class PodRecord(BaseModel):
     deadline: float | None = None  # wall clock: when the platform destroys it
     volume: VolumeRecord | None = None
     sandbox: dict[str, Any] = {}  # the backend's own description (empty where it cannot re-attach)
+    console: str | None = None  # the console log's file name in the run directory, if it is there
 
 
 def write_record(run_dir: Path, record: PodRecord) -> None:

@@ -205,7 +205,7 @@ def test_a_pod_whose_controlling_process_died_gets_its_postmortem_from_the_reape
         assert await platform.reap_orphans() == [pod_id]
         postmortem = platform.postmortems.load(pod_id)
         assert postmortem.failed and "controlling process" in postmortem.reason and "ended without" in postmortem.reason
-        assert [event.kind for event in postmortem.events] == ["created"]  # what it had when the card was left
+        assert [event.kind for event in postmortem.events] == ["created"]  # what its record holds
         assert postmortem.env_names == ["TOKEN"] and "sekrit" not in postmortem.model_dump_json()
         await platform.close()
 
