@@ -25,8 +25,7 @@ from podbay.isolation.qemu.template import ClonedSandbox, Template
 
 pytestmark = pytest.mark.integration
 # 16 random bytes, and the guest's CLOCK_BOOTTIME when they were drawn.
-URANDOM = ["python3", "-c", "import os, time; print(os.urandom(16).hex(), time.clock_gettime(time.CLOCK_BOOTTIME))"]
-RESEED_INTERVAL_S = 1.0  # Linux 6.1 rekeys its CRNG on its own after at least this long (longer as uptime grows)
+URANDOM = ["python3", "-c", "import os; print(os.urandom(16).hex())"]
 
 
 def sandbox_config(state: Path, name: str, volumes: tuple[VolumeAttachment, ...] = ()) -> SandboxConfig:
@@ -69,17 +68,17 @@ def test_two_clones_of_one_template_are_two_machines(template: Template, tmp_pat
     async def scenario() -> None:
         clones: list[ClonedSandbox] = []
         try:
-            for name in ("pod-aaaaaaaaaaaa", "pod-bbbbbbbbbbbb", "pod-unreseeded-1", "pod-unreseeded-2"):
+            for name in ("pod-aaaaaaaaaaaa", "pod-bbbbbbbbbbbb", "pod-unreseeded"):
                 clone = await start_clone(template, sandbox_config(state, name), reseed="unreseeded" not in name)
                 clones.append(clone)
             # The template's own next output: what a clone draws first when nothing reseeds it.
-            unreseeded = [(await run(clone, URANDOM)).split() for clone in clones[2:]]
+            unreseeded = await run(clones[2], URANDOM)
             first, second = clones[:2]
-            draws = [(await run(clone, URANDOM)).split()[0] for clone in (first, second)]
-            assert len({*draws, unreseeded[0][0]}) == 3, "reseeded clones differ from each other and the template"
-            if max(float(drawn_at) for _, drawn_at in unreseeded) - template.saved_at_uptime_s < RESEED_INTERVAL_S:
-                # Within the kernel's reseed interval two unreseeded clones repeat each other: why `reseed` exists.
-                assert unreseeded[0][0] == unreseeded[1][0]
+            draws = [await run(clone, URANDOM) for clone in (first, second)]
+            assert len({*draws, unreseeded}) == 3, "reseeded clones differ from each other and the template"
+            # Two unreseeded clones often repeat each other (why `reseed` exists), but not always: in its first two
+            # minutes Linux 6.1 rekeys its CRNG every max(1 s, uptime / 2) counted from its last rekey, which may
+            # precede the template's save, so a loaded host can push a clone's first draw past it. Not asserted.
             for clone, name in zip(clones, ("pod-aaaaaaaaaaaa", "pod-bbbbbbbbbbbb"), strict=False):
                 await init(clone, name)
             # Both answer exec, each under its own name, with its own boot id.
