@@ -8,6 +8,7 @@ from podbay.channel import GuestProcess
 from podbay.errors import (
     BackendUnavailable,
     Conflict,
+    DatabaseUnavailable,
     Forbidden,
     GuestError,
     HostError,
@@ -78,6 +79,7 @@ __all__ = [
     "Client",
     "Conflict",
     "Cost",
+    "DatabaseUnavailable",
     "ExecEvent",
     "ExecRecord",
     "ExecResult",

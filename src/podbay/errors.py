@@ -83,6 +83,11 @@ class Unsupported(BackendUnavailable):
         return (type(self), (self.backend, self.operation, self.alternative), self.__dict__)
 
 
+class DatabaseUnavailable(PodbayError):
+    """A pod's database server cannot serve it: not installed, not running, unreachable, out of connection
+    slots. The message says which and what to do; nothing of the pod was made."""
+
+
 class GuestError(PodbayError):
     """The sandbox or its guest agent failed."""
 

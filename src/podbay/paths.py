@@ -35,3 +35,16 @@ class PodbayPaths:
     @property
     def pods(self) -> Path:
         return self.state / "pods"
+
+    @property
+    def databases(self) -> Path:
+        """Where podbay's own database servers keep their data and sockets: a managed Postgres cluster
+        (`postgres/`) and one Redis instance per pod (`redis/<name>/`). PODBAY_DB_DIR overrides it.
+
+        The servers never run as root (Postgres refuses to), so when podbay runs as root they run as the
+        `postgres` and `redis` accounts, which cannot pass root's 0700 home: the directory is then host-wide,
+        /var/lib/podbay/db, as /run/podbay is for uid leases. Otherwise it is under the state directory."""
+        configured = os.environ.get("PODBAY_DB_DIR")
+        if configured:
+            return Path(configured)
+        return Path("/var/lib/podbay/db") if os.geteuid() == 0 else self.state / "db"

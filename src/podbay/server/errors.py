@@ -7,6 +7,7 @@
 | Forbidden                        | 403    | a tenant's token on /admin, an admin token on tenant routes|
 | NotFound                         | 404    | also for another tenant's pod or snapshot (never 403)      |
 | ImageMissing                     | 503    | the server's images are not built: the operator's problem  |
+| DatabaseUnavailable              | 503    | the database server is down, unreachable or out of slots   |
 | Conflict                         | 409    | wrong state (a paused pod), a name taken                   |
 | BackendUnavailable, Unsupported  | 501    | this host or backend does not implement that operation     |
 | QuotaExceeded                    | 429    | a tenant's quota (pods, memory, snapshots, volumes): sums  |
@@ -33,6 +34,7 @@ from starlette.exceptions import HTTPException
 from podbay.errors import (
     BackendUnavailable,
     Conflict,
+    DatabaseUnavailable,
     Forbidden,
     GuestError,
     HostError,
@@ -53,6 +55,7 @@ STATUS: dict[type[PodbayError], int] = {
     Unauthorized: 401,
     Forbidden: 403,
     ImageMissing: 503,
+    DatabaseUnavailable: 503,
     NotFound: 404,
     Conflict: 409,
     BackendUnavailable: 501,
@@ -76,7 +79,7 @@ MEANING: dict[int, str] = {
     500: "HostError or an unexpected failure (the server logs it with an incident id)",
     501: "BackendUnavailable or Unsupported: this host or backend does not implement it",
     502: "GuestError: the sandbox failed",
-    503: "ImageMissing: the server's images are not built",
+    503: "ImageMissing or DatabaseUnavailable: the server's images are not built, or its database server is down",
     504: "Timeout",
 }
 
