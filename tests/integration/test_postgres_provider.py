@@ -1,0 +1,386 @@
+"""The Postgres provider against a real managed server (one per module, in its own temporary directory).
+
+A guest reaches its database through the tunnel, which calls `provider.connect(grant)` per connection; here a
+tiny local TCP listener does the same, so psycopg connects to 127.0.0.1 as a guest would."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from podbay.errors import Conflict, InvalidSpec, NotFound
+from podbay.state.pg_server import PostgresServer, find_bindir
+from podbay.state.postgres import PostgresProvider
+from podbay.state.servers import DatabaseGrant
+
+SEED = """
+CREATE TABLE items (id serial PRIMARY KEY, name text NOT NULL);
+CREATE VIEW item_names AS SELECT name FROM items;
+CREATE FUNCTION item_count() RETURNS bigint LANGUAGE sql AS 'SELECT count(*) FROM items';
+INSERT INTO items (name) VALUES ('apple'), ('pear');
+"""
+
+
+def _have_postgres() -> bool:
+    try:
+        find_bindir()
+    except Exception:
+        return False
+    return True
+
+
+pytestmark = pytest.mark.skipif(not _have_postgres(), reason="PostgreSQL 15 is not installed")
+
+
+@pytest.fixture(scope="module")
+def workdir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="podbay-pg-test-"))
+    path.chmod(0o755)  # the server's account must pass it
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def provider(workdir: Path) -> Iterator[PostgresProvider]:
+    prov = PostgresProvider(PostgresServer.managed(workdir / "db" / "postgres"))
+    asyncio.run(prov.start())
+    seed = workdir / "seed.sql"
+    seed.write_text(SEED)
+    asyncio.run(prov.templates.create("shop", seed))
+    yield prov
+    asyncio.run(prov.stop())
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+@contextlib.asynccontextmanager
+async def tunnel(provider: PostgresProvider, grant: DatabaseGrant) -> AsyncIterator[int]:
+    """A local listener forwarding each connection through `provider.connect(grant)`, as the tunnel does."""
+
+    async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        try:
+            while data := await r.read(65536):
+                w.write(data)
+                await w.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            w.close()
+
+    async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        sr, sw = await provider.connect(grant)
+        with contextlib.suppress(asyncio.CancelledError):  # the test's loop ends with connections open
+            await asyncio.gather(pipe(r, sw), pipe(sr, w))
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+
+
+def guest_url(grant: DatabaseGrant, port: int, *, user: str | None = None, password: str | None = None,
+              dbname: str | None = None) -> str:  # fmt: skip
+    return f"postgresql://{user or grant.role}:{password or grant.secret}@127.0.0.1:{port}/{dbname or grant.name}"
+
+
+async def guest_query(provider: PostgresProvider, grant: DatabaseGrant, query: str) -> list[tuple[Any, ...]]:
+    async with (
+        tunnel(provider, grant) as port,
+        await psycopg.AsyncConnection.connect(guest_url(grant, port), autocommit=True) as conn,
+    ):
+        cur = await conn.execute(query)
+        return await cur.fetchall() if cur.description else []
+
+
+def direct(provider: PostgresProvider, user: str, password: str, dbname: str) -> psycopg.Connection[Any]:
+    """A login straight on the server's socket, bypassing the guard."""
+    return psycopg.connect(
+        host=provider.server.host, user=user, password=password, dbname=dbname, connect_timeout=5, autocommit=True
+    )
+
+
+def names(provider: PostgresProvider) -> set[str]:
+    with psycopg.connect(**provider.server.conninfo(), autocommit=True) as conn:  # type: ignore[arg-type]
+        dbs = {r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'pod%'")}
+        roles = {r[0] for r in conn.execute("SELECT rolname FROM pg_roles WHERE rolname LIKE 'pod%'")}
+    return dbs | roles
+
+
+@pytest.fixture
+def clean(provider: PostgresProvider) -> Iterator[None]:
+    """Every test ends with no pod database or role left behind."""
+    yield
+    run(provider.reap(set()))
+    for info in run(provider.databases()):
+        run(provider.drop(info.pod_id))
+    assert names(provider) == set()
+
+
+def test_provision_from_a_template_gives_the_pod_its_data_through_the_guard(
+    provider: PostgresProvider, clean: None
+) -> None:
+    grant = run(provider.provision("pod-aa01", "shop", False))
+    assert grant.name == grant.role == "pod_aa01" and grant.template == "shop"
+    assert grant.url == f"postgresql://pod_aa01:{grant.secret}@127.0.0.1:5432/pod_aa01"
+    assert grant.secret not in repr(grant)
+    rows = run(guest_query(provider, grant, "SELECT name FROM items ORDER BY id"))
+    assert rows == [("apple",), ("pear",)]
+    # The pod owns what the template made: it can write, change the schema, use the view and the function.
+    run(guest_query(provider, grant, "INSERT INTO items (name) VALUES ('fig'); ALTER TABLE items ADD COLUMN n int"))
+    assert run(guest_query(provider, grant, "SELECT item_count(), (SELECT count(*) FROM item_names)")) == [(3, 3)]
+    infos = run(provider.databases())
+    assert [(i.pod_id, i.name, i.retained, i.template) for i in infos] == [("pod-aa01", "pod_aa01", False, "shop")]
+    run(provider.release(grant))
+
+
+def test_another_pods_role_or_database_is_refused_by_the_guard_and_by_the_server(
+    provider: PostgresProvider, clean: None
+) -> None:
+    a = run(provider.provision("pod-aa02", None, False))
+    b = run(provider.provision("pod-bb02", None, False))
+
+    async def through_a(**kw: str) -> str:
+        async with tunnel(provider, a) as port:
+            with pytest.raises(psycopg.OperationalError) as refused:
+                await psycopg.AsyncConnection.connect(guest_url(a, port, **kw))
+            return str(refused.value)
+
+    assert "may log in as 'pod_aa02' only" in run(through_a(user=b.role, password=b.secret, dbname=b.name))
+    assert "may open database 'pod_aa02' only" in run(through_a(dbname=b.name))
+    assert "may log in as" in run(through_a(user="postgres", dbname="postgres"))
+    assert "password authentication failed" in run(through_a(password="wrong"))
+    # Straight on the server's socket, A's own credentials open neither B's database nor any other.
+    for other in (b.name, "postgres", "tpl_shop", "template1"):
+        with pytest.raises(psycopg.OperationalError, match=r"no pg_hba\.conf entry|not currently accepting"):
+            direct(provider, a.role, a.secret, other)
+    with direct(provider, a.role, a.secret, a.name) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == (a.role,)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("CREATE DATABASE escape")
+    run(provider.release(a))
+    run(provider.release(b))
+
+
+def test_release_drops_the_data_and_is_idempotent(provider: PostgresProvider, clean: None) -> None:
+    grant = run(provider.provision("pod-aa03", "shop", False))
+    run(provider.release(grant))
+    assert names(provider) == set()
+    assert run(provider.databases()) == []
+    run(provider.release(grant))  # again: nothing to do, no error
+    with pytest.raises(NotFound):
+        run(provider.export("pod-aa03", Path(tempfile.mkdtemp()) / "x.sql"))
+
+
+def test_a_retained_database_outlives_its_pod_but_not_its_credentials(
+    provider: PostgresProvider, clean: None, workdir: Path
+) -> None:
+    grant = run(provider.provision("pod-aa04", "shop", True))
+    run(guest_query(provider, grant, "INSERT INTO items (name) VALUES ('kept')"))
+    with pytest.raises(Conflict):
+        run(provider.drop("pod-aa04"))  # its pod is live
+    with direct(provider, grant.role, grant.secret, grant.name) as session:
+        run(provider.release(grant))
+        with pytest.raises(psycopg.OperationalError):
+            session.execute("SELECT 1")  # its open session was ended
+    with pytest.raises(psycopg.OperationalError, match=r"password authentication failed|not permitted to log in"):
+        direct(provider, grant.role, grant.secret, grant.name)
+    [info] = run(provider.databases())
+    assert (info.pod_id, info.retained, info.template) == ("pod-aa04", True, "shop") and info.size_bytes > 0
+    assert run(provider.reap(set())) == []  # retained: not an orphan
+    dump = workdir / "export.sql"
+    run(provider.export("pod-aa04", dump))
+    assert "kept" in dump.read_text() and "CREATE TABLE public.items" in dump.read_text()
+    run(provider.drop("pod-aa04"))
+    assert names(provider) == set()
+    with pytest.raises(NotFound):
+        run(provider.drop("pod-aa04"))
+
+
+def _items(provider: PostgresProvider, grant: DatabaseGrant) -> list[str]:
+    return [r[0] for r in run(guest_query(provider, grant, "SELECT name FROM items ORDER BY id"))]
+
+
+def test_branch_without_sessions_copies_at_once_and_the_copies_are_independent(
+    provider: PostgresProvider, clean: None
+) -> None:
+    parent = run(provider.provision("pod-aa05", "shop", False))
+    run(guest_query(provider, parent, "INSERT INTO items (name) VALUES ('before')"))
+    branching = run(provider.branch(parent, ["pod-cc05", "pod-dd05"]))
+    run(guest_query(provider, parent, "INSERT INTO items (name) VALUES ('after')"))
+    children = run(branching.finish())
+    assert [c.pod_id for c in children] == ["pod-cc05", "pod-dd05"]
+    assert len({c.secret for c in children} | {parent.secret}) == 3
+    for child in children:
+        assert _items(provider, child) == ["apple", "pear", "before"]
+        assert child.template == "shop"
+    run(guest_query(provider, children[0], "INSERT INTO items (name) VALUES ('child')"))
+    assert _items(provider, parent) == ["apple", "pear", "before", "after"]
+    assert _items(provider, children[1]) == ["apple", "pear", "before"]
+    with pytest.raises(psycopg.OperationalError):
+        direct(provider, children[0].role, children[0].secret, parent.name)
+    for grant in (parent, *children):
+        run(provider.release(grant))
+
+
+def test_branch_with_open_sessions_copies_the_instant_without_uncommitted_work(
+    provider: PostgresProvider, clean: None
+) -> None:
+    parent = run(provider.provision("pod-aa06", "shop", False))
+
+    async def scenario() -> tuple[list[DatabaseGrant], bool]:
+        async with tunnel(provider, parent) as port:
+            busy = await psycopg.AsyncConnection.connect(guest_url(parent, port))  # a transaction left open
+            await busy.execute("INSERT INTO items (name) VALUES ('uncommitted')")
+            async with await psycopg.AsyncConnection.connect(guest_url(parent, port), autocommit=True) as other:
+                await other.execute("INSERT INTO items (name) VALUES ('committed')")
+                branching = await provider.branch(parent, ["pod-cc06"])
+                snapshot_path = branching._snapshot is not None
+                await other.execute("INSERT INTO items (name) VALUES ('later')")
+                await busy.commit()
+                children = await branching.finish()
+            await busy.close()
+        return children, snapshot_path
+
+    [child], snapshot_path = run(scenario())
+    assert snapshot_path  # CREATE DATABASE ... TEMPLATE cannot copy a database in use
+    assert _items(provider, child) == ["apple", "pear", "committed"]
+    assert _items(provider, parent) == ["apple", "pear", "uncommitted", "committed", "later"]
+    run(guest_query(provider, child, "INSERT INTO items (name) VALUES ('child')"))  # the child owns its copy
+    assert "child" not in _items(provider, parent)
+    run(provider.release(parent))
+    run(provider.release(child))
+
+
+@pytest.mark.parametrize("busy", [False, True])
+def test_an_aborted_branch_leaves_nothing(provider: PostgresProvider, clean: None, busy: bool) -> None:
+    parent = run(provider.provision("pod-aa07", None, False))
+
+    async def scenario() -> None:
+        async with tunnel(provider, parent) as port:
+            session = await psycopg.AsyncConnection.connect(guest_url(parent, port)) if busy else None
+            branching = await provider.branch(parent, ["pod-cc07"])
+            await branching.abort()
+            if session is not None:
+                await session.close()
+
+    run(scenario())
+    assert names(provider) == {"pod_aa07"}
+    run(provider.release(parent))
+
+
+def test_save_then_load_gives_a_new_pod_the_saved_instant(
+    provider: PostgresProvider, clean: None, workdir: Path
+) -> None:
+    source = run(provider.provision("pod-aa08", "shop", False))
+    run(guest_query(provider, source, "INSERT INTO items (name) VALUES ('saved')"))
+    dest = workdir / "snap-08"
+    saving = run(provider.save(source, dest))
+    run(guest_query(provider, source, "INSERT INTO items (name) VALUES ('not saved')"))
+    assert run(saving.finish()) == []
+    assert json.loads((dest / "meta.json").read_text())["template"] == "shop"
+    assert (dest / "postgres.dump").read_bytes().startswith(b"PGDMP")
+    run(provider.release(source))
+    loaded = run(provider.load(dest, "pod-bb08", True))
+    assert (loaded.pod_id, loaded.retain, loaded.template) == ("pod-bb08", True, "shop")
+    assert _items(provider, loaded) == ["apple", "pear", "saved"]
+    run(guest_query(provider, loaded, "INSERT INTO items (name) VALUES ('mine')"))
+    run(provider.release(loaded))
+    with pytest.raises(NotFound):
+        run(provider.load(workdir / "nothing-here", "pod-cc08", False))
+
+
+def test_an_aborted_save_leaves_no_files(provider: PostgresProvider, clean: None, workdir: Path) -> None:
+    source = run(provider.provision("pod-aa09", None, False))
+    dest = workdir / "snap-09"
+    run(run(provider.save(source, dest)).abort())
+    assert not dest.exists()
+    run(provider.release(source))
+
+
+def test_a_dump_that_fails_to_load_leaves_nothing(provider: PostgresProvider, workdir: Path) -> None:
+    bad = workdir / "bad.sql"
+    bad.write_text("CREATE TABLE ok (id int);\nINSERT INTO missing VALUES (1);\n")
+    with pytest.raises(InvalidSpec) as refused:
+        run(provider.templates.create("broken", bad))
+    assert refused.value.field == "dump" and 'relation "missing" does not exist' in str(refused.value)
+    assert [t.name for t in run(provider.templates.list())] == ["shop"]
+    with psycopg.connect(**provider.server.conninfo(), autocommit=True) as conn:  # type: ignore[arg-type]
+        assert conn.execute("SELECT 1 FROM pg_database WHERE datname = 'tpl_broken'").fetchone() is None
+
+
+def test_templates_from_a_custom_dump_and_their_names(provider: PostgresProvider, clean: None, workdir: Path) -> None:
+    grant = run(provider.provision("pod-aa10", "shop", False))
+    custom = workdir / "shop.dump"
+    run(provider.export("pod-aa10", workdir / "plain.sql"))
+    with open(custom, "wb") as out:
+        import subprocess
+
+        argv = provider.server.tool("pg_dump", "-Fc", dbname=grant.name)
+        subprocess.run(argv, stdout=out, check=True, env=provider.server.tool_env())
+    run(provider.release(grant))
+    info = run(provider.templates.create("shop-2", custom))
+    assert info.name == "shop-2" and info.size_bytes > 0
+    with pytest.raises(Conflict):
+        run(provider.templates.create("shop-2", custom))
+    other = run(provider.provision("pod-bb10", "shop-2", False))
+    assert _items(provider, other) == ["apple", "pear"]
+    run(provider.release(other))
+    run(provider.templates.remove("shop-2"))
+    assert [t.name for t in run(provider.templates.list())] == ["shop"]
+    with pytest.raises(NotFound):
+        run(provider.templates.remove("shop-2"))
+    for bad in ("", "a b", "x" * 41, "t;drop", "é"):
+        with pytest.raises(InvalidSpec):
+            run(provider.templates.create(bad, custom))
+
+
+def test_an_unknown_template_is_not_found_before_anything_is_made(provider: PostgresProvider, clean: None) -> None:
+    with pytest.raises(NotFound, match="no postgres template 'nope'"):
+        run(provider.provision("pod-aa11", "nope", False))
+    assert names(provider) == set()
+    grant = run(provider.provision("pod-aa11", None, False))
+    with pytest.raises(Conflict):
+        run(provider.provision("pod-aa11", None, False))  # a second one for the same pod
+    run(provider.release(grant))
+
+
+def test_reap_drops_orphans_and_keeps_live_and_retained(provider: PostgresProvider, clean: None) -> None:
+    orphan = run(provider.provision("pod-aa12", "shop", False))
+    live = run(provider.provision("pod-bb12", None, False))
+    kept = run(provider.provision("pod-cc12", None, True))
+    run(provider.release(kept))
+    half = run(provider.provision("pod-dd12", None, False))
+    with psycopg.connect(**provider.server.conninfo(), autocommit=True) as conn:  # type: ignore[arg-type]
+        conn.execute(f"DROP DATABASE {half.name}")  # a provision cut short: only its role is left
+    assert sorted(run(provider.reap({"pod-bb12"}))) == ["pod-aa12", "pod-dd12"]
+    assert {i.pod_id for i in run(provider.databases())} == {"pod-bb12", "pod-cc12"}
+    assert names(provider) == {"pod_bb12", "pod_cc12"}
+    with pytest.raises(psycopg.OperationalError):
+        direct(provider, orphan.role, orphan.secret, orphan.name)
+    run(provider.release(live))
+
+
+def test_the_managed_server_runs_as_its_own_account_on_a_private_socket(provider: PostgresProvider) -> None:
+    root = provider.server.managed_root
+    assert root is not None
+    pid = int((root / "data" / "postmaster.pid").read_text().split()[0])
+    status = Path(f"/proc/{pid}/status").read_text()
+    uid = int(next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1])
+    assert uid != 0 or os.geteuid() != 0
+    assert (root / "run").stat().st_mode & 0o777 == 0o700
+    with psycopg.connect(**provider.server.conninfo(), autocommit=True) as conn:  # type: ignore[arg-type]
+        assert conn.execute("SHOW listen_addresses").fetchone() == ("",)
+    run(provider.start())  # already running: nothing happens
