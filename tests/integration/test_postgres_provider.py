@@ -18,7 +18,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from podbay.errors import Conflict, InvalidSpec, NotFound
+from podbay.errors import Conflict, DatabaseUnavailable, InvalidSpec, NotFound
 from podbay.state.pg_server import PostgresServer, find_bindir
 from podbay.state.postgres import PostgresProvider
 from podbay.state.servers import DatabaseGrant
@@ -28,6 +28,14 @@ CREATE TABLE items (id serial PRIMARY KEY, name text NOT NULL);
 CREATE VIEW item_names AS SELECT name FROM items;
 CREATE FUNCTION item_count() RETURNS bigint LANGUAGE sql AS 'SELECT count(*) FROM items';
 INSERT INTO items (name) VALUES ('apple'), ('pear');
+"""
+
+# Who owns what the template made in the pod's database: the table, its sequence, the view, the function.
+OWNERS = """
+SELECT DISTINCT owner FROM (
+  SELECT pg_get_userbyid(relowner) AS owner FROM pg_class WHERE relnamespace = 'public'::regnamespace
+  UNION ALL SELECT pg_get_userbyid(proowner) FROM pg_proc WHERE pronamespace = 'public'::regnamespace
+) o
 """
 
 
@@ -141,6 +149,20 @@ def test_provision_from_a_template_gives_the_pod_its_data_through_the_guard(
     # The pod owns what the template made: it can write, change the schema, use the view and the function.
     run(guest_query(provider, grant, "INSERT INTO items (name) VALUES ('fig'); ALTER TABLE items ADD COLUMN n int"))
     assert run(guest_query(provider, grant, "SELECT item_count(), (SELECT count(*) FROM item_names)")) == [(3, 3)]
+    owners = run(guest_query(provider, grant, OWNERS))
+    assert owners == [("pod_aa01",)]
+    with psycopg.connect(**provider.server.conninfo(), autocommit=True) as conn:  # type: ignore[arg-type]
+        role = conn.execute(
+            "SELECT rolcanlogin, rolsuper, rolcreatedb, rolcreaterole, rolreplication, rolconnlimit"
+            " FROM pg_roles WHERE rolname = 'pod_aa01'"
+        ).fetchone()
+        assert role == (True, False, False, False, False, 20)
+        public_connect = conn.execute(
+            "SELECT d.datacl IS NULL OR EXISTS (SELECT 1 FROM aclexplode(d.datacl) a"
+            " WHERE a.grantee = 0 AND a.privilege_type = 'CONNECT') FROM pg_database d WHERE datname = %s",
+            ("pod_aa01",),
+        ).fetchone()
+        assert public_connect == (False,)
     infos = run(provider.databases())
     assert [(i.pod_id, i.name, i.retained, i.template) for i in infos] == [("pod-aa01", "pod_aa01", False, "shop")]
     run(provider.release(grant))
@@ -384,3 +406,36 @@ def test_the_managed_server_runs_as_its_own_account_on_a_private_socket(provider
     with psycopg.connect(**provider.server.conninfo(), autocommit=True) as conn:  # type: ignore[arg-type]
         assert conn.execute("SHOW listen_addresses").fetchone() == ("",)
     run(provider.start())  # already running: nothing happens
+
+
+def test_a_server_stopped_behind_podbays_back_is_started_again(provider: PostgresProvider, clean: None) -> None:
+    run(PostgresServer.managed(provider.server.managed_root or Path("/")).stop())  # another process stops it
+    grant = run(provider.provision("pod-aa13", None, False))  # this provider believed it running
+    assert run(guest_query(provider, grant, "SELECT current_database()")) == [("pod_aa13",)]
+    run(provider.release(grant))
+
+
+def test_a_server_that_cannot_start_says_why_with_its_log(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = workdir / "broken" / "postgres"
+    run(PostgresServer.managed(root).start())
+    run(PostgresServer.managed(root).stop())
+    with open(root / "data" / "postgresql.conf", "a") as conf:
+        conf.write("\nno_such_setting = 1\n")
+    with pytest.raises(DatabaseUnavailable, match="did not start") as failed:
+        run(PostgresProvider(PostgresServer.managed(root)).databases())
+    assert "no_such_setting" in str(failed.value)
+    monkeypatch.setenv("PODBAY_POSTGRES_BIN", str(workdir / "nowhere"))
+    with pytest.raises(DatabaseUnavailable, match="apt install postgresql"):
+        run(PostgresServer.managed(workdir / "other" / "postgres").start())
+
+
+def test_connection_errors_are_told_apart() -> None:
+    server = PostgresServer.external("postgresql://admin:s3cret@db.example:6543/main")
+    assert (server.host, server.port, server.admin, server.maintenance_db) == ("db.example", 6543, "admin", "main")
+    slots = server.unavailable(psycopg.errors.TooManyConnections("sorry, too many clients already"))
+    assert "out of connection slots" in str(slots)
+    down = server.unavailable(psycopg.OperationalError("connection refused\nmore"))
+    assert str(down) == "cannot connect to postgres at db.example:6543: connection refused"
+    assert "s3cret" not in str(down) + str(slots)
+    with pytest.raises(InvalidSpec, match="PODBAY_POSTGRES_URL"):
+        PostgresServer.external("mysql://x@y/z")

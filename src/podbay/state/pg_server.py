@@ -22,6 +22,7 @@ import shutil
 import subprocess
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import psycopg
@@ -231,20 +232,29 @@ class PostgresServer:
         return info
 
     @contextlib.asynccontextmanager
-    async def admin_connection(self, dbname: str | None = None) -> AsyncIterator[psycopg.AsyncConnection[object]]:
+    async def admin_connection(self, dbname: str | None = None) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
         """An autocommit admin connection to `dbname` (the maintenance database by default)."""
-        await self.start()
-        try:
-            conn = await psycopg.AsyncConnection.connect(autocommit=True, **self.conninfo(dbname))  # type: ignore[arg-type]
-        except psycopg.OperationalError as exc:
-            raise self.unavailable(exc) from None
+        conn = await self.connect_admin(dbname)
         try:
             yield conn
         finally:
             await conn.close()
 
+    async def connect_admin(self, dbname: str | None = None) -> psycopg.AsyncConnection[Any]:
+        """An autocommit admin connection; a managed server that stopped since is started again (once)."""
+        await self.start()
+        for attempt in (1, 2):
+            try:
+                return await psycopg.AsyncConnection.connect(autocommit=True, **self.conninfo(dbname))  # type: ignore[arg-type]
+            except psycopg.OperationalError as exc:
+                if attempt == 2 or self.managed_root is None or _out_of_slots(exc):
+                    raise self.unavailable(exc) from None
+                self._started = False  # stopped behind our back (a reboot, `podbay db stop`): start it again
+                await self.start()
+        raise AssertionError("unreachable")
+
     def unavailable(self, exc: psycopg.Error) -> DatabaseUnavailable:
-        if exc.sqlstate == "53300" or "too many clients" in str(exc):
+        if _out_of_slots(exc):
             return DatabaseUnavailable(f"{self.where} is out of connection slots; end some sessions and retry")
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         start_hint = "; `podbay db start` starts it" if self.managed_root is not None else ""
@@ -288,6 +298,10 @@ class PostgresServer:
             raise HostError(f"cannot run {argv[0]}: {exc}; {_SETUP_HINT}") from None
         _, err = await proc.communicate()
         return proc.returncode or 0, err.decode(errors="replace")
+
+
+def _out_of_slots(exc: psycopg.Error) -> bool:
+    return exc.sqlstate == "53300" or "too many clients" in str(exc)
 
 
 def first_error_line(stderr: str) -> str:

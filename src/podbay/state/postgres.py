@@ -287,8 +287,7 @@ class PostgresProvider:
                 await inside.execute(sql.SQL(_REOWN).format(role=sql.Literal(name)))
             await self._comment(conn, name, pod_id, template, retain=retain, retained=False)
         except BaseException:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self._drop_all(conn, name))
+            await self._undo(name)
             raise
         url = f"postgresql://{name}:{secret}@127.0.0.1:{PG_PORT}/{name}"
         return DatabaseGrant(
@@ -302,6 +301,13 @@ class PostgresProvider:
             retain=retain,
             template=template,
         )
+
+    async def _undo(self, name: str) -> None:
+        """Drop what a failed or cancelled making left, on a connection of its own (the one it used may be
+        mid-statement)."""
+        with contextlib.suppress(Exception):
+            async with self._admin("undo a half-made database") as conn:
+                await asyncio.shield(self._drop_all(conn, name))
 
     async def _create_role(self, conn: psycopg.AsyncConnection[Any], name: str, pod_id: str, secret: str) -> None:
         # The server is sent the scram verifier, never the password (statement logs, error details).
@@ -439,11 +445,7 @@ class _Snapshot:
     @classmethod
     async def take(cls, provider: PostgresProvider, source: str) -> _Snapshot:
         with _pg_errors(provider.server, "take a snapshot"):
-            await provider.server.start()
-            try:
-                conn = await psycopg.AsyncConnection.connect(autocommit=True, **provider.server.conninfo(source))  # type: ignore[arg-type]
-            except psycopg.OperationalError as exc:
-                raise provider.server.unavailable(exc) from None
+            conn = await provider.server.connect_admin(source)
             try:
                 await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                 cur = await conn.execute("SELECT pg_export_snapshot()")
