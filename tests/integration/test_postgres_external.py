@@ -18,7 +18,7 @@ import pytest
 from podbay.paths import PodbayPaths
 from podbay.state.pg_server import PostgresServer, find_bindir
 from podbay.state.postgres import PostgresProvider
-from tests.integration.test_postgres_provider import SEED, OWNERS, _have_postgres, guest_query, run
+from tests.integration.test_postgres_provider import OWNERS, SEED, _have_postgres, guest_query, run
 
 pytestmark = pytest.mark.skipif(not _have_postgres(), reason="PostgreSQL 15 is not installed")
 
