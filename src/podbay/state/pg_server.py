@@ -118,7 +118,7 @@ class PostgresServer:
         self._started = True
 
     async def stop(self) -> None:
-        """Stop the managed server (the CLI's `podbay db stop`); nothing for an external one."""
+        """Stop the managed server (for the CLI); nothing for an external one. The next use starts it again."""
         if self.managed_root is None:
             return
         await asyncio.to_thread(self._stop_managed)
@@ -249,7 +249,7 @@ class PostgresServer:
             except psycopg.OperationalError as exc:
                 if attempt == 2 or self.managed_root is None or _out_of_slots(exc):
                     raise self.unavailable(exc) from None
-                self._started = False  # stopped behind our back (a reboot, `podbay db stop`): start it again
+                self._started = False  # stopped behind our back (a reboot, the CLI): start it again
                 await self.start()
         raise AssertionError("unreachable")
 
@@ -257,7 +257,7 @@ class PostgresServer:
         if _out_of_slots(exc):
             return DatabaseUnavailable(f"{self.where} is out of connection slots; end some sessions and retry")
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        start_hint = "; `podbay db start` starts it" if self.managed_root is not None else ""
+        start_hint = f"; see its log, {self.managed_root / 'server.log'}" if self.managed_root is not None else ""
         return DatabaseUnavailable(f"cannot connect to {self.where}: {first}{start_hint}")
 
     async def open_stream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:

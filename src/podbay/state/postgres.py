@@ -20,7 +20,7 @@ import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import psycopg
 from psycopg import sql
@@ -31,6 +31,9 @@ from podbay.state.pg_guard import guarded_connection
 from podbay.state.pg_server import PG_PORT, PostgresServer, first_error_line
 from podbay.state.servers import DatabaseGrant, DatabaseInfo, DatabaseKind, TemplateInfo
 
+# CREATE DATABASE's copy: WAL-logged block by block (15's default: no checkpoint, cost grows with the size),
+# or a file copy between two checkpoints (cost grows with what else is dirty on the server).
+CopyStrategy = Literal["wal_log", "file_copy"]
 CONNECTION_LIMIT = 20  # sessions per pod role: one pod cannot take every slot of the server
 TEMPLATE_PREFIX = "tpl_"
 DUMP_FILE = "postgres.dump"
@@ -116,8 +119,9 @@ class PostgresProvider:
     kind: DatabaseKind = "postgres"
     guest_port = PG_PORT
 
-    def __init__(self, server: PostgresServer) -> None:
+    def __init__(self, server: PostgresServer, *, copy_strategy: CopyStrategy = "wal_log") -> None:
         self.server = server
+        self.copy_strategy = copy_strategy
         self.templates = PostgresTemplates(self)
         self._guards: set[asyncio.Task[None]] = set()
 
@@ -326,8 +330,8 @@ class PostgresProvider:
     async def _create_db(self, conn: psycopg.AsyncConnection[Any], name: str, source: str) -> None:
         try:
             await conn.execute(
-                sql.SQL("CREATE DATABASE {} TEMPLATE {} OWNER {}").format(
-                    sql.Identifier(name), sql.Identifier(source), sql.Identifier(name)
+                sql.SQL("CREATE DATABASE {} TEMPLATE {} OWNER {} STRATEGY {}").format(
+                    sql.Identifier(name), sql.Identifier(source), sql.Identifier(name), sql.SQL(self.copy_strategy)
                 )
             )
         except psycopg.errors.ObjectInUse:
@@ -649,7 +653,7 @@ class PostgresTemplates:
         db = TEMPLATE_PREFIX + name
         cur = await conn.execute("SELECT 1 FROM pg_database WHERE datname = %s AND datistemplate", (db,))
         if await cur.fetchone() is None:
-            raise NotFound(f"there is no postgres template {name!r}; create it with `podbay db template create`")
+            raise NotFound(f"there is no postgres template {name!r}; create it from a dump first, or pass none")
         return db
 
     async def _drop(self, conn: psycopg.AsyncConnection[Any], db: str) -> None:
