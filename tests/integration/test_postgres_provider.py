@@ -439,3 +439,12 @@ def test_connection_errors_are_told_apart() -> None:
     assert "s3cret" not in str(down) + str(slots)
     with pytest.raises(InvalidSpec, match="PODBAY_POSTGRES_URL"):
         PostgresServer.external("mysql://x@y/z")
+
+
+def test_a_directory_the_server_account_cannot_pass_is_named(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("only root hands the server to another account")
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    with pytest.raises(DatabaseUnavailable, match=r"cannot pass .*chmod o\+x"):
+        run(PostgresServer.managed(private / "db" / "postgres").start())

@@ -145,8 +145,8 @@ async def _guard(
             return
         try:
             server_reader, server_writer = await open_server()
-        except Exception as exc:
-            writer.write(error_response(f"the database server cannot be reached: {exc}"))
+        except Exception:  # the reason stays on the host: the guest need not learn the host's paths
+            writer.write(error_response("the database server cannot be reached; retry later"))
             await writer.drain()
             return
         server_writer.write(startup)

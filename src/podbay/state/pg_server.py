@@ -127,7 +127,7 @@ class PostgresServer:
     def _start_managed(self) -> None:
         root = self._root()
         bindir = find_bindir()
-        root.parent.mkdir(parents=True, exist_ok=True)
+        _make_reachable(root.parent)
         lock_path = root.parent / "postgres.lock"
         with open(lock_path, "a") as lock:  # two podbay processes never initdb/start at once
             fcntl.flock(lock, fcntl.LOCK_EX)
@@ -344,6 +344,24 @@ def _run_as_server(argv: list[str], cwd: Path) -> subprocess.CompletedProcess[st
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise DatabaseUnavailable(f"cannot run {Path(argv[0]).name}: {exc}; {_SETUP_HINT}") from None
+
+
+def _make_reachable(directory: Path) -> None:
+    """Make `directory` (0755 where podbay creates it) and check the server's account can pass every parent."""
+    missing = [p for p in (directory, *directory.parents) if not p.exists()]
+    for path in reversed(missing):
+        path.mkdir(exist_ok=True)
+        path.chmod(0o755)
+    if os.geteuid() != 0:
+        return
+    uid, _ = _server_ids()
+    for path in (directory, *directory.parents):
+        st = path.stat()
+        if st.st_uid != uid and not st.st_mode & 0o001:
+            raise DatabaseUnavailable(
+                f"the `{SERVER_ACCOUNT}` account cannot pass {path} (mode {st.st_mode & 0o777:o}); "
+                f"allow it (chmod o+x {path}) or set PODBAY_DB_DIR to a directory it can reach"
+            )
 
 
 def _write_server_file(path: Path, text: str) -> None:

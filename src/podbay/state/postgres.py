@@ -155,7 +155,7 @@ class PostgresProvider:
     async def release(self, grant: DatabaseGrant) -> None:
         async with self._admin("release a database") as conn:
             record = await self._record_named(conn, grant.name)
-            if record is None or not record.retain:
+            if record is None or not grant.retain:  # the grant decides: the platform may change the policy
                 await self._drop_all(conn, grant.name)
                 return
             await self._revoke_login(conn, grant.name)
