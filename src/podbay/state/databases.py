@@ -17,9 +17,10 @@ import shutil
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import Protocol
 
 from podbay.channel import GuestChannel
-from podbay.errors import GuestError, HostError, InvalidSpec, NotFound, PodbayError
+from podbay.errors import Conflict, GuestError, HostError, InvalidSpec, NotFound, PodbayError
 from podbay.paths import PodbayPaths
 from podbay.state.base import StateLease
 from podbay.state.servers import (
@@ -27,8 +28,10 @@ from podbay.state.servers import (
     SERVICE,
     Branching,
     DatabaseGrant,
+    DatabaseInfo,
     DatabaseKind,
     DatabaseProvider,
+    TemplateInfo,
 )
 
 log = logging.getLogger("podbay.databases")
@@ -100,6 +103,52 @@ class ServerDatabases:
                 raise GuestError(
                     f"the guest cannot listen on 127.0.0.1:{grant.guest_port} for its {grant.provider} database: {exc}"
                 ) from None
+
+    # ---- what an operator (CLI, admin API) does with the databases and templates -------------------------
+
+    async def inventory(self) -> list[DatabaseInfo]:
+        """Every database podbay's servers hold (live pods' and retained ones), of the servers that exist here."""
+        found: list[DatabaseInfo] = []
+        for kind in self._kinds_in_use():
+            provider = self.provider(kind)
+            await provider.start()
+            found += await provider.databases()
+        return found
+
+    async def find(self, pod_id: str) -> DatabaseInfo:
+        for info in await self.inventory():
+            if info.pod_id == pod_id:
+                return info
+        raise NotFound(f"no database of pod {pod_id!r}; `podbay db ls` lists them", pod_id=pod_id)
+
+    async def export(self, pod_id: str, dest: Path) -> DatabaseInfo:
+        """Dump `pod_id`'s database (live, or retained after the pod ended) to `dest`."""
+        info = await self.find(pod_id)
+        await self.provider(info.provider).export(pod_id, dest)
+        return info
+
+    async def drop(self, pod_id: str, live_pod_ids: Iterable[str]) -> None:
+        """Remove a retained database for good (Conflict while its pod lives: destroy the pod)."""
+        if pod_id in set(live_pod_ids) or self.grant_of(pod_id) is not None:
+            raise Conflict(f"pod {pod_id} is live; destroy it first (with db_retain its data stays until then)")
+        info = await self.find(pod_id)
+        await self.provider(info.provider).drop(pod_id)
+
+    def postgres_templates(self) -> PostgresTemplates:
+        """The Postgres templates (`db_template=`): create from a dump, list, remove."""
+        from podbay.state.postgres import PostgresProvider  # psycopg only where Postgres is used
+
+        provider = self.provider("postgres")
+        assert isinstance(provider, PostgresProvider)
+        return provider.templates
+
+    def _kinds_in_use(self) -> list[str]:
+        """Kinds made in this process, or whose managed server has a directory here (made by an earlier one)."""
+        return [
+            kind
+            for kind in DATABASE_KINDS
+            if kind in self._providers or (self._paths.databases / kind).exists() or _external(kind)
+        ]
 
     def grant_of(self, pod_id: str) -> DatabaseGrant | None:
         entry = self._read(self.ledger / f"{pod_id}.json")
@@ -232,6 +281,18 @@ class InstantCopy:
             self._branching = None
         if self._staging is not None:
             shutil.rmtree(self._staging, ignore_errors=True)
+
+
+class PostgresTemplates(Protocol):
+    async def create(self, name: str, dump: Path) -> TemplateInfo: ...
+
+    async def list(self) -> list[TemplateInfo]: ...
+
+    async def remove(self, name: str) -> None: ...
+
+
+def _external(kind: str) -> bool:
+    return bool(os.environ.get(f"PODBAY_{kind.upper()}_URL"))
 
 
 def lease_of(grant: DatabaseGrant) -> StateLease:
