@@ -177,6 +177,7 @@ class ServerDatabases:
     async def _release_entry(self, pod_id: str, entry: dict[str, object]) -> None:
         grant = entry.get("grant")
         provider = self.provider(str(entry.get("provider")))
+        await provider.start()  # after a host restart, nothing may have started it yet
         if isinstance(grant, dict):
             await provider.release(DatabaseGrant(**grant))
         elif not entry.get("retain"):  # it died while provisioning: whatever was made goes
