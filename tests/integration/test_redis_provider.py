@@ -419,3 +419,37 @@ def test_measure_provision_time_and_idle_memory(loop: LoopThread, provider: Redi
         loop.run(provider.release(grant))
     print(f"\nredis provision median {statistics.median(times) * 1000:.1f} ms, idle RSS {statistics.median(rss)} KiB")
     assert all(value > 0 for value in rss)
+
+
+def test_the_pod_cannot_grow_the_instance_past_its_memory_limit(loop: LoopThread, provider: RedisProvider) -> None:
+    grant = loop.run(provider.provision("pod-greedy", None, retain=False))
+    try:
+        with forwarded(loop, provider, grant) as tunnel:
+            client = tunnel.client()
+            chunk = b"x" * (8 << 20)
+            with pytest.raises(redis.exceptions.OutOfMemoryError):
+                for index in range(16):  # 128 MiB asked, 64 MiB allowed
+                    client.set(f"k{index}", chunk)
+            assert client.delete("k0") == 1  # reads and deletes still work
+            with pytest.raises((redis.ResponseError, redis.ConnectionError)):  # the server hangs up on it
+                client.set("huge", b"x" * (20 << 20))  # one value past proto-max-bulk-len
+            assert tunnel.client().ping() is True
+    finally:
+        loop.run(provider.release(grant))
+
+
+def test_release_revokes_before_it_saves(loop: LoopThread, provider: RedisProvider) -> None:
+    """A retained pod's open connection is closed before the SAVE: nothing it writes afterwards is lost unsaid."""
+    grant = loop.run(provider.provision("pod-revoked", None, retain=True))
+    try:
+        with forwarded(loop, provider, grant) as tunnel:
+            client = tunnel.client()
+            client.set("before", "1")
+            loop.run(provider.release(grant))
+            with pytest.raises(redis.ConnectionError):
+                client.set("after", "1")
+        exported = provider.root.parent / "revoked.rdb"
+        loop.run(provider.export(grant.pod_id, exported))
+        assert b"before" in exported.read_bytes()
+    finally:
+        loop.run(provider.drop(grant.pod_id))

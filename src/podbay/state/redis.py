@@ -218,10 +218,13 @@ class RedisProvider:
     # ---- ending one ---------------------------------------------------------------------------------------
 
     async def _end(self, instance: Instance, meta: Meta, keep: bool) -> None:
-        """Revoke (the process stops) and drop the data, or keep it: SAVE first, then no process, no socket,
-        no password left; dump.rdb and meta.json stay. A SAVE that fails still stops it, then says so."""
+        """Revoke the pod's login, then drop the data, or keep it: SAVE, then no process, no socket, no
+        password left; dump.rdb and meta.json stay. A SAVE that fails still stops it, then says so."""
         failed: DatabaseUnavailable | None = None
-        if keep and instance.pids(self._account()):  # a process that died took its unsaved data with it
+        running = bool(instance.pids(self._account()))
+        if running:
+            await instance.revoke()
+        if keep and running:  # a process that died took its unsaved data with it
             try:
                 await instance.save()
             except DatabaseUnavailable as exc:
@@ -382,7 +385,4 @@ class RedisBranching:
         copy_regular(self._staged, dest / "dump.rdb")
         meta = {"provider": "redis", "pod_id": self._grant.pod_id, "name": self._grant.name, "saved": time.time()}
         self._written.append(dest / "meta.json")
-        try:
-            write_own_file(dest / "meta.json", json.dumps(meta).encode())
-        except OSError as exc:
-            raise HostError(f"cannot write {dest / 'meta.json'}: {exc}") from None
+        write_own_file(dest / "meta.json", json.dumps(meta).encode())

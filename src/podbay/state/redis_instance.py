@@ -23,6 +23,7 @@ import json
 import os
 import pwd
 import re
+import secrets
 import shutil
 import signal
 import stat
@@ -169,7 +170,7 @@ class Instance:
             f"maxmemory {MAXMEMORY}",
             "maxmemory-policy noeviction",
             "maxmemory-clients 16mb",
-            "maxclients 64",
+            "maxclients 320",  # more than a channel's streams (podbay.tunnel.MAX_STREAMS): room for podbay's own
             "client-output-buffer-limit normal 16mb 8mb 30",
             "client-output-buffer-limit pubsub 8mb 2mb 60",
             "client-query-buffer-limit 16mb",
@@ -286,6 +287,13 @@ class Instance:
                 f"Redis instance {self.name} could not save its data: {describe(exc)}{self._log_tail()}"
             ) from None
 
+    async def revoke(self) -> None:
+        """The pod's login ends now: its user is switched off and its connections closed (podbay's own admin
+        connection is another user's), so nothing the pod writes after this point is lost by a SAVE."""
+        with contextlib.suppress(OSError, AdminError, TimeoutError, asyncio.IncompleteReadError):
+            await self.admin("ACL", "SETUSER", "default", "off", "resetpass", timeout=STOP_TIMEOUT_S)
+            await self.admin("CLIENT", "KILL", "USER", "default", timeout=STOP_TIMEOUT_S)
+
     async def stop(self, account: Account) -> None:
         """Stop the server without saving: SHUTDOWN NOSAVE as the admin user, else SIGKILL. Returns once no
         process of it is left."""
@@ -382,28 +390,29 @@ def read_own_file(path: Path) -> bytes | None:
 
 
 def write_own_file(path: Path, data: bytes) -> None:
-    """Write `path` atomically (a fresh temporary file, renamed over it), 0600."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with contextlib.suppress(FileNotFoundError):
-        temporary.unlink()
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "wb") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(fd)
-    os.replace(temporary, path)
+    """Write `path` atomically (a fresh temporary file of an unguessable name, renamed over it), 0600."""
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(fd)
+        os.replace(temporary, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise HostError(f"cannot write {path}: {exc}") from None
 
 
 def copy_regular(source: Path, dest: Path) -> None:
     """Copy `source` (a regular file, never through a link) to `dest` atomically; HostError if it cannot."""
-    temporary = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    temporary = dest.with_name(f".{dest.name}.{secrets.token_hex(8)}.tmp")
     try:
         fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
         with os.fdopen(fd, "rb") as reading:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise HostError(f"{source} is not a regular file")
-            with contextlib.suppress(FileNotFoundError):
-                temporary.unlink()
             out = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
             with os.fdopen(out, "wb") as writing:
                 shutil.copyfileobj(reading, writing, 1 << 20)
