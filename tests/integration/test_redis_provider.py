@@ -453,3 +453,40 @@ def test_release_revokes_before_it_saves(loop: LoopThread, provider: RedisProvid
         assert b"before" in exported.read_bytes()
     finally:
         loop.run(provider.drop(grant.pod_id))
+
+
+def test_a_pod_that_busies_its_instance_is_still_ended_at_once(loop: LoopThread, provider: RedisProvider) -> None:
+    grant = loop.run(provider.provision("pod-busy", None, retain=False))
+    with forwarded(loop, provider, grant) as tunnel:
+        client = tunnel.client()
+        client.set("k", "v")
+        busy = threading.Thread(target=_busy_forever, args=(tunnel.client(),), daemon=True)
+        busy.start()
+        time.sleep(0.3)  # the script runs: the server takes no command for 5 s (busy-reply-threshold)
+        started = time.monotonic()
+        loop.run(provider.release(grant))
+        print(f"\nreleased a busy instance in {(time.monotonic() - started) * 1000:.0f} ms")
+        busy.join(10)
+    assert server_pids(provider, grant) == [] and not (provider.root / grant.name).exists()
+
+
+def _busy_forever(client: redis.Redis) -> None:
+    with contextlib.suppress(redis.RedisError):
+        client.eval("while true do end", 0)
+
+
+def test_pods_are_provisioned_concurrently(loop: LoopThread, provider: RedisProvider) -> None:
+    async def many() -> list[DatabaseGrant]:
+        return list(await asyncio.gather(*(provider.provision(f"pod-many{i}", None, False) for i in range(4))))
+
+    grants = loop.run(many())
+    try:
+        for index, grant in enumerate(grants):
+            with forwarded(loop, provider, grant) as tunnel:
+                tunnel.client().set("me", index)
+        for index, grant in enumerate(grants):
+            with forwarded(loop, provider, grant) as tunnel:
+                assert tunnel.client().get("me") == str(index).encode()
+    finally:
+        for grant in grants:
+            loop.run(provider.release(grant))

@@ -221,10 +221,8 @@ class RedisProvider:
         """Revoke the pod's login, then drop the data, or keep it: SAVE, then no process, no socket, no
         password left; dump.rdb and meta.json stay. A SAVE that fails still stops it, then says so."""
         failed: DatabaseUnavailable | None = None
-        running = bool(instance.pids(self._account()))
-        if running:
-            await instance.revoke()
-        if keep and running:  # a process that died took its unsaved data with it
+        if keep and instance.pids(self._account()):  # a process that died took its unsaved data with it
+            await instance.revoke()  # first: nothing the pod writes is left out of the SAVE unsaid
             try:
                 await instance.save()
             except DatabaseUnavailable as exc:

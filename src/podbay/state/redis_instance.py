@@ -39,6 +39,7 @@ from podbay.isolation.supervise import command_lines_mentioning, is_gone
 MAXMEMORY = 64 * 1024 * 1024  # the pod's data; clients' buffers have their own cap (maxmemory-clients)
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 10.0
+SHUTDOWN_TIMEOUT_S = 2.0  # a server busy with a pod's endless script answers no one for 5 s: it is killed instead
 ADMIN_TIMEOUT_S = 60.0  # a SAVE of a full instance takes well under a second; this is for a loaded host
 LOG_TAIL = 2000
 ADMIN_USER = "podbay"
@@ -179,6 +180,7 @@ class Instance:
             "always-show-logo no",
             "set-proc-title yes",
             'proc-title-template "{title} {config-file}"',  # so its processes are found by their directory
+            "sanitize-dump-payload yes",  # a payload the pod crafted (FUNCTION RESTORE) is checked in depth
             "enable-debug-command no",
             "enable-module-command no",
             "enable-protected-configs no",
@@ -291,24 +293,31 @@ class Instance:
         """The pod's login ends now: its user is switched off and its connections closed (podbay's own admin
         connection is another user's), so nothing the pod writes after this point is lost by a SAVE."""
         with contextlib.suppress(OSError, AdminError, TimeoutError, asyncio.IncompleteReadError):
-            await self.admin("ACL", "SETUSER", "default", "off", "resetpass", timeout=STOP_TIMEOUT_S)
-            await self.admin("CLIENT", "KILL", "USER", "default", timeout=STOP_TIMEOUT_S)
+            await self.admin("ACL", "SETUSER", "default", "off", "resetpass", timeout=SHUTDOWN_TIMEOUT_S)
+            await self.admin("CLIENT", "KILL", "USER", "default", timeout=SHUTDOWN_TIMEOUT_S)
 
     async def stop(self, account: Account) -> None:
-        """Stop the server without saving: SHUTDOWN NOSAVE as the admin user, else SIGKILL. Returns once no
-        process of it is left."""
+        """Stop the server without saving: SHUTDOWN NOSAVE as the admin user, or SIGKILL at once if it will not
+        take the command (busy, out of reach), or after STOP_TIMEOUT_S. Returns once no process of it is left."""
         if self.pids(account):
-            with contextlib.suppress(OSError, AdminError, TimeoutError, asyncio.IncompleteReadError):
-                await self.admin("SHUTDOWN", "NOSAVE", timeout=STOP_TIMEOUT_S)
+            try:
+                await self.admin("SHUTDOWN", "NOSAVE", timeout=SHUTDOWN_TIMEOUT_S)
+            except (asyncio.IncompleteReadError, ConnectionResetError):
+                pass  # it hung up: what a server that shuts down does
+            except (OSError, AdminError, TimeoutError):
+                self._kill(account)
         deadline = time.monotonic() + STOP_TIMEOUT_S
         while pids := self.pids(account):
             if time.monotonic() > deadline:
-                for pid in pids:
-                    with contextlib.suppress(OSError):
-                        os.kill(pid, signal.SIGKILL)
-            await asyncio.sleep(0.01)
+                self._kill(account)
             if time.monotonic() > deadline + STOP_TIMEOUT_S:
                 raise HostError(f"Redis instance {self.name} survived SIGKILL (pids {pids}); kill them by hand")
+            await asyncio.sleep(0.01)
+
+    def _kill(self, account: Account) -> None:
+        for pid in self.pids(account):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
 
     def remove(self) -> None:
         try:
