@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import shutil
 import signal
@@ -21,8 +22,9 @@ import pytest
 import redis
 
 from podbay.errors import Conflict, DatabaseUnavailable, InvalidSpec, NotFound
-from podbay.isolation.supervise import command_lines_mentioning, is_gone
+from podbay.isolation.supervise import command_lines_mentioning, is_gone, process_identity
 from podbay.state.redis import RedisProvider
+from podbay.state.redis_instance import Instance
 from podbay.state.servers import DatabaseGrant
 
 pytestmark = pytest.mark.integration
@@ -368,10 +370,31 @@ def test_reap_ends_orphans_and_keeps_live_and_retained(loop: LoopThread, db_dir:
         assert b"kept by its policy" in exported.read_bytes()
         assert server_pids(provider, live)
         assert loop.run(later.reap({live.pod_id})) == []
+        assert loop.run(later.reap(set())) == ["pod-live"]
     finally:
         loop.run(provider.release(live))
         for pod_id in ("pod-orphan-keeps", "pod-retained"):
             loop.run(provider.drop(pod_id))
+
+
+def test_reap_leaves_what_a_live_process_is_making(loop: LoopThread, db_dir: Path) -> None:
+    provider = RedisProvider(db_dir / "reaped-starting")
+    making = loop.run(provider.provision("pod-making", None, retain=False))
+    crashed = loop.run(provider.provision("pod-crashed", None, retain=False))
+    half_made = provider.root / "pod_half"
+    half_made.mkdir()
+    os.utime(half_made, (time.time() - 3600, time.time() - 3600))
+    try:
+        for grant, creator in ((making, process_identity(os.getpid())), (crashed, "1:0")):
+            instance = Instance(provider.root, grant.name)
+            meta = instance.read_meta()
+            assert meta is not None
+            instance.write_meta(dataclasses.replace(meta, state="starting", creator=creator or ""))
+        assert loop.run(RedisProvider(provider.root).reap(set())) == ["pod-crashed"]
+        assert server_pids(provider, making) and not half_made.exists()
+        assert server_pids(provider, crashed) == [] and not (provider.root / crashed.name).exists()
+    finally:
+        loop.run(provider.release(making))
 
 
 def test_a_failed_start_leaves_nothing(

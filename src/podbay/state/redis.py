@@ -17,11 +17,12 @@ import os
 import secrets
 import shutil
 import time
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 
 from podbay.errors import Conflict, DatabaseUnavailable, HostError, NotFound
-from podbay.isolation.supervise import is_gone
+from podbay.isolation.supervise import is_gone, process_identity
 from podbay.paths import PodbayPaths
 from podbay.state.redis_instance import (
     Account,
@@ -30,6 +31,7 @@ from podbay.state.redis_instance import (
     Meta,
     check_name,
     copy_regular,
+    describe,
     instance_name,
     write_own_file,
 )
@@ -55,7 +57,8 @@ class RedisProvider:
         self._server = server
         self._account_name = account
         self._extra_config = tuple(extra_config)
-        self._locks: dict[str, asyncio.Lock] = {}
+        # One lock per instance while anyone holds or awaits it (weak: a pod's lock goes when it is done with).
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._busy: set[str] = set()  # instances this provider is making now: reap leaves them alone
 
     @classmethod
@@ -89,7 +92,7 @@ class RedisProvider:
         try:
             return await asyncio.open_unix_connection(instance.socket)
         except OSError as exc:
-            raise ConnectionError(f"the Redis instance {grant.name} is not running ({exc.strerror})") from None
+            raise ConnectionError(f"the Redis instance {grant.name} is not running ({describe(exc)})") from None
 
     async def branch(self, grant: DatabaseGrant, pod_ids: Sequence[str]) -> RedisBranching:
         names = [instance_name(pod_id) for pod_id in pod_ids]  # InvalidSpec before anything is made
@@ -182,7 +185,8 @@ class RedisProvider:
             self._busy.add(name)
             try:
                 secret = secrets.token_urlsafe(32)
-                meta = Meta(pod_id, name, retain, time.time(), "starting", os.getpid(), template)
+                creator = process_identity(os.getpid()) or ""
+                meta = Meta(pod_id, name, retain, time.time(), "starting", creator, template)
                 await asyncio.to_thread(self._prepare, instance, meta, secret, account, rdb)
                 await instance.launch(server, account)
                 instance.write_meta(dataclasses.replace(meta, state="running"))
@@ -299,7 +303,10 @@ class RedisProvider:
         """Being made, here or by another live podbay process: not an orphan (yet)."""
         if instance.name in self._busy:
             return True
-        return meta is not None and meta.state == "starting" and not is_gone(meta.creator_pid)
+        if meta is None or meta.state != "starting":
+            return False
+        pid = meta.creator.split(":", 1)[0]
+        return pid.isdigit() and process_identity(int(pid)) == meta.creator and not is_gone(int(pid))
 
     def _abandoned(self, instance: Instance) -> bool:
         with contextlib.suppress(OSError):
@@ -316,7 +323,10 @@ class RedisProvider:
         return 0
 
     def _lock(self, name: str) -> asyncio.Lock:
-        return self._locks.setdefault(name, asyncio.Lock())
+        lock = self._locks.get(name)
+        if lock is None:
+            lock = self._locks[name] = asyncio.Lock()
+        return lock
 
     def _server_binary(self) -> str:
         found = shutil.which(self._server)

@@ -77,7 +77,7 @@ class Meta:
     retain: bool
     created: float  # wall-clock seconds
     state: State
-    creator_pid: int  # the podbay process that started it (a "starting" one of a live creator is not reaped)
+    creator: str  # the podbay process that started it, pid:start-time (a "starting" one it still runs is not reaped)
     template: str | None = None
     retained_at: float | None = None
 
@@ -101,6 +101,8 @@ class Account:
                 f"the {name!r} account does not exist, and redis-server must not run as root; "
                 "install it with `apt install redis-server` (or run scripts/setup)"
             ) from None
+        if entry.pw_uid == 0:
+            raise DatabaseUnavailable(f"the {name!r} account is root: redis-server must run as an unprivileged one")
         return cls(entry.pw_uid, entry.pw_gid, name)
 
     def command(self, argv: Sequence[str]) -> list[str]:
