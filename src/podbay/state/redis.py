@@ -20,6 +20,7 @@ import time
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from podbay.errors import Conflict, DatabaseUnavailable, HostError, NotFound
 from podbay.isolation.supervise import is_gone, process_identity
@@ -35,7 +36,7 @@ from podbay.state.redis_instance import (
     instance_name,
     write_own_file,
 )
-from podbay.state.servers import DatabaseGrant, DatabaseInfo, DatabaseKind
+from podbay.state.servers import DatabaseGrant, DatabaseInfo, DatabaseKind, DatabaseProvider
 
 GUEST_PORT = 6379
 STAGING_PREFIX = ".staging-"  # `.staging-<podbay pid>-<token>`: an RDB taken at a fork's or snapshot's instant
@@ -394,3 +395,9 @@ class RedisBranching:
         meta = {"provider": "redis", "pod_id": self._grant.pod_id, "name": self._grant.name, "saved": time.time()}
         self._written.append(dest / "meta.json")
         write_own_file(dest / "meta.json", json.dumps(meta).encode())
+
+
+if TYPE_CHECKING:  # mypy checks that the provider fits the seam
+
+    def _fits_the_seam(provider: RedisProvider) -> DatabaseProvider:
+        return provider
