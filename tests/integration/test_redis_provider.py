@@ -101,6 +101,9 @@ class Forwarder:
         return redis.Redis(host="127.0.0.1", port=self.port, password=secret, socket_timeout=10)
 
     def close(self) -> None:
+        self._loop.run(self._close())  # on the server's own loop: asyncio is not thread-safe
+
+    async def _close(self) -> None:
         self._server.close()
 
 
