@@ -119,7 +119,7 @@ def test_pods_cannot_use_each_others_credentials_and_retained_data_outlives_the_
         shared_platform._loop.run(shared_platform._platform.databases.find(first.id))
 
 
-@pytest.mark.parametrize("backend", ["qemu", "runc"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_each_pod_has_its_own_redis(shared_platform: Platform, backend: str) -> None:
     skip_unless_available(shared_platform, backend)
     with (
@@ -195,3 +195,17 @@ def test_an_unknown_template_fails_before_any_pod_is_made(shared_platform: Platf
     after = {info.pod_id for info in shared_platform._loop.run(shared_platform._platform.databases.inventory())}
     assert after == before
     assert shared_platform.list() == []
+
+
+def test_a_fork_child_gets_its_own_copy_of_the_parents_redis(shared_platform: Platform) -> None:
+    skip_unless_available(shared_platform, "qemu")
+    with shared_platform.create_agent(db="redis") as parent:
+        parent.exec(["python3", "-c", REDIS, "SET", "k", "before"])
+        [child] = parent.fork(1)
+        with child:
+            assert child.exec(["python3", "-c", REDIS, "GET", "k"]).stdout.strip() == "b'before'"
+            child.exec(["python3", "-c", REDIS, "SET", "k", "child"])
+            assert parent.exec(["python3", "-c", REDIS, "GET", "k"]).stdout.strip() == "b'before'"
+            child_url = child.exec(["sh", "-c", "echo $PODBAY_DB_URL"]).stdout.strip()
+            parent_url = parent.exec(["sh", "-c", "echo $PODBAY_DB_URL"]).stdout.strip()
+            assert child_url != parent_url  # the child's credentials are its own
