@@ -206,6 +206,10 @@ class GuestChannel:
             stream = self.streams.get(stream_id)
             if stream is not None:
                 stream.deliver(header, payload)
+            elif header.get("event") in ("data", "eof"):
+                # Not a stream of this channel: a fork child's or a restored pod's copy of its source's open
+                # connection. Its host end is gone: reset it, or the guest's client would wait for ever.
+                self._spawn(self._stream_op("close", stream_id, message="its host end is gone (a fork or restore)"))
             return
         service = header.get("service")
         connect = self._services.get(service) if isinstance(service, str) else None

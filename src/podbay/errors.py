@@ -9,6 +9,7 @@ PodbayError                 root: catch this to catch everything podbay raises; 
 ├── InvalidSpec             bad input; `.field` names it, `.fix` says what to pass instead
 ├── BackendUnavailable      the isolation backend cannot run on this host (the reason says why)
 │   └── Unsupported         the backend cannot do this operation (names the backend and the alternative)
+├── DatabaseUnavailable     a pod's database server is not installed, down, unreachable or out of slots
 ├── GuestError              the sandbox or its agent failed (crash, protocol error, malformed answer)
 ├── HostError               the host failed podbay: a tool is missing, a disk is full, a file cannot be written
 ├── Timeout                 an operation did not finish in time

@@ -20,6 +20,7 @@ from pydantic import (
 from podbay.errors import InvalidSpec
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
+DB_TEMPLATE_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,39}$"  # a Postgres template's name (its database is tpl_<name>)
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 RESERVED_ENV_PREFIX = "PODBAY_"
 MAX_CONTEXT_BYTES = 256 << 10
@@ -47,6 +48,22 @@ class PodSpec(BaseModel):
     memory_db: bool = False
     volume: str | None = Field(default=None, pattern=NAME_PATTERN)
     volume_mib: int = Field(default=256, ge=16, le=65536)
+    db: Literal["postgres", "redis"] | None = Field(
+        default=None,
+        description="a private server database on the host (memory_db=True is SQLite on the pod's volume): the "
+        "guest reaches it on 127.0.0.1 at its usual port through podbay's channel; PODBAY_DB_URL carries its "
+        "credentials, minted for this pod and revoked when it ends",
+    )
+    db_template: str | None = Field(
+        default=None,
+        pattern=DB_TEMPLATE_PATTERN,
+        description="postgres: branch the pod's database from this template (`podbay db templates create`)",
+    )
+    db_retain: bool = Field(
+        default=False,
+        description="keep the server database's data when the pod ends (its credentials are revoked either way); "
+        "`podbay db export POD` dumps it, `podbay db rm POD` removes it",
+    )
     env: dict[str, str] = Field(default_factory=dict)
     context: dict[str, Any] = Field(default_factory=dict)
     network: bool = False
@@ -119,6 +136,17 @@ class PodSpec(BaseModel):
             raise ValueError(f"is nested more than {MAX_CONTEXT_DEPTH} levels deep")
         return context
 
+    @model_validator(mode="after")
+    def _one_database(self) -> PodSpec:
+        # InvalidSpec itself (not ValueError), so the error names the field that is wrong, not the whole spec.
+        if self.db is not None and self.memory_db:
+            raise InvalidSpec("db", "a pod has one database: memory_db=True is SQLite, db= a server one", _FIXES["db"])
+        if self.db_template is not None and self.db != "postgres":
+            raise InvalidSpec("db_template", "is a Postgres template: it needs db='postgres'", _FIXES["db_template"])
+        if self.db_retain and self.db is None:
+            raise InvalidSpec("db_retain", "keeps a server database: there is none", _FIXES["db_retain"])
+        return self
+
     @model_validator(mode="wrap")
     @classmethod
     def _refused_as_invalid_spec(cls, data: Any, handler: ModelWrapValidatorHandler[PodSpec]) -> PodSpec:
@@ -169,6 +197,9 @@ _FIXES = {
     "backend": "pass a backend name such as 'qemu' (`podbay doctor` lists those that run here)",
     "boot_timeout_s": "use a number of seconds above 0, at most 600",
     "memory_db": "pass True or False",
+    "db": "pass db='postgres' or db='redis' (or memory_db=True for SQLite), not both",
+    "db_template": "pass db='postgres' with the name of a template (`podbay db templates ls`)",
+    "db_retain": "pass True or False, with db='postgres' or db='redis'",
     "cold": "pass True or False",
     "snapshottable": "pass True or False",
     "keep_on_failure": "pass True or False",

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, S
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Any, TypeVar, cast
+from typing import Any, Literal, TypeVar, cast
 
 from podbay.channel import GuestChannel, GuestProcess, OutputCallback, guest_answer
 from podbay.errors import (
@@ -65,6 +65,8 @@ from podbay.records import PodRecord, VolumeRecord, read_record, write_record
 from podbay.rundir import RunDir, owner_alive, read_owner, remove_run_dir
 from podbay.snapshots import SnapshotStore, describe, load_snapshot
 from podbay.state.base import StateLease, StateProvider
+from podbay.state.databases import InstantCopy, ServerDatabases, lease_of
+from podbay.state.servers import DatabaseGrant, DatabaseProvider
 from podbay.state.sqlite import SqliteProvider
 from podbay.state.volumes import VolumeStore
 
@@ -297,9 +299,21 @@ class AsyncPod:
         if path.exists():
             raise Conflict(f"a snapshot named {name!r} exists; remove it first (`podbay snapshot rm {name}`)")
         path.parent.mkdir(parents=True, exist_ok=True)
-        snapshot = await self._trace.timed("snapshot", save_snapshot(sandbox, path), detail=name)
+        database = InstantCopy(self._platform.databases, self._grant)
+        saving = save_snapshot(sandbox, path, at_instant=database.save(path.parent / f".{name}.database-partial"))
+        try:
+            snapshot = await self._trace.timed("snapshot", saving, detail=name)
+        except BaseException:
+            await database.abort()
+            raise
+        if database.started:
+            await self._trace.timed("db save", database.saved_into(path))
         self.history.event("snapshot", name)
         return describe(name, snapshot)
+
+    @property
+    def _grant(self) -> DatabaseGrant | None:
+        return self._lease.grant if self._lease is not None else None
 
     async def fork(self, n: int) -> list[AsyncPod]:
         """`n` running copies of this running pod: copy-on-write memory, and each its own writable layer and
@@ -422,8 +436,10 @@ class AsyncPlatform:
         backends: Mapping[str, Backend] | None = None,
         *,
         clock: Clock | None = None,
+        databases: Mapping[str, DatabaseProvider] | None = None,
     ) -> None:
-        """`clock`: the monotonic clock pods are metered by (time.monotonic; tests pass their own)."""
+        """`clock`: the monotonic clock pods are metered by (time.monotonic; tests pass their own).
+        `databases`: server-database providers by kind (made from `paths` on first use otherwise)."""
         self._clock: Clock = clock or time.monotonic
         self._usage_listeners: list[Callable[[Usage], object]] = []
         self._event_listeners: list[Callable[[PodEvent], object]] = []
@@ -431,6 +447,7 @@ class AsyncPlatform:
         self.volumes = VolumeStore(self.paths.volumes)
         self.backends: dict[str, Backend] = dict(backends or default_backends(self.paths))
         self._state: StateProvider = SqliteProvider(self.volumes)
+        self.databases = ServerDatabases(self.paths, databases)
         self._factory = SandboxFactory(self.paths)
         self._warm = Pools(self._factory, self._backend)
         self.pools = AsyncPools(self._warm)
@@ -545,6 +562,9 @@ class AsyncPlatform:
         memory_db: bool = False,
         volume: str | None = None,
         volume_mib: int = 256,
+        db: Literal["postgres", "redis"] | None = None,
+        db_template: str | None = None,
+        db_retain: bool = False,
         env: Mapping[str, str] | None = None,
         context: Mapping[str, Any] | None = None,
         network: bool = False,
@@ -555,7 +575,8 @@ class AsyncPlatform:
         timeout_s: float | None = None,
         keep_on_failure: bool = False,
     ) -> AsyncPod:
-        """Create a pod from PodSpec's fields (e.g. memory_db=True, volume="customer-42"); see PodSpec for each.
+        """Create a pod from PodSpec's fields (e.g. memory_db=True, volume="customer-42", db="postgres"); see
+        PodSpec for each.
         A bad value raises InvalidSpec naming the field and the fix."""
         spec = PodSpec.parse(
             backend=backend,
@@ -565,6 +586,9 @@ class AsyncPlatform:
             memory_db=memory_db,
             volume=volume,
             volume_mib=volume_mib,
+            db=db,
+            db_template=db_template,
+            db_retain=db_retain,
             env={} if env is None else env,
             context={} if context is None else context,
             network=network,
@@ -615,6 +639,9 @@ class AsyncPlatform:
                     "init", env=env, context=spec.context, mounts=sandbox.guest_mounts, clock=time.time()
                 ),
             )
+            if lease is not None and lease.grant is not None:
+                tunnel = self.databases.open_tunnel(sandbox.channel, lease.grant, listen=True)
+                await trace.timed("tunnel", tunnel, detail=f"{lease.grant.provider} on port {lease.grant.guest_port}")
         except BaseException as exc:
             try:
                 await self.teardown(pod_id, sandbox or start.held, lease, start.run_dir)
@@ -750,27 +777,45 @@ class AsyncPlatform:
         run_dir = RunDir.make(self.paths.pods, backend.name)
         config = _bare_config(run_dir, snapshot.vcpus, snapshot.memory_mib)
         with concerning(run_dir.pod_id):
-            try:
-                restoring = start_from_snapshot(snapshot, config, hostname=run_dir.pod_id)
-                sandbox = await trace.timed(Origin.SNAPSHOT.value, restoring, detail=f"snapshot {name!r}")
-            except BaseException:
-                run_dir.remove()
-                raise
+            restoring = start_from_snapshot(snapshot, config, hostname=run_dir.pod_id)
+            results = await asyncio.gather(
+                trace.timed(Origin.SNAPSHOT.value, restoring, detail=f"snapshot {name!r}"),
+                trace.timed("db load", self.databases.load(snapshot.path, run_dir.pod_id)),
+                return_exceptions=True,
+            )
+            sandbox, lease = results
+            if isinstance(sandbox, BaseException) or isinstance(lease, BaseException):
+                held = sandbox if not isinstance(sandbox, BaseException) else None
+                await self.teardown(run_dir.pod_id, held, lease if isinstance(lease, StateLease) else None, run_dir)
+                raise sandbox if isinstance(sandbox, BaseException) else cast(BaseException, lease)
             spec = PodSpec.parse(
                 vcpus=snapshot.vcpus,
                 memory_mib=snapshot.memory_mib,
                 disk_mib=max(64, (snapshot.layer_size or 0) >> 20),
                 memory_db=bool(snapshot.volumes),
+                db=lease.grant.provider if lease is not None and lease.grant is not None else None,
             )
-            return await self._adopt(sandbox, run_dir, spec, trace, Origin.SNAPSHOT)
+            return await self._adopt(sandbox, run_dir, spec, trace, Origin.SNAPSHOT, lease)
 
     async def _fork(self, parent: AsyncPod, sandbox: SnapshotSandbox, n: int) -> list[AsyncPod]:
         run_dirs = [RunDir.make(self.paths.pods, parent.spec.backend) for _ in range(n)]
         trace = Trace()
         configs = [_bare_config(run_dir, parent.spec.vcpus, parent.spec.memory_mib) for run_dir in run_dirs]
+        branch = InstantCopy(self.databases, parent._grant)
+        forking = fork_pod(sandbox, configs, at_instant=branch.fork([run_dir.pod_id for run_dir in run_dirs]))
         try:
-            forked = await trace.timed(Origin.FORK.value, fork_pod(sandbox, configs), detail=f"from {parent.id}")
+            forked = await trace.timed(Origin.FORK.value, forking, detail=f"from {parent.id}")
         except BaseException:
+            await branch.abort()
+            for run_dir in run_dirs:
+                run_dir.remove()
+            raise
+        try:  # the database copies of the instant complete while the parent and the children run
+            leases: list[StateLease | None] = [None] * n
+            if branch.started:
+                leases = list(await trace.timed("db branch", branch.leases()))
+        except BaseException:
+            await asyncio.gather(*(child.destroy() for child in forked.children), return_exceptions=True)
             for run_dir in run_dirs:
                 run_dir.remove()
             raise
@@ -783,8 +828,8 @@ class AsyncPlatform:
 
         adopted = await asyncio.gather(
             *(
-                self._adopt(child, run_dir, spec, child_trace(), Origin.FORK)
-                for child, run_dir in zip(forked.children, run_dirs, strict=True)
+                self._adopt(child, run_dir, spec, child_trace(), Origin.FORK, lease)
+                for child, run_dir, lease in zip(forked.children, run_dirs, leases, strict=True)
             ),
             return_exceptions=True,
         )
@@ -795,19 +840,30 @@ class AsyncPlatform:
             raise failed[0]
         return children
 
-    async def _adopt(self, sandbox: Sandbox, run_dir: RunDir, spec: PodSpec, trace: Trace, origin: Origin) -> AsyncPod:
+    async def _adopt(
+        self,
+        sandbox: Sandbox,
+        run_dir: RunDir,
+        spec: PodSpec,
+        trace: Trace,
+        origin: Origin,
+        lease: StateLease | None = None,
+    ) -> AsyncPod:
         """Make a restored or forked sandbox a pod of this platform: its guest already holds its source's
-        state (mounts, environment, context); it learns its own pod id."""
+        state (mounts, environment, context, a database listener); it learns its own pod id and the
+        credentials of its own copy of the database (`lease`), to which its listener now leads."""
         try:
-            env = {"PODBAY_POD_ID": run_dir.pod_id}
+            env = {**(lease.env if lease else {}), "PODBAY_POD_ID": run_dir.pod_id}
             await trace.timed("inject", sandbox.channel.request("init", env=env, mounts=[], clock=time.time()))
+            if lease is not None and lease.grant is not None:
+                await self.databases.open_tunnel(sandbox.channel, lease.grant, listen=False)
         except BaseException as exc:
             try:
-                await self.teardown(run_dir.pod_id, sandbox, None, run_dir)
+                await self.teardown(run_dir.pod_id, sandbox, lease, run_dir)
             except PodbayError as cleanup:
                 exc.add_note(f"and cleaning up after it failed too: {cleanup}")
             raise
-        pod = AsyncPod(self, run_dir.pod_id, spec, sandbox, None, trace, run_dir, origin)
+        pod = AsyncPod(self, run_dir.pod_id, spec, sandbox, lease, trace, run_dir, origin)
         self._register(pod)  # a fork child has its parent's timeout_s, counted from its own start
         return pod
 
@@ -846,6 +902,8 @@ class AsyncPlatform:
                 )
 
     async def _provision(self, pod_id: str, spec: PodSpec) -> StateLease | None:
+        if spec.db is not None:
+            return await self.databases.provision(pod_id, spec.db, spec.db_template, spec.db_retain)
         if not spec.memory_db:
             return None
         return await self._state.provision(pod_id, spec.volume, spec.volume_mib)
@@ -859,7 +917,9 @@ class AsyncPlatform:
         self._pods.pop(pod_id, None)
         if sandbox is not None:
             await sandbox.destroy()  # raises if anything of the sandbox may still run
-        if lease is not None:
+        if lease is not None and lease.grant is not None:
+            await self.databases.release(lease.grant)
+        elif lease is not None:
             await self._state.release(lease)
         run_dir.remove()
 
@@ -907,6 +967,7 @@ class AsyncPlatform:
             reaped.append(run_dir.name)
         live = {path.name for path in self.paths.pods.glob("pod-*")} if self.paths.pods.exists() else set()
         self.volumes.reap_anonymous(live)
+        await self.databases.reap(live | set(self._pods))
         try:
             self.postmortems.prune()
         except OSError as exc:
@@ -967,6 +1028,8 @@ class AsyncPlatform:
         except PodbayError as exc:
             return await self._abandon(run_dir, backend, f"it could not be re-attached: {exc}")
         pod = self._revive(record, sandbox, RunDir.claim(run_dir, backend.name))
+        if pod._grant is not None:  # its agent listens still: its streams lead to its database again
+            await self.databases.open_tunnel(sandbox.channel, pod._grant, listen=False)
         self._pods[pod.id] = pod
         pod._watch_for_death()
         pod.history.event("recovered", "re-attached by a new controller")
@@ -989,7 +1052,8 @@ class AsyncPlatform:
         trace.phases = list(record.trace)
         now = time.monotonic() - trace.origin
         trace.phases.append(Phase(name="recover", start_s=now, end_s=now, detail="re-attached by a new controller"))
-        lease = None
+        grant = self.databases.grant_of(record.pod_id)
+        lease = lease_of(grant) if grant is not None else None
         if record.volume is not None:
             volume = record.volume  # its lock is held by the VMM, which inherited it from the first controller
             attachment = VolumeAttachment(name=volume.name, image=Path(volume.image), target=volume.target)

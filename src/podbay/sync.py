@@ -7,7 +7,7 @@ import atexit
 import threading
 from collections.abc import Coroutine, Mapping, Sequence
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from podbay.channel import GuestProcess, OutputCallback
 from podbay.isolation.base import Availability, Backend
@@ -246,6 +246,9 @@ class Platform:
         memory_db: bool = False,
         volume: str | None = None,
         volume_mib: int = 256,
+        db: Literal["postgres", "redis"] | None = None,
+        db_template: str | None = None,
+        db_retain: bool = False,
         env: Mapping[str, str] | None = None,
         context: Mapping[str, Any] | None = None,
         network: bool = False,
@@ -256,7 +259,8 @@ class Platform:
         timeout_s: float | None = None,
         keep_on_failure: bool = False,
     ) -> Pod:
-        """Create a pod from PodSpec's fields (e.g. memory_db=True, volume="customer-42"); see PodSpec for each.
+        """Create a pod from PodSpec's fields (e.g. memory_db=True, volume="customer-42", db="postgres"); see
+        PodSpec for each.
         A bad value raises InvalidSpec naming the field and the fix."""
         creating = self._platform.create_agent(
             backend=backend,
@@ -266,6 +270,9 @@ class Platform:
             memory_db=memory_db,
             volume=volume,
             volume_mib=volume_mib,
+            db=db,
+            db_template=db_template,
+            db_retain=db_retain,
             env=env,
             context=context,
             network=network,

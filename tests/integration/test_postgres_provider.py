@@ -188,8 +188,8 @@ def test_another_pods_role_or_database_is_refused_by_the_guard_and_by_the_server
     for other in (b.name, "postgres", "tpl_shop", "template1"):
         with pytest.raises(psycopg.OperationalError, match=r"no pg_hba\.conf entry|not currently accepting"):
             direct(provider, a.role, a.secret, other)
-    with direct(provider, a.role, a.secret, a.name) as conn:
-        assert conn.execute("SELECT current_user").fetchone() == (a.role,)
+    with psycopg.connect(provider.direct_conninfo(a), autocommit=True) as conn:
+        assert conn.execute("SELECT current_user, current_database()").fetchone() == (a.role, a.name)
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("CREATE DATABASE escape")
     run(provider.release(a))

@@ -11,6 +11,7 @@ from podbay import errors
 from podbay.errors import (
     BackendUnavailable,
     Conflict,
+    DatabaseUnavailable,
     Forbidden,
     GuestError,
     HostError,
@@ -36,6 +37,7 @@ EXAMPLES: list[tuple[PodbayError, int]] = [
     (Conflict("pod is paused"), 409),
     (BackendUnavailable("firecracker: no KVM"), 501),
     (Unsupported("runc", "snapshot a pod", "use qemu"), 501),
+    (DatabaseUnavailable("postgres: the server does not start"), 503),
     (QuotaExceeded("10 pods"), 429),
     (GuestError("agent died"), 502),
     (Timeout("too slow"), 504),

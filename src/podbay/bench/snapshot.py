@@ -150,7 +150,10 @@ async def _snapshot_run(template: Template, work: Path, n: int) -> dict[str, Any
     try:
         for index in range(n):
             for way, options in SAVE_WAYS.items():
-                snapshot = await save_snapshot(source, work / f"snapshot-{way}-{index}", **options)
+                quiesce, durable = options["quiesce"], options["durable"]
+                snapshot = await save_snapshot(
+                    source, work / f"snapshot-{way}-{index}", quiesce=quiesce, durable=durable
+                )
                 for key, value in snapshot.timings.items():
                     saves[way].setdefault(key, []).append(value)
                 if first is None:

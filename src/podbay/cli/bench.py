@@ -1,4 +1,5 @@
-"""`podbay bench create | isolation | soak | reliability | clone | pool | run | snapshot | fork | density | serve`:
+"""`podbay bench create | isolation | soak | reliability | clone | pool | run | snapshot | fork | density | serve
+| db`:
 `--json` prints one JSON document on stdout; the human summary goes to stderr."""
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from rich.table import Table
 
 from podbay.bench import clone as clone_bench
 from podbay.bench import create as create_bench
+from podbay.bench import db as db_bench
 from podbay.bench import density as density_bench
 from podbay.bench import isolation as isolation_bench
 from podbay.bench import pool as pool_bench
@@ -42,6 +44,20 @@ def create(
     if as_json:
         print(json.dumps(result, indent=2))
     errors.print(create_bench.summary(result), highlight=False)
+
+
+@app.command("db")
+def db(
+    n: int = typer.Option(5, "--n", min=1, help="provisions per template size, and pods with and without a database"),
+    as_json: bool = typer.Option(False, "--json", help="print the JSON result"),
+) -> None:
+    """Server databases: branch provisioning from a 1 MB and a 100 MB Postgres template, the tunnel's round
+    trip and throughput against a direct host connection, and what db="postgres" adds to a pod's creation."""
+    with reported_errors(), Platform() as platform:
+        result = db_bench.bench_db(platform, n)
+    if as_json:
+        print(json.dumps(result, indent=2))
+    errors.print(db_bench.summary(result), highlight=False)
 
 
 @app.command("isolation")

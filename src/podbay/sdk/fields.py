@@ -8,7 +8,7 @@ tests/unit/test_sdk_parity.py fails when any copy drifts from PodSpec: names and
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, TypedDict
+from typing import Any, Literal, TypedDict
 
 
 class PodFields(TypedDict, total=False):
@@ -21,6 +21,9 @@ class PodFields(TypedDict, total=False):
     memory_db: bool
     volume: str | None
     volume_mib: int
+    db: Literal["postgres", "redis"] | None
+    db_template: str | None
+    db_retain: bool
     env: Mapping[str, str] | None
     context: Mapping[str, Any] | None
     network: bool

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from podbay.isolation.base import VolumeAttachment
+from podbay.state.servers import DatabaseGrant
 
 
 @dataclass
@@ -21,6 +22,7 @@ class StateLease:
     volumes: tuple[VolumeAttachment, ...] = ()
     volume_name: str | None = None
     ephemeral: bool = False  # delete the volume on release (no name was asked for)
+    grant: DatabaseGrant | None = None  # a server database's (podbay.state.servers); None for SQLite
 
 
 class StateProvider(Protocol):

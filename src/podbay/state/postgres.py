@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from podbay.errors import Conflict, HostError, InvalidSpec, NotFound, PodbayError
 from podbay.paths import PodbayPaths
@@ -163,6 +164,12 @@ class PostgresProvider:
 
     async def connect(self, grant: DatabaseGrant) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         return await guarded_connection(grant.role, grant.name, self.server.open_stream, self._guards)
+
+    def direct_conninfo(self, grant: DatabaseGrant) -> str:
+        """The grant's login straight to the server, not through the guard (host-side checks and benchmarks)."""
+        return make_conninfo(
+            host=self.server.host, port=self.server.port, user=grant.role, password=grant.secret, dbname=grant.name
+        )
 
     async def branch(self, grant: DatabaseGrant, pod_ids: Sequence[str]) -> _Branching:
         async with self._admin("branch a database") as conn:

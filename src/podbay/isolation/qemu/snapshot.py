@@ -456,13 +456,19 @@ async def _launch(
 
 
 async def save_snapshot(
-    sandbox: SnapshotSandbox, dest: Path, *, quiesce: bool = True, durable: bool = True
+    sandbox: SnapshotSandbox,
+    dest: Path,
+    *,
+    quiesce: bool = True,
+    durable: bool = True,
+    at_instant: Callable[[], Awaitable[object]] | None = None,
 ) -> Snapshot:
     """Save the running pod `sandbox` into the new directory `dest`; the pod keeps running.
 
     `quiesce`: freeze the guest's layer and volumes first (their copies are then consistent filesystems on
     their own). `durable`: fsync every file before meta.json (a whole snapshot survives a host crash); without
     it only meta.json is fsynced, and the data reaches the disk with the page cache's writeback.
+    `at_instant`: awaited while the VM is stopped at the saved instant (a server database's branch point).
     Raises Conflict if `dest` exists, GuestError (the pod still running, nothing left at `dest`) otherwise.
     """
     dest = Path(dest)
@@ -492,6 +498,10 @@ async def save_snapshot(
         await sandbox.migrate_to(building / "state", flags, ignore_shared=sandbox.memory_shared, what="the pod")
         saved = True
         timings["state_ms"] = _ms_since(mark)
+        if at_instant is not None:
+            mark = time.perf_counter()
+            await at_instant()
+            timings["at_instant_ms"] = _ms_since(mark)
         mark = time.perf_counter()
         copies: list[Awaitable[int]] = []
         if sandbox.memory_shared:
@@ -719,6 +729,7 @@ async def fork(
     scratch: Path = MEMORY_ROOT,
     memory: MemoryMode = "mapped",
     quiesce: bool = False,
+    at_instant: Callable[[], Awaitable[object]] | None = None,
 ) -> Fork:
     """`len(configs)` running children of the running pod `sandbox`, each with copy-on-write memory (the
     saved RAM mapped privately), its own layer and its own copy of every volume; the parent keeps running.
@@ -736,7 +747,9 @@ async def fork(
     started = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="podbay-fork-", dir=scratch))
     try:
-        snapshot = await save_snapshot(sandbox, work / "snapshot", quiesce=quiesce, durable=False)
+        snapshot = await save_snapshot(
+            sandbox, work / "snapshot", quiesce=quiesce, durable=False, at_instant=at_instant
+        )
         timings = {"snapshot_ms": _ms_since(started), **{f"snapshot_{k}": v for k, v in snapshot.timings.items()}}
         results = await asyncio.gather(
             *(start_from_snapshot(snapshot, config, memory=memory) for config in configs), return_exceptions=True

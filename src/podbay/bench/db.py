@@ -1,0 +1,191 @@
+"""`podbay bench db`: what a pod's server database costs.
+
+- provisioning a branch from a Postgres template of ~1 MB and ~100 MB (the template's own size is reported);
+- the tunnel against a direct host connection, measured in one run: round trip of `SELECT 1` on one open
+  connection (guest → agent → channel → host → server, against psycopg on the host straight to the server's
+  socket) and the throughput of one large `COPY ... TO STDOUT`; the channel's own round trip (an exec of
+  `true`) is measured beside them, since the goal is "tunnel ≤ 2 x direct + the channel's round trip";
+- the time `create_agent(db="postgres")` adds to `create_agent()` on the fast path (create → first exec).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import psycopg
+
+from podbay.bench.create import percentile
+from podbay.state.servers import DatabaseGrant
+from podbay.sync import Platform
+
+TEMPLATE_MB = (1, 100)
+ROW_BYTES = 1024  # each seeded row's payload: a template of N MB has about N * 1024 rows
+ROUND_TRIPS = 200
+COPY_ROWS = 50_000  # x ~1 KiB: ~50 MiB through the tunnel
+
+# The guest's side: one connection, ROUND_TRIPS `SELECT 1`, then one large COPY read to the end.
+GUEST_CLIENT = """
+import json, os, sys, time, psycopg
+rounds, rows = int(sys.argv[1]), int(sys.argv[2])
+with psycopg.connect(os.environ["PODBAY_DB_URL"], autocommit=True) as conn:
+    conn.execute("SELECT 1").fetchall()
+    times = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        conn.execute("SELECT 1").fetchall()
+        times.append((time.perf_counter() - started) * 1e6)
+    started, total = time.perf_counter(), 0
+    with conn.cursor().copy(f"COPY (SELECT repeat('x', 1000) FROM generate_series(1, {rows})) TO STDOUT") as copy:
+        for block in copy:
+            total += len(block)
+    print(json.dumps({"round_trip_us": times, "copy_bytes": total, "copy_s": time.perf_counter() - started}))
+"""
+
+
+def bench_db(platform: Platform, n: int) -> dict[str, Any]:
+    databases = platform._platform.databases
+    templates = databases.postgres_templates()
+    made: list[str] = []
+    try:
+        provisioning = {}
+        for megabytes in TEMPLATE_MB:
+            name = f"bench-{megabytes}mb-{secrets.token_hex(3)}"
+            info = platform._loop.run(templates.create(name, _seed_dump(megabytes)))
+            made.append(name)
+            provisioning[f"{megabytes}mb"] = {
+                "template_bytes": info.size_bytes,
+                **_stats(_provision_ms(platform, name, n)),
+            }
+        tunnel = _tunnel(platform, made[0])
+        create = _create_overhead(platform, n)
+    finally:
+        for name in made:
+            platform._loop.run(templates.remove(name))
+    return {"benchmark": "db", "n": n, "provision_ms": provisioning, "tunnel": tunnel, "create": create}
+
+
+def _seed_dump(megabytes: int) -> Path:
+    """A small SQL file that makes a table of about `megabytes` MB when loaded."""
+    rows = megabytes * (1 << 20) // ROW_BYTES
+    dump = Path(tempfile.mkdtemp(prefix="podbay-bench-db-")) / "seed.sql"
+    dump.write_text(
+        "CREATE TABLE items (id integer PRIMARY KEY, payload text NOT NULL);\n"
+        f"INSERT INTO items SELECT g, repeat(md5(g::text), {ROW_BYTES // 32}) FROM generate_series(1, {rows}) g;\n"
+    )
+    return dump
+
+
+def _provision_ms(platform: Platform, template: str, n: int) -> list[float]:
+    provider = platform._platform.databases.provider("postgres")
+    times = []
+    for index in range(n):
+        pod_id = f"pod-bench{secrets.token_hex(4)}{index}"
+        started = time.perf_counter()
+        grant = platform._loop.run(provider.provision(pod_id, template, False))
+        times.append((time.perf_counter() - started) * 1000)
+        platform._loop.run(provider.release(grant))
+    return times
+
+
+def _tunnel(platform: Platform, template: str) -> dict[str, Any]:
+    with platform.create_agent(db="postgres", db_template=template) as pod:
+        pod.exec(["true"])
+        channel_us = []
+        for _ in range(50):
+            started = time.perf_counter()
+            pod.exec(["true"])
+            channel_us.append((time.perf_counter() - started) * 1e6)
+        result = pod.exec(["python3", "-c", GUEST_CLIENT, str(ROUND_TRIPS), str(COPY_ROWS)], timeout=600)
+        if result.exit_code != 0:
+            raise RuntimeError(f"the guest's client failed: {result.stderr[-500:]}")
+        guest = json.loads(result.stdout)
+        grant = pod._pod._grant
+        assert grant is not None
+        direct = _direct(platform, grant)
+    tunnel_rt = statistics.median(guest["round_trip_us"])
+    direct_rt = statistics.median(direct["round_trip_us"])
+    channel_rt = statistics.median(channel_us)
+    tunnel_mib_s = guest["copy_bytes"] / guest["copy_s"] / (1 << 20)
+    direct_mib_s = direct["copy_bytes"] / direct["copy_s"] / (1 << 20)
+    return {
+        "round_trip_us": {
+            "tunnel_median": tunnel_rt,
+            "tunnel_p90": percentile(guest["round_trip_us"], 0.9),
+            "direct_median": direct_rt,
+            "channel_exec_true_median": channel_rt,
+            "ratio_tunnel_to_direct": tunnel_rt / direct_rt,
+            "goal_us": 2 * direct_rt + channel_rt,
+            "goal_met": tunnel_rt <= 2 * direct_rt + channel_rt,
+        },
+        "copy_mib_s": {
+            "tunnel": tunnel_mib_s,
+            "direct": direct_mib_s,
+            "ratio_tunnel_to_direct": tunnel_mib_s / direct_mib_s,
+            "bytes": guest["copy_bytes"],
+        },
+    }
+
+
+def _direct(platform: Platform, grant: DatabaseGrant) -> dict[str, Any]:
+    """The same client work on the host, straight to the server's socket with the pod's own login."""
+    provider: Any = platform._platform.databases.provider("postgres")
+    conninfo = provider.direct_conninfo(grant)
+    times = []
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute("SELECT 1").fetchall()
+        for _ in range(ROUND_TRIPS):
+            started = time.perf_counter()
+            conn.execute("SELECT 1").fetchall()
+            times.append((time.perf_counter() - started) * 1e6)
+        started, total = time.perf_counter(), 0
+        query = f"COPY (SELECT repeat('x', 1000) FROM generate_series(1, {COPY_ROWS})) TO STDOUT"
+        with conn.cursor().copy(query) as copy:
+            for block in copy:
+                total += len(block)
+    return {"round_trip_us": times, "copy_bytes": total, "copy_s": time.perf_counter() - started}
+
+
+def _create_overhead(platform: Platform, n: int) -> dict[str, Any]:
+    """create → first exec with and without a database, alternating so drift hits both alike."""
+    plain: list[float] = []
+    with_db: list[float] = []
+    ways: tuple[tuple[list[float], Literal["postgres"] | None], ...] = ((plain, None), (with_db, "postgres"))
+    for _ in range(n):
+        for sink, db in ways:
+            started = time.perf_counter()
+            pod = platform.create_agent(db=db)
+            try:
+                pod.exec(["true"])
+                sink.append((time.perf_counter() - started) * 1000)
+            finally:
+                pod.destroy()
+    extra = statistics.median(with_db) / statistics.median(plain) - 1
+    return {
+        "plain_ms": _stats(plain),
+        "with_postgres_ms": _stats(with_db),
+        "extra_fraction": extra,
+        "goal_fraction": 0.10,
+        "goal_met": extra <= 0.10,
+    }
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def summary(result: dict[str, Any]) -> str:
+    provision = ", ".join(f"{size} template {row['median']:.0f} ms" for size, row in result["provision_ms"].items())
+    rt, copy, create = result["tunnel"]["round_trip_us"], result["tunnel"]["copy_mib_s"], result["create"]
+    return (
+        f"provision: {provision}; SELECT 1 round trip: tunnel {rt['tunnel_median']:.0f} µs, direct "
+        f"{rt['direct_median']:.0f} µs, channel {rt['channel_exec_true_median']:.0f} µs (goal "
+        f"{'met' if rt['goal_met'] else 'not met'}); COPY: tunnel {copy['tunnel']:.0f} MiB/s vs direct "
+        f"{copy['direct']:.0f} MiB/s; create with postgres +{create['extra_fraction'] * 100:.0f} % "
+        f"({create['with_postgres_ms']['median']:.0f} vs {create['plain_ms']['median']:.0f} ms)"
+    )
