@@ -110,7 +110,8 @@ def _pg_errors(server: PostgresServer, what: str) -> Any:
     except psycopg.OperationalError as exc:
         raise server.unavailable(exc) from None
     except psycopg.Error as exc:
-        detail = exc.diag.message_primary or str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        text = str(exc).strip()
+        detail = exc.diag.message_primary or (text.splitlines()[0] if text else type(exc).__name__)
         raise HostError(f"postgres: {what} failed: {detail}") from None
 
 
