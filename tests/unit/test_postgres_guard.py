@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import struct
 
 import pytest
@@ -200,3 +201,19 @@ def test_database_names_are_safe_identifiers() -> None:
     assert odd.startswith("podh_") and odd.isascii() and odd.replace("_", "").isalnum()
     assert len(database_name("pod-" + "a" * 59)) <= 63
     assert database_name("pod-" + "a" * 60).startswith("podh_")
+
+
+def test_random_bytes_are_refused_with_a_reason_and_nothing_else() -> None:
+    rng = random.Random(9)
+    good = startup((b"user", ROLE.encode()))
+    for _ in range(2000):
+        junk = bytearray(good)
+        for _ in range(rng.randint(1, 4)):  # flip bytes of a good message, or send noise
+            junk[rng.randrange(len(junk))] = rng.randrange(256)
+        data = bytes(junk) if rng.random() < 0.7 else rng.randbytes(rng.randint(0, 64))
+        try:
+            packet, _ = read(data)
+        except StartupRefused:
+            continue
+        assert check_startup(parse_startup(packet), ROLE, ROLE) is None  # what passes is a valid login as ROLE
+        assert parse_startup(packet).get(b"user") == ROLE.encode()
