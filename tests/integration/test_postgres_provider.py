@@ -99,8 +99,9 @@ async def tunnel(provider: PostgresProvider, grant: DatabaseGrant) -> AsyncItera
         server.close()
 
 
-def guest_url(grant: DatabaseGrant, port: int, *, user: str | None = None, password: str | None = None,
-              dbname: str | None = None) -> str:  # fmt: skip
+def guest_url(
+    grant: DatabaseGrant, port: int, *, user: str | None = None, password: str | None = None, dbname: str | None = None
+) -> str:
     return f"postgresql://{user or grant.role}:{password or grant.secret}@127.0.0.1:{port}/{dbname or grant.name}"
 
 
@@ -448,3 +449,59 @@ def test_a_directory_the_server_account_cannot_pass_is_named(tmp_path: Path) -> 
     private.mkdir(mode=0o700)
     with pytest.raises(DatabaseUnavailable, match=r"cannot pass .*chmod o\+x"):
         run(PostgresServer.managed(private / "db" / "postgres").start())
+
+
+# A pod's own code that refuses to run with more rights than the pod's: if podbay's copy ran it as the admin
+# (an index expression, a check constraint, a materialized view), the copy would fail.
+NOT_AS_ADMIN = """
+CREATE FUNCTION public.guarded(x text) RETURNS text LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+  IF current_setting('is_superuser') = 'on' OR current_user NOT LIKE 'pod\\_%' THEN
+    RAISE EXCEPTION 'pod code ran as %', current_user;
+  END IF;
+  RETURN x;
+END $$;
+CREATE INDEX items_guarded ON items (public.guarded(name));
+ALTER TABLE items ADD CONSTRAINT guarded_name CHECK (public.guarded(name) IS NOT NULL);
+CREATE MATERIALIZED VIEW guarded_names AS SELECT public.guarded(name) AS name FROM items;
+CREATE FUNCTION public.trap(oid, regclass) RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN RAISE EXCEPTION 'a pod operator ran as %', current_user; END $$;
+CREATE OPERATOR public.= (LEFTARG = oid, RIGHTARG = regclass, FUNCTION = public.trap);
+CREATE EXTENSION pgcrypto;
+ALTER DEFAULT PRIVILEGES GRANT SELECT ON TABLES TO PUBLIC;
+"""
+
+
+@pytest.mark.parametrize("busy", [False, True])
+def test_a_copy_never_runs_the_pods_code_with_the_admins_rights(
+    provider: PostgresProvider, clean: None, workdir: Path, busy: bool
+) -> None:
+    parent = run(provider.provision("pod-aa14", "shop", False))
+    run(guest_query(provider, parent, NOT_AS_ADMIN))
+
+    async def fork() -> list[DatabaseGrant]:
+        async with tunnel(provider, parent) as port:
+            session = await psycopg.AsyncConnection.connect(guest_url(parent, port)) if busy else None
+            children = await (await provider.branch(parent, ["pod-cc14"])).finish()
+            if session is not None:
+                await session.close()
+            return list(children)
+
+    [child] = run(fork())
+    assert _items(provider, child) == ["apple", "pear"]
+    assert run(
+        guest_query(
+            provider,
+            child,
+            "SELECT DISTINCT pg_get_userbyid(oprowner) FROM pg_operator WHERE oprnamespace = 'public'::regnamespace",
+        )
+    ) == [("pod_cc14",)]
+    assert run(guest_query(provider, child, "SELECT length(gen_random_bytes(4))")) == [(4,)]
+    assert run(guest_query(provider, child, "SELECT count(*) FROM guarded_names")) == [(2,)]
+    saving = run(provider.save(parent, workdir / "snap-14"))
+    run(saving.finish())
+    loaded = run(provider.load(workdir / "snap-14", "pod-dd14", False))
+    assert _items(provider, loaded) == ["apple", "pear"]
+    for grant in (parent, child, loaded):
+        run(provider.release(grant))
+    shutil.rmtree(workdir / "snap-14")

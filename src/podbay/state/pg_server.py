@@ -226,6 +226,9 @@ class PostgresServer:
             "user": self.admin,
             "dbname": dbname or self.maintenance_db,
             "connect_timeout": 10,
+            # The admin also works inside pods' databases, whose schemas the pods fill: it resolves no name
+            # (function, operator, type) but the system's.
+            "options": "-c search_path=pg_catalog",
         }
         if self._password is not None:
             info["password"] = self._password
@@ -275,6 +278,23 @@ class PostgresServer:
         argv = [str(find_bindir() / name), "-h", self.host, "-p", str(self.port), "-U", self.admin, *args]
         argv.append(f"--dbname={dbname}")
         return _as_server_argv(argv) if self.managed_root is not None else argv
+
+    def tool_bare(self, name: str, *args: str) -> list[str]:
+        """argv for a client tool that does not connect (pg_restore -l)."""
+        argv = [str(find_bindir() / name), *args]
+        return _as_server_argv(argv) if self.managed_root is not None else argv
+
+    async def run_tool_output(self, argv: Sequence[str], *, stdin: int) -> tuple[int, str]:
+        """Run a client tool; its exit status and its stdout (or, if it failed, its stderr)."""
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.tool_env(), cwd="/"
+            )
+        except OSError as exc:
+            raise HostError(f"cannot run {argv[0]}: {exc}; {_SETUP_HINT}") from None
+        out, err = await proc.communicate()
+        rc = proc.returncode or 0
+        return rc, (out if rc == 0 else err).decode(errors="replace")
 
     def tool_env(self) -> dict[str, str]:
         env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PGCONNECT_TIMEOUT": "10", "PGSSLMODE": "prefer"}

@@ -42,7 +42,10 @@ META_FILE = "meta.json"
 LOCK_WAIT = "10s"  # pg_dump waits this long for a table an open transaction of the parent locked exclusively
 _TEMPLATE_NAME = re.compile(r"[A-Za-z0-9_-]{1,40}")
 _POD_ID = re.compile(r"pod-[0-9a-z]{1,59}")
-_MARK = "podbay"  # the key a podbay comment carries (other databases on an external server are not ours)
+_MARK = "podbay"
+_EXTENSION_ENTRY = re.compile(
+    r"^\d+; \d+ \d+ (EXTENSION|COMMENT - EXTENSION) "
+)  # the key a podbay comment carries (other databases on an external server are not ours)
 
 # Every user object of the current database (not the system's, not an extension's members) to one owner.
 # Sequences a table owns follow their table; the `public` schema belongs to pg_database_owner already.
@@ -70,6 +73,16 @@ FOR r IN SELECT t.oid::regtype AS obj FROM pg_type t JOIN pg_namespace n ON n.oi
   AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_type'::regclass AND d.objid = t.oid
                   AND d.deptype = 'e')
 LOOP EXECUTE format('ALTER TYPE %s OWNER TO %I', r.obj, target); END LOOP;
+-- Whatever else another role owns here (a parent pod's operators, aggregates, ...: the server tracks every
+-- owner but its bootstrap superuser in pg_shdepend). An extension keeps its owner (it cannot be given away).
+FOR r IN SELECT o.type, o.identity FROM pg_shdepend s, LATERAL pg_identify_object(s.classid, s.objid, 0) o
+  WHERE s.dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) AND s.deptype = 'o'
+  AND s.refobjid <> (SELECT oid FROM pg_roles WHERE rolname = target)
+  AND s.classid NOT IN ('pg_extension'::regclass, 'pg_default_acl'::regclass)
+  AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = s.classid AND d.objid = s.objid
+                  AND d.deptype IN ('a', 'i', 'e'))
+LOOP EXECUTE format('ALTER %s %s OWNER TO %I', CASE r.type WHEN 'composite type' THEN 'TYPE'
+  WHEN 'foreign-data wrapper' THEN 'FOREIGN DATA WRAPPER' ELSE upper(r.type) END, r.identity, target); END LOOP;
 END $podbay$
 """
 
@@ -295,8 +308,7 @@ class PostgresProvider:
             await self._create_role(conn, name, pod_id, secret)
             await fill()
             await conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(sql.Identifier(name)))
-            async with self._admin("hand the copied objects to the pod's role", dbname=name) as inside:
-                await inside.execute(sql.SQL(_REOWN).format(role=sql.Literal(name)))
+            await self._reown(name)
             await self._comment(conn, name, pod_id, template, retain=retain, retained=False)
         except BaseException:
             await self._undo(name)
@@ -345,15 +357,46 @@ class PostgresProvider:
         except psycopg.errors.ObjectInUse:
             raise _SourceBusy from None
 
+    async def _reown(self, name: str) -> None:
+        """Give every user object in database `name` to its pod's role (admin sessions there run with
+        search_path = pg_catalog, so an operator or function the pod defined is never picked up)."""
+        async with self._admin("hand the copied objects to the pod's role", dbname=name) as inside:
+            await inside.execute(sql.SQL(_REOWN).format(role=sql.Literal(name)))
+
     async def _restore(self, dump: Path, name: str) -> None:
-        fd = os.open(dump, os.O_RDONLY)
-        try:
-            argv = self.server.tool("pg_restore", "--no-owner", "--no-privileges", "--exit-on-error", dbname=name)
-            rc, err = await self.server.run_tool_rc(argv, stdin=fd)
-        finally:
-            os.close(fd)
+        """Restore a pod's dump into the new database `name` as the pod's own role, so that all it makes is the
+        pod's and none of the pod's code (check constraints, index expressions, materialized views, triggers)
+        ever runs with the admin's rights. Only extensions are made by the admin (some need it)."""
+        rc, toc = await self._pg_restore_output(dump, "-l")
+        if rc != 0:
+            raise HostError(f"pg_restore cannot read {dump}: {first_error_line(toc)}")
+        lines = toc.splitlines()
+        extension = [line for line in lines if _EXTENSION_ENTRY.match(line)]
+        rest = [line if not _EXTENSION_ENTRY.match(line) else f";{line}" for line in lines]
+        with tempfile.TemporaryDirectory(prefix="podbay-pg-") as tmp:
+            Path(tmp).chmod(0o755)  # the tools run as the server's account; the lists name objects, no data
+            for label, entries, role in (("extensions", extension, ()), ("rest", rest, (f"--role={name}",))):
+                listing = Path(tmp) / label
+                listing.write_text("\n".join(entries) + "\n")
+                listing.chmod(0o644)
+                await self._pg_restore(dump, name, *role, f"--use-list={listing}")
+
+    async def _pg_restore(self, dump: Path, name: str, *options: str) -> None:
+        rc, err = await self._pg_restore_output(
+            dump, "--no-owner", "--no-privileges", "--exit-on-error", *options, dbname=name
+        )
         if rc != 0:
             raise HostError(f"pg_restore into {name} failed: {first_error_line(err)}")
+
+    async def _pg_restore_output(self, dump: Path, *options: str, dbname: str | None = None) -> tuple[int, str]:
+        """Run pg_restore on `dump` (on its stdin); with no `dbname`, its stdout (a listing); else its stderr."""
+        fd = os.open(dump, os.O_RDONLY)
+        try:
+            if dbname is not None:
+                return await self.server.run_tool_rc(self.server.tool("pg_restore", *options, dbname=dbname), stdin=fd)
+            return await self.server.run_tool_output(self.server.tool_bare("pg_restore", *options), stdin=fd)
+        finally:
+            os.close(fd)
 
     async def _revoke_login(self, conn: psycopg.AsyncConnection[Any], name: str) -> None:
         await conn.execute(sql.SQL("ALTER ROLE {} NOLOGIN PASSWORD NULL").format(sql.Identifier(name)))
@@ -363,7 +406,26 @@ class PostgresProvider:
         if await self._role_exists(conn, name):
             await self._revoke_login(conn, name)
         await conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-        await conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+        try:
+            await conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+        except psycopg.errors.DependentObjectsStillExist:
+            await self._disown(conn, name)
+            await conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+
+    async def _disown(self, conn: psycopg.AsyncConnection[Any], role: str) -> None:
+        """Clear what other databases still hold of `role` (a fork child's copy of an extension or default
+        privileges its parent made): owned objects go to that database's own pod role, grants go away."""
+        cur = await conn.execute(
+            "SELECT DISTINCT d.datname, EXISTS (SELECT 1 FROM pg_roles WHERE rolname = d.datname)"
+            " FROM pg_shdepend s JOIN pg_database d ON d.oid = s.dbid"
+            " WHERE s.refobjid = (SELECT oid FROM pg_roles WHERE rolname = %s) AND d.datname <> %s",
+            (role, role),
+        )
+        for db, has_own_role in await cur.fetchall():
+            async with self._admin("hand a dropped role's objects on", dbname=db) as inside:
+                heir = sql.Identifier(db) if has_own_role else sql.SQL("CURRENT_USER")
+                await inside.execute(sql.SQL("REASSIGN OWNED BY {} TO {}").format(sql.Identifier(role), heir))
+                await inside.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
 
     async def _comment(
         self,
