@@ -19,6 +19,7 @@ import psycopg
 import pytest
 
 from podbay.errors import Conflict, DatabaseUnavailable, InvalidSpec, NotFound
+from podbay.state import postgres as postgres_module
 from podbay.state.pg_server import PostgresServer, find_bindir
 from podbay.state.postgres import PostgresProvider
 from podbay.state.servers import DatabaseGrant
@@ -505,3 +506,24 @@ def test_a_copy_never_runs_the_pods_code_with_the_admins_rights(
     for grant in (parent, child, loaded):
         run(provider.release(grant))
     shutil.rmtree(workdir / "snap-14")
+
+
+def test_uncommitted_ddl_in_the_parent_fails_the_fork_cleanly(
+    provider: PostgresProvider, clean: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(postgres_module, "LOCK_WAIT", "1s")
+    parent = run(provider.provision("pod-aa15", "shop", False))
+
+    async def scenario() -> None:
+        async with tunnel(provider, parent) as port:
+            session = await psycopg.AsyncConnection.connect(guest_url(parent, port))
+            await session.execute("ALTER TABLE items ADD COLUMN pending int")  # holds the table exclusively
+            branching = await provider.branch(parent, ["pod-cc15"])
+            with pytest.raises(Conflict, match="uncommitted DDL"):
+                await branching.finish()
+            await session.rollback()
+            await session.close()
+
+    run(scenario())
+    assert names(provider) == {"pod_aa15"}
+    run(provider.release(parent))
