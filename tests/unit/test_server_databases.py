@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from podbay import AsyncClient, Conflict, Forbidden, InvalidSpec, NotFound, PodbayPaths
+from podbay import AsyncClient, Conflict, DatabaseUnavailable, Forbidden, InvalidSpec, NotFound, PodbayPaths
 from podbay.isolation.fake import LocalProcessBackend
 from podbay.platform import AsyncPlatform
 from podbay.server import create_app
@@ -281,3 +281,23 @@ def test_a_server_with_no_database_in_use_starts_none_to_answer(paths: PodbayPat
             assert (await operator.delete("/admin/db/templates/shop")).status_code == 404
 
     serve_plain(paths, scenario)
+
+
+def test_a_database_servers_failure_answers_503_without_its_host_paths(paths: PodbayPaths) -> None:
+    provider = InventoryProvider()
+    socket_path = paths.databases / "postgres" / "run" / ".s.PGSQL.5432"
+
+    async def down() -> list[DatabaseInfo]:
+        raise DatabaseUnavailable(f"postgres: cannot connect to {socket_path}: no such file; start it (uid 107)")
+
+    provider.databases = down  # type: ignore[method-assign]
+
+    async def scenario(transport: httpx.ASGITransport, tokens: dict[str, str]) -> None:
+        async with raw(transport, tokens["acme"]) as http:
+            answer = await http.get("/databases")
+        assert answer.status_code == 503
+        message = answer.json()["error"]["message"]
+        assert str(paths.databases) not in message and "5432" not in message and "107" not in message
+        assert message == "postgres: cannot connect to <host path>: no such file; start it (uid (hidden))"
+
+    serve(paths, provider, scenario)
