@@ -251,12 +251,12 @@ def found(host: Databases, pod_id: str) -> DatabaseInfo:
 
 def size(count: int) -> str:
     """Bytes in the largest unit that keeps a number >= 1: 512 B, 1.5 KiB, 7.2 MiB."""
-    value = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{count} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
+    value, unit = float(count), "B"
+    for bigger in ("KiB", "MiB", "GiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, bigger
+    return f"{count} B" if unit == "B" else f"{value:.1f} {unit}"
 
 
 def checked_kind(kind: str | None) -> str | None:
