@@ -50,6 +50,7 @@ from podbay.sdk import (
     RemoteProcess,
 )
 from podbay.snapshots import SnapshotStore
+from podbay.state.servers import DatabaseInfo, TemplateInfo
 from podbay.state.volumes import VolumeInfo, VolumeStore
 from podbay.sync import Files, Platform, Pod, Pools, Process
 from podbay.tenancy import (
@@ -79,6 +80,7 @@ __all__ = [
     "Client",
     "Conflict",
     "Cost",
+    "DatabaseInfo",
     "DatabaseUnavailable",
     "ExecEvent",
     "ExecRecord",
@@ -122,6 +124,7 @@ __all__ = [
     "SandboxInfo",
     "SnapshotInfo",
     "SnapshotStore",
+    "TemplateInfo",
     "TenantInfo",
     "TenantVolume",
     "Timeout",

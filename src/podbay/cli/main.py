@@ -1,5 +1,5 @@
 """Entry point: `podbay doctor | images build | templates ... | snapshot ... | run | volume ... | demo | bench ... |
-serve | tokens ... | quotas ... | usage | logs | trace | postmortem ... | debug`, and against a server
+serve | tokens ... | quotas ... | usage | logs | trace | postmortem ... | debug | db ...`, and against a server
 (PODBAY_SERVER): `create | ps | exec | pause | resume | destroy | fork | restore | files ...`."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ import typer
 
 from podbay.cli import (
     bench,
+    db,
     demo,
     doctor,
     images,
@@ -53,6 +54,7 @@ app.add_typer(volume.app, name="volume")
 app.add_typer(bench.app, name="bench")
 app.add_typer(tokens.app, name="tokens")
 app.add_typer(quotas.app, name="quotas")
+app.add_typer(db.app, name="db")
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from podbay.channel import check_timeout
 from podbay.cli.common import console, reported_errors
+from podbay.cli.db import DbRetainOption, DbTemplateOption, ServerDbOption
 from podbay.cli.remote import PodHost, ServerOption, TokenOption, server_host
 from podbay.cli.run import exit_with, parse_env, stream_to_terminal
 from podbay.models import PodInfo, PodSpec, PodState
@@ -58,6 +59,9 @@ def create(
     vcpus: int = typer.Option(1, "--vcpus", help="virtual CPUs"),
     env: list[str] = typer.Option([], "--env", "-e", help="KEY=VALUE for the guest environment"),
     memory_db: bool = typer.Option(False, "--db", help="give the pod its own SQLite database"),
+    server_db: ServerDbOption = None,
+    db_template: DbTemplateOption = None,
+    db_retain: DbRetainOption = False,
     timeout_s: float | None = typer.Option(None, "--timeout", help="destroy the pod this many seconds from now"),
     as_json: bool = typer.Option(False, "--json", help="print the pod's info as JSON on stdout"),
     server: ServerOption = None,
@@ -71,6 +75,9 @@ def create(
             vcpus=vcpus,
             env=parse_env(env),
             memory_db=memory_db,
+            db=server_db,
+            db_template=db_template,
+            db_retain=db_retain,
             timeout_s=timeout_s,
         )
         pod = host.create(spec)

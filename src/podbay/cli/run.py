@@ -1,4 +1,5 @@
-"""`podbay run [--volume NAME] -- CMD ARGS...`: one command in a fresh pod, streamed, with its exit status.
+"""`podbay run [--volume NAME] [--server-db postgres|redis] -- CMD ARGS...`: one command in a fresh pod, streamed,
+with its exit status.
 
 Embedded by default; with PODBAY_SERVER (or --server) the pod is made, used and destroyed by that server.
 """
@@ -13,6 +14,7 @@ import typer
 
 from podbay.channel import check_timeout
 from podbay.cli.common import errors, reported_errors
+from podbay.cli.db import DbRetainOption, DbTemplateOption, ServerDbOption
 from podbay.cli.remote import CliPod, ServerOption, TokenOption, open_host, run_streamed
 from podbay.models import ExecResult, PodSpec
 
@@ -29,6 +31,9 @@ def run(
     from_snapshot: str | None = typer.Option(
         None, "--from-snapshot", help="restore this snapshot (see `podbay snapshot ls`) instead of a fresh pod"
     ),
+    server_db: ServerDbOption = None,
+    db_template: DbTemplateOption = None,
+    db_retain: DbRetainOption = False,
     server: ServerOption = None,
     token: TokenOption = None,
 ) -> None:
@@ -48,6 +53,9 @@ def run(
                 backend=backend,
                 memory_db=volume is not None,
                 volume=volume,
+                db=server_db,
+                db_template=db_template,
+                db_retain=db_retain,
                 env=environment,
                 memory_mib=memory_mib,
                 cold=cold,

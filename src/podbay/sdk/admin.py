@@ -1,12 +1,19 @@
-"""`client.admin`: the /admin routes of `podbay serve` (tenants, tokens, quotas, warm pools), for a client made
-with an admin token (`podbay tokens create --admin`); a tenant's token gets Forbidden from every one.
+"""`client.admin`: the /admin routes of `podbay serve` (tenants, tokens, quotas, warm pools, database templates),
+for a client made with an admin token (`podbay tokens create --admin`); a tenant's token gets Forbidden from every one.
 `AsyncAdmin` is the asyncio core, `Admin` its blocking wrapper."""
 
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import TYPE_CHECKING, TypedDict, Unpack
 
+from pydantic import TypeAdapter
+
+from podbay.errors import InvalidSpec
+from podbay.state.servers import TemplateInfo
 from podbay.sync import _Loop
 from podbay.tenancy import NewToken, PoolStatus, QuotaInfo, TenantInfo, TokenInfo
 
@@ -91,6 +98,37 @@ class AsyncAdmin:
         response = await self._client._request("PUT", "/admin/pools", content=json.dumps(body))
         return PoolStatus.model_validate(response.json())
 
+    async def db_templates(self) -> list[TemplateInfo]:
+        """The Postgres templates pods branch from (`db="postgres", db_template=NAME`)."""
+        response = await self._client._request("GET", "/admin/db/templates")
+        return TEMPLATES.validate_python(response.json())
+
+    async def create_db_template(self, name: str, dump: str | os.PathLike[str]) -> TemplateInfo:
+        """A Postgres template from the local plain SQL dump `dump` (`pg_dump --format=plain`), uploaded."""
+        source = Path(dump)
+        if not os.access(source, os.R_OK) or not source.is_file():
+            raise InvalidSpec("dump", f"{source} is not a readable file", "pass the path of a pg_dump file")
+        headers = {"Content-Type": "application/octet-stream"}
+        response = await self._client._request(
+            "POST", f"/admin/db/templates/{name}", content=_chunks(source), headers=headers
+        )
+        return TEMPLATE.validate_python(response.json())
+
+    async def delete_db_template(self, name: str) -> None:
+        """Remove a template (pods branched from it keep their copies)."""
+        await self._client._request("DELETE", f"/admin/db/templates/{name}")
+
+
+async def _chunks(source: Path) -> AsyncIterator[bytes]:
+    with source.open("rb") as stream:
+        while chunk := stream.read(CHUNK):
+            yield chunk
+
+
+CHUNK = 1 << 20
+TEMPLATE = TypeAdapter(TemplateInfo)
+TEMPLATES = TypeAdapter(list[TemplateInfo])
+
 
 class Admin:
     """`client.admin` of the blocking `Client`: AsyncAdmin's methods, one line each."""
@@ -131,3 +169,12 @@ class Admin:
 
     def ensure_pool(self, size: int, **shape: Unpack[PoolFields]) -> PoolStatus:
         return self._loop.run(self._admin.ensure_pool(size, **shape))
+
+    def db_templates(self) -> list[TemplateInfo]:
+        return self._loop.run(self._admin.db_templates())
+
+    def create_db_template(self, name: str, dump: str | os.PathLike[str]) -> TemplateInfo:
+        return self._loop.run(self._admin.create_db_template(name, dump))
+
+    def delete_db_template(self, name: str) -> None:
+        self._loop.run(self._admin.delete_db_template(name))

@@ -1,7 +1,8 @@
 """`AsyncClient`: the REST API of `podbay serve` with the embedded platform's method names and models.
 
 `AsyncClient` mirrors `AsyncPlatform` (create_agent, create, get, list, restore) and has the tenant's named
-volumes (volumes, volume, create_volume, delete_volume) and, for an admin token, `admin` (podbay.sdk.admin).
+volumes (volumes, volume, create_volume, delete_volume), its pods' server databases (databases,
+export_database, drop_database) and, for an admin token, `admin` (podbay.sdk.admin).
 `AsyncRemotePod` mirrors `AsyncPod` (exec, exec_stream, start_process, files, pause, resume, set_timeout, snapshot,
 fork, destroy, info, usage), `AsyncRemoteProcess` mirrors the embedded `GuestProcess` (write_stdin, close_stdin,
 signal, wait; and events). Errors are the same `PodbayError` subclasses the server raised, rebuilt from the wire
@@ -15,11 +16,12 @@ import contextlib
 import json
 import os
 from collections.abc import AsyncGenerator, Iterator, Mapping, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Unpack
 
 import httpx
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from podbay.channel import OutputCallback, check_signal
 from podbay.errors import HostError, InvalidSpec, NotFound, PodbayError, Timeout
@@ -28,6 +30,7 @@ from podbay.models import ExecEvent, ExecResult, FileEntry, Phase, PodInfo, PodS
 from podbay.postmortem import PodEvent, PostMortem
 from podbay.sdk.admin import AsyncAdmin
 from podbay.sdk.fields import PodFields
+from podbay.state.servers import DatabaseInfo
 from podbay.tenancy import TenantVolume, VolumeRequest
 from podbay.wire import (
     ExecRequest,
@@ -42,6 +45,8 @@ from podbay.wire import (
 )
 
 DEFAULT_TIMEOUT_S = 300.0  # creates boot sandboxes and execs run commands: generous by default
+DATABASE = TypeAdapter(DatabaseInfo)
+DATABASES = TypeAdapter(list[DatabaseInfo])
 
 
 class AsyncRemoteFiles:
@@ -362,6 +367,43 @@ class AsyncClient:
     async def delete_volume(self, name: str) -> TenantVolume:
         """Delete the volume and its data for good (Conflict while a pod holds it)."""
         return TenantVolume.model_validate((await self._request("DELETE", f"/volumes/{name}")).json())
+
+    async def databases(self) -> builtins.list[DatabaseInfo]:
+        """The server databases of the tenant's pods (`db="postgres"|"redis"`): live, and kept after their pod
+        ended (`db_retain=True`)."""
+        response = await self._request("GET", "/databases")
+        return DATABASES.validate_python(response.json())
+
+    async def export_database(self, pod_id: str, dest: str | os.PathLike[str]) -> int:
+        """Write a dump of the pod's database (live or retained) to the file `dest`, replacing it only once the
+        whole dump is in; returns its size in bytes."""
+        url = f"/databases/{pod_id}/export"
+        return await self._download(url, Path(dest))
+
+    async def drop_database(self, pod_id: str) -> DatabaseInfo:
+        """Remove a database kept after its pod ended, for good (Conflict while the pod lives)."""
+        return DATABASE.validate_python((await self._request("DELETE", f"/databases/{pod_id}")).json())
+
+    async def _download(self, url: str, dest: Path) -> int:
+        """GET `url` into `dest` through a `.part` file beside it (removed on any failure)."""
+        partial = dest.with_name(dest.name + ".part")
+        try:
+            with _translated("GET", url):
+                async with self._http.stream("GET", url) as response:
+                    if response.status_code >= 400:
+                        await response.aread()
+                        raise _error(response)
+                    size = 0
+                    with partial.open("wb") as out:
+                        async for chunk in response.aiter_bytes():
+                            out.write(chunk)
+                            size += len(chunk)
+            os.replace(partial, dest)
+        except OSError as exc:
+            raise HostError(f"cannot write {dest}: {exc}") from None
+        finally:
+            partial.unlink(missing_ok=True)
+        return size
 
     async def trace(self, pod_id: str) -> builtins.list[Phase]:
         """A pod's phases with their times (a pod that ended: from its post-mortem)."""

@@ -4,6 +4,7 @@ line per method, as `Platform` wraps `AsyncPlatform`."""
 from __future__ import annotations
 
 import builtins
+import os
 from collections.abc import AsyncGenerator, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Unpack
@@ -15,6 +16,7 @@ from podbay.postmortem import PodEvent, PostMortem
 from podbay.sdk.admin import Admin
 from podbay.sdk.client import DEFAULT_TIMEOUT_S, AsyncClient, AsyncRemoteFiles, AsyncRemotePod, AsyncRemoteProcess
 from podbay.sdk.fields import PodFields
+from podbay.state.servers import DatabaseInfo
 from podbay.sync import _Loop
 from podbay.tenancy import TenantVolume
 from podbay.wire import ProcessInfo
@@ -227,6 +229,15 @@ class Client:
 
     def delete_volume(self, name: str) -> TenantVolume:
         return self._loop.run(self._client.delete_volume(name))
+
+    def databases(self) -> builtins.list[DatabaseInfo]:
+        return self._loop.run(self._client.databases())
+
+    def export_database(self, pod_id: str, dest: str | os.PathLike[str]) -> int:
+        return self._loop.run(self._client.export_database(pod_id, dest))
+
+    def drop_database(self, pod_id: str) -> DatabaseInfo:
+        return self._loop.run(self._client.drop_database(pod_id))
 
     def close(self) -> None:
         if self._closed:

@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from podbay.metering import PriceTable
 from podbay.paths import PodbayPaths
 from podbay.platform import AsyncPlatform
-from podbay.server import admin, errors, inspect, observability, processes, snapshots, volumes
+from podbay.server import admin, databases, errors, inspect, observability, processes, snapshots, volumes
 from podbay.server.registry import Registry
 from podbay.server.routes import router
 from podbay.server.service import Service
@@ -61,6 +61,8 @@ def create_app(
     app.include_router(processes.router)
     app.include_router(inspect.router)
     app.include_router(snapshots.router)
+    app.include_router(databases.router)
+    app.include_router(databases.admin_router)
     return app
 
 

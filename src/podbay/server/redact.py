@@ -3,9 +3,11 @@ SnapshotInfo a tenant route answers goes through `pod_info` / `snapshot_info`, a
 `text` (errors.py), so no host path, pid, uid or host-side volume name reaches a tenant.
 
 - `SandboxInfo.pid` and `.console_log` (the VMM's pid, a file in the pod's run directory): dropped.
-- Paths under the server's state and cache roots (run directories, volume images, snapshots, images) in any
-  free text (errors, a phase's detail, a note, why a pod ended): replaced by `<host path>`.
+- Paths under the server's state and cache roots and its database servers' directory (run directories,
+  volume images, snapshots, images, Postgres/Redis sockets and data) in any free text (errors, a phase's
+  detail, a note, why a pod ended): replaced by `<host path>`.
 - `pid N`, `uid N`, `gid N` in free text: the number goes; a volume's host name (`tv-...`) too.
+- `DatabaseInfo` / `TemplateInfo` (server databases): no secret or path by construction; names scrubbed anyway.
 - `PodInfo.volume` and `spec.volume`: the tenant's own name for its volume (the host's `tv-...` name never);
   a pod's anonymous database volume is not named at all (`db_url` says where the database is in the pod).
 """
@@ -14,10 +16,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 
 from podbay.errors import PodbayError
 from podbay.models import Phase, PodInfo, SnapshotInfo
+from podbay.state.servers import DatabaseInfo, TemplateInfo
 
 HIDDEN_PATH = "<host path>"
 _HOST_IDS = re.compile(r"\b(pid|uid|gid)[ =:]+\d+")
@@ -25,7 +29,8 @@ _HOST_VOLUMES = re.compile(r"\btv-[0-9a-f]{20}\b")  # registry.HOST_VOLUME_PREFI
 
 
 class Redactor:
-    """Scrubs text and models of the host's details; `roots` are the server's state and cache directories."""
+    """Scrubs text and models of the host's details; `roots` are the server's state, cache and database
+    servers' directories."""
 
     def __init__(self, roots: Iterable[Path]) -> None:
         spelled = {str(root) for root in roots} | {str(root.resolve()) for root in roots}
@@ -64,6 +69,13 @@ class Redactor:
 
     def snapshot_info(self, info: SnapshotInfo) -> SnapshotInfo:
         return info.model_copy(update={"path": "", "volumes": [self.text(volume) for volume in info.volumes]})
+
+    def database_info(self, info: DatabaseInfo) -> DatabaseInfo:
+        """A server database as a tenant sees it (it holds no secret or path: the free text is scrubbed anyway)."""
+        return replace(info, name=self.text(info.name), template=self.optional(info.template))
+
+    def template_info(self, info: TemplateInfo) -> TemplateInfo:
+        return replace(info, name=self.text(info.name))
 
     def error(self, exc: PodbayError) -> PodbayError:
         """Scrub `exc`'s message in place (the wire carries `str(exc)`); returns it."""

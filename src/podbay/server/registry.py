@@ -313,6 +313,14 @@ class Registry:
         )
         return str(rows[0][0]) if rows and rows[0][0] is not None else None
 
+    def owned_ever(self, tenant: str, pod_id: str) -> bool:
+        """Whether `pod_id` is or was the tenant's pod (a retained database outlives its pod)."""
+        return bool(self._run("SELECT 1 FROM pods WHERE id = ? AND tenant = ?", pod_id, tenant))
+
+    def pods_ever(self, tenant: str) -> set[str]:
+        """Every pod the tenant has or had, live or ended."""
+        return {str(row[0]) for row in self._run("SELECT id FROM pods WHERE tenant = ?", tenant)}
+
     def live_pods(self, tenant: str) -> list[str]:
         rows = self._run("SELECT id FROM pods WHERE tenant = ? AND ended_at IS NULL ORDER BY created_at", tenant)
         return [str(row[0]) for row in rows]

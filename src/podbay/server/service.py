@@ -29,7 +29,7 @@ class Service:
         self.prices = prices or PriceTable()
         self.ledger = UsageLedger(registry)
         self.volumes = TenantVolumes(platform.volumes, registry)
-        self.redactor = Redactor([platform.paths.state, platform.paths.cache])
+        self.redactor = Redactor([platform.paths.state, platform.paths.cache, platform.paths.databases])
         platform.on_pod_end(self.ledger.record)  # every end: destroy, timeout, shutdown
         platform.check_kept_snapshots(self.kept_snapshot_refusal)
 

@@ -723,7 +723,10 @@ class PostgresTemplates:
         db = TEMPLATE_PREFIX + name
         cur = await conn.execute("SELECT 1 FROM pg_database WHERE datname = %s AND datistemplate", (db,))
         if await cur.fetchone() is None:
-            raise NotFound(f"there is no postgres template {name!r}; create it from a dump first, or pass none")
+            raise NotFound(
+                f"there is no postgres template {name!r}; `podbay db templates ls` lists them, and an admin "
+                "creates one from a dump with `podbay db templates create`"
+            )
         return db
 
     async def _drop(self, conn: psycopg.AsyncConnection[Any], db: str) -> None:
