@@ -9,6 +9,7 @@ where a tenant's token sees its own pods' databases and the templates need an ad
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import contextlib
 import json
@@ -152,6 +153,37 @@ def _templates(server: str | None, token: str | None) -> Iterator[Templates]:
             yield host
         finally:
             host.close()
+
+
+@app.command("start")
+def start() -> None:
+    """Start this host's database servers now (podbay's own Postgres cluster; a check that Redis instances can
+    start), rather than on the first pod that asks. scripts/setup and CI run it."""
+    with reported_errors():
+        databases = ServerDatabases(PodbayPaths.from_env())
+        for kind in DATABASE_KINDS:
+            provider = databases.provider(kind)
+            asyncio.run(provider.start())
+            console.print(f"{kind}: ready ({_where(provider)})")
+
+
+@app.command("stop")
+def stop() -> None:
+    """Stop podbay's own Postgres cluster (its pods' connections end; data stays). Redis instances live and
+    end with their pods."""
+    with reported_errors():
+        from podbay.state.postgres import PostgresProvider  # psycopg only where Postgres is used
+
+        provider = PostgresProvider.from_paths(PodbayPaths.from_env())
+        asyncio.run(provider.stop())
+        console.print(f"postgres: stopped ({provider.server.where})")
+
+
+def _where(provider: DatabaseProvider) -> str:
+    server = getattr(provider, "server", None)
+    if server is not None:
+        return str(server.where)
+    return f"an instance per pod under {PodbayPaths.from_env().databases / provider.kind}"
 
 
 @app.command("ls")

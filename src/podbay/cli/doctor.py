@@ -7,6 +7,7 @@ With `--json` the report is one JSON document on stdout and the tables go to std
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from typing import Any
@@ -16,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from podbay.cli.common import console, errors
-from podbay.errors import ImageMissing
+from podbay.errors import DatabaseUnavailable, ImageMissing
 from podbay.images import find_images
 from podbay.isolation.host import hardware_kvm
 from podbay.isolation.registry import default_backends
@@ -63,9 +64,30 @@ def _report(paths: PodbayPaths) -> dict[str, Any]:
         "qemu": _qemu_version(),
         "backends": backends,
         "images": images,
+        "databases": _databases(),
         "state": str(paths.state),
         "cache": str(paths.cache),
         "ready": default_ready and images["error"] is None,
+    }
+
+
+def _databases() -> dict[str, dict[str, Any]]:
+    """Whether each server database could serve a pod here (found, not started: doctor starts nothing)."""
+    from podbay.state.pg_server import find_bindir  # psycopg only where Postgres is asked about
+
+    try:
+        postgres = {"available": True, "reason": f"PostgreSQL binaries in {find_bindir()}"}
+    except DatabaseUnavailable as exc:
+        postgres = {"available": False, "reason": str(exc)}
+    if os.environ.get("PODBAY_POSTGRES_URL"):
+        postgres = {"available": True, "reason": "an external server (PODBAY_POSTGRES_URL)"}
+    redis = shutil.which("redis-server")
+    return {
+        "postgres": postgres,
+        "redis": {
+            "available": redis is not None,
+            "reason": f"{redis}, an instance per pod" if redis else "redis-server is not installed: run scripts/setup",
+        },
     }
 
 
@@ -92,6 +114,8 @@ def _show(report: dict[str, Any], out: Console) -> None:
         out.print(f"[bold]images:[/] kernel {images['kernel']}\n        rootfs {images['rootfs']}")
     else:
         out.print(f"[bold]images:[/] [red]{images['error']}[/]")
+    for kind, row in report["databases"].items():
+        out.print(f"[bold]{kind} (db={kind!r}):[/] {_yes(row['available'])} — {row['reason']}", highlight=False)
     out.print(f"[bold]state:[/] {report['state']}   [bold]cache:[/] {report['cache']}")
 
 

@@ -117,7 +117,7 @@ async def drop_database(pod_id: str, svc: ServiceDep, who: TenantDep) -> Databas
 def templates(svc: Service) -> PostgresTemplates | None:
     """The Postgres templates, or None while this host uses no Postgres (listing them must not start one)."""
     databases = svc.platform.databases
-    if "postgres" not in databases._kinds_in_use():  # no public twin yet
+    if "postgres" not in databases.kinds_in_use():
         return None
     return databases.postgres_templates()
 

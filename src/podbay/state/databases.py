@@ -109,7 +109,7 @@ class ServerDatabases:
     async def inventory(self) -> list[DatabaseInfo]:
         """Every database podbay's servers hold (live pods' and retained ones), of the servers that exist here."""
         found: list[DatabaseInfo] = []
-        for kind in self._kinds_in_use():
+        for kind in self.kinds_in_use():
             provider = self.provider(kind)
             await provider.start()
             found += await provider.databases()
@@ -142,7 +142,7 @@ class ServerDatabases:
         assert isinstance(provider, PostgresProvider)
         return provider.templates
 
-    def _kinds_in_use(self) -> list[str]:
+    def kinds_in_use(self) -> list[str]:
         """Kinds made in this process, or whose managed server has a directory here (made by an earlier one)."""
         return [
             kind
