@@ -201,6 +201,10 @@ class GuestChannel:
         with guest_answer("listen"):
             return int(header["port"])
 
+    async def unlisten(self, port: int) -> None:
+        """Have the agent stop listening on `port` (NotFound if it does not); open streams carry on."""
+        await self.request("unlisten", port=port)
+
     def _guest_stream_frame(self, stream_id: int, header: Header, payload: bytes) -> None:
         if header.get("event") != "open":
             stream = self.streams.get(stream_id)

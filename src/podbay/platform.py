@@ -615,24 +615,39 @@ class AsyncPlatform:
             return await self._create(spec, backend, trace, start, pod_id)
 
     async def _create(self, spec: PodSpec, backend: Backend, trace: Trace, start: Start, pod_id: str) -> AsyncPod:
-        """Prepare, start and inject the pod `start` chose; undo all of it if any part fails."""
+        """Prepare, start and inject the pod `start` chose; undo all of it if any part fails.
+
+        A volume must be attached when the sandbox starts, so a SQLite pod's is made first (beside `prepare`);
+        a server database is reached through the channel once the guest runs, so it is provisioned while the
+        whole sandbox starts and its credentials arrive with `init`."""
         sandbox: Sandbox | None = None
         lease: StateLease | None = None
-        try:
-            results = await asyncio.gather(
-                trace.timed("prepare", start.prepare()),
-                trace.timed("db provision", self._provision(pod_id, spec)),
-                return_exceptions=True,
-            )
-            lease = results[1] if isinstance(results[1], StateLease) else None
-            for result in results:
-                if isinstance(result, BaseException):
-                    raise result
-            if lease is not None:
-                self._guard_host_mounts(backend, lease)
-            env = {**spec.env, **(lease.env if lease else {}), "PODBAY_POD_ID": pod_id}
-            assignment = PodAssignment(pod_id, lease.volumes if lease else (), env, spec.context)
+        env = {**spec.env, "PODBAY_POD_ID": pod_id}
+
+        async def provisioned() -> None:
+            nonlocal lease
+            lease = await trace.timed("db provision", self._provision(pod_id, spec))
+
+        async def started(volumes: tuple[VolumeAttachment, ...]) -> None:
+            nonlocal sandbox
+            assignment = PodAssignment(pod_id, volumes, {**env, **(lease.env if lease else {})}, spec.context)
             sandbox = await trace.timed(start.origin.value, start.sandbox(assignment), detail=start.why)
+
+        async def prepared_and_started() -> None:
+            await trace.timed("prepare", start.prepare())
+            await started(())
+
+        try:
+            if spec.db is not None:
+                await _all_of(prepared_and_started(), provisioned())
+            else:
+                await _all_of(trace.timed("prepare", start.prepare()), provisioned())
+                if lease is not None:
+                    self._guard_host_mounts(backend, lease)
+                await started(lease.volumes if lease is not None else ())
+            assert sandbox is not None
+            env.update(lease.env if lease is not None else {})
+            env["PODBAY_POD_ID"] = pod_id
             await trace.timed(
                 "attach+inject",
                 sandbox.channel.request(
@@ -1133,6 +1148,14 @@ class AsyncPlatform:
             *(pod._destroy("the platform closed") for pod in list(self._pods.values())),
             return_exceptions=True,
         )
+
+
+async def _all_of(*work: Awaitable[None]) -> None:
+    """Await all of `work` together; then raise the first failure, if any (each has finished by then, so a
+    teardown finds whatever any of them made)."""
+    for result in await asyncio.gather(*work, return_exceptions=True):
+        if isinstance(result, BaseException):
+            raise result
 
 
 def _bare_config(run_dir: RunDir, vcpus: int, memory_mib: int) -> SandboxConfig:

@@ -254,6 +254,7 @@ class Agent:
             "thaw": self.op_thaw,
             "credit": self.op_credit,
             "listen": self.op_listen,
+            "unlisten": self.op_unlisten,
             "accept": self.op_accept,
             "refuse": self.op_refuse,
             "send": self.op_send,
@@ -751,6 +752,18 @@ class Agent:
         self.listeners[sock.fileno()] = Listener(sock, service)
         self.selector.register(sock.fileno(), selectors.EVENT_READ, ("listener", self.listeners[sock.fileno()]))
         self.result(request, port=sock.getsockname()[1])
+
+    def op_unlisten(self, request: Header, _: bytes) -> None:
+        """Stop listening on `port`: new connections are refused by the guest's kernel; open streams go on."""
+        port = _count(request, "port", 65535)
+        for fd, listener in list(self.listeners.items()):
+            if listener.sock.getsockname()[1] == port:
+                self.selector.unregister(fd)
+                del self.listeners[fd]
+                listener.sock.close()
+                self.result(request)
+                return
+        raise RequestError("not_found", f"no listener on port {_show(request.get('port'))}")
 
     def accept_connections(self, listener: Listener) -> None:
         """Each new connection is a stream the host must accept before a byte of it is read."""
