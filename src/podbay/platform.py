@@ -1148,6 +1148,7 @@ class AsyncPlatform:
             *(pod._destroy("the platform closed") for pod in list(self._pods.values())),
             return_exceptions=True,
         )
+        await self.databases.close()
 
 
 async def _all_of(*work: Awaitable[None]) -> None:

@@ -527,3 +527,42 @@ def test_uncommitted_ddl_in_the_parent_fails_the_fork_cleanly(
     run(scenario())
     assert names(provider) == {"pod_aa15"}
     run(provider.release(parent))
+
+
+def spares_of(provider: PostgresProvider) -> set[str]:
+    with psycopg.connect(**provider.server.conninfo(), autocommit=True) as conn:  # type: ignore[arg-type]
+        dbs = {r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'spare%'")}
+        roles = {r[0] for r in conn.execute("SELECT rolname FROM pg_roles WHERE rolname LIKE 'spare%'")}
+    assert dbs == roles  # a spare is a database and its role, or nothing
+    return dbs
+
+
+def test_spares_make_provisioning_a_rename_and_a_claimed_spare_is_the_pods_alone(
+    provider: PostgresProvider, clean: None, workdir: Path
+) -> None:
+    warm = PostgresProvider(provider.server, spares=1)
+    seed = workdir / "seed.sql"
+
+    async def scenario() -> None:
+        first = await warm.provision("pod-sp01", "shop", False)  # none ready: a copy, then a spare is made
+        await warm.close()
+        [spare] = spares_of(warm)
+        assert [info.pod_id for info in await warm.databases()] == ["pod-sp01"]  # spares are no pod's
+        second = await warm.provision("pod-sp02", "shop", False)
+        assert spare not in spares_of(warm)  # the spare became pod-sp02's database
+        rows = await guest_query(warm, second, "SELECT name FROM items ORDER BY id")
+        assert rows == [("apple",), ("pear",)]
+        assert await guest_query(warm, second, OWNERS) == [("pod_sp02",)]
+        await guest_query(warm, second, "INSERT INTO items (name) VALUES ('mine')")
+        assert ("mine",) not in await guest_query(warm, first, "SELECT name FROM items")
+        await warm.close()
+        assert len(spares_of(warm)) == 1  # topped up again
+        # A template removed takes its spares; one made again under the name never gets the old ones.
+        await warm.templates.remove("shop")
+        assert spares_of(warm) == set()
+        await warm.templates.create("shop", seed)
+        await warm.release(first)
+        await warm.release(second)
+
+    run(scenario())
+    assert spares_of(warm) == set()

@@ -100,6 +100,9 @@ class RecordingProvider:
     async def drop(self, pod_id: str) -> None:
         self.live.pop(pod_id, None)
 
+    async def close(self) -> None:
+        return None
+
     async def reap(self, live_pod_ids: set[str]) -> list[str]:
         return []
 

@@ -9,6 +9,7 @@ and what lets a later process re-open the tunnel of a pod it re-adopts.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -86,6 +87,9 @@ class ServerDatabases:
             self._forget(pod_id)
             raise
         return await self.adopt(grant)
+
+    async def close(self) -> None:
+        await asyncio.gather(*(provider.close() for provider in self._providers.values()), return_exceptions=True)
 
     async def release(self, grant: DatabaseGrant) -> None:
         await self.provider(grant.provider).release(grant)

@@ -29,23 +29,23 @@ from psycopg.conninfo import make_conninfo
 from podbay.errors import Conflict, HostError, InvalidSpec, NotFound, PodbayError
 from podbay.paths import PodbayPaths
 from podbay.state.pg_guard import guarded_connection
+from podbay.state.pg_marks import from_podbay, from_podbay_comment
 from podbay.state.pg_server import PG_PORT, PostgresServer, first_error_line
+from podbay.state.pg_spares import EMPTY, Spares
 from podbay.state.servers import DatabaseGrant, DatabaseInfo, DatabaseKind, TemplateInfo
 
 # CREATE DATABASE's copy: WAL-logged block by block (15's default: no checkpoint, cost grows with the size),
 # or a file copy between two checkpoints (cost grows with what else is dirty on the server).
 CopyStrategy = Literal["wal_log", "file_copy"]
 CONNECTION_LIMIT = 20  # sessions per pod role: one pod cannot take every slot of the server
+SPARES = 2  # ready copies per source kept by the platform's provider (from_paths): provisioning is a rename
 TEMPLATE_PREFIX = "tpl_"
 DUMP_FILE = "postgres.dump"
 META_FILE = "meta.json"
 LOCK_WAIT = "10s"  # pg_dump waits this long for a table an open transaction of the parent locked exclusively
 _TEMPLATE_NAME = re.compile(r"[A-Za-z0-9_-]{1,40}")
 _POD_ID = re.compile(r"pod-[0-9a-z]{1,59}")
-_MARK = "podbay"
-_EXTENSION_ENTRY = re.compile(
-    r"^\d+; \d+ \d+ (EXTENSION|COMMENT - EXTENSION) "
-)  # the key a podbay comment carries (other databases on an external server are not ours)
+_EXTENSION_ENTRY = re.compile(r"^\d+; \d+ \d+ (EXTENSION|COMMENT - EXTENSION) ")
 
 # Every user object of the current database (not the system's, not an extension's members) to one owner.
 # Sequences a table owns follow their table; the `public` schema belongs to pg_database_owner already.
@@ -134,10 +134,14 @@ class PostgresProvider:
     kind: DatabaseKind = "postgres"
     guest_port = PG_PORT
 
-    def __init__(self, server: PostgresServer, *, copy_strategy: CopyStrategy = "wal_log") -> None:
+    connection_limit = CONNECTION_LIMIT
+
+    def __init__(self, server: PostgresServer, *, copy_strategy: CopyStrategy = "wal_log", spares: int = 0) -> None:
+        """`spares`: ready copies kept per source (template or empty), so provisioning renames one (pg_spares)."""
         self.server = server
         self.copy_strategy = copy_strategy
         self.templates = PostgresTemplates(self)
+        self.spares = Spares(self, spares)
         self._guards: set[asyncio.Task[None]] = set()
 
     @classmethod
@@ -145,8 +149,8 @@ class PostgresProvider:
         """The external server of PODBAY_POSTGRES_URL if set, else the managed one under `paths.databases`."""
         url = os.environ.get("PODBAY_POSTGRES_URL")
         if url:
-            return cls(PostgresServer.external(url))
-        return cls(PostgresServer.managed(paths.databases / "postgres"))
+            return cls(PostgresServer.external(url), spares=SPARES)
+        return cls(PostgresServer.managed(paths.databases / "postgres"), spares=SPARES)
 
     async def start(self) -> None:
         await self.server.start()
@@ -159,13 +163,19 @@ class PostgresProvider:
     async def provision(self, pod_id: str, template: str | None, retain: bool) -> DatabaseGrant:
         name = database_name(pod_id)
         async with self._admin("provision a database") as conn:
-            source = await self.templates.database_of(conn, template) if template is not None else "template0"
+            source = await self.templates.database_of(conn, template) if template is not None else EMPTY
             try:
                 return await self._make(
-                    conn, pod_id, name, retain, template, lambda: self._create_db(conn, name, source)
+                    conn, pod_id, name, retain, template, lambda: self._create_db(conn, name, source), spare_of=source
                 )
             except _SourceBusy:
                 raise Conflict(f"postgres template {template!r} is in use; retry in a moment") from None
+            finally:
+                self.spares.top_up(source)
+
+    async def close(self) -> None:
+        """Let background work (spares being made) finish."""
+        await self.spares.close()
 
     async def release(self, grant: DatabaseGrant) -> None:
         async with self._admin("release a database") as conn:
@@ -299,16 +309,21 @@ class PostgresProvider:
         retain: bool,
         template: str | None,
         fill: Callable[[], Awaitable[None]],
+        spare_of: str | None = None,
     ) -> DatabaseGrant:
-        """Role, database (made by `fill`), owners, rights and comment for one pod: all of it, or nothing."""
+        """Role, database (a spare of `spare_of` renamed, or made by `fill`), owners, rights and comment for one
+        pod: all of it, or nothing."""
         if await self._database_exists(conn, name) or await self._role_exists(conn, name):
             raise Conflict(f"pod {pod_id} has a postgres database already ({name})")
         secret = secrets.token_urlsafe(32)
         try:
-            await self._create_role(conn, name, pod_id, secret)
-            await fill()
-            await conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(sql.Identifier(name)))
-            await self._reown(name)
+            if spare_of is not None and await self.spares.claim(conn, spare_of, name, secret):
+                await self._mark_role(conn, name, pod_id)
+            else:
+                await self._create_role(conn, name, pod_id, secret)
+                await fill()
+                await conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(sql.Identifier(name)))
+                await self._reown(name)
             await self._comment(conn, name, pod_id, template, retain=retain, retained=False)
         except BaseException:
             await self._undo(name)
@@ -343,9 +358,13 @@ class PostgresProvider:
                 "CONNECTION LIMIT {} PASSWORD {}"
             ).format(role, sql.Literal(CONNECTION_LIMIT), sql.Literal(verifier))
         )
-        await conn.execute(sql.SQL("COMMENT ON ROLE {} IS {}").format(role, sql.Literal(_mark(pod_id=pod_id))))
+        await self._mark_role(conn, name, pod_id)
         if not await self._is_superuser(conn):  # an external admin must be a member to give the role a database
             await conn.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(role))
+
+    async def _mark_role(self, conn: psycopg.AsyncConnection[Any], name: str, pod_id: str) -> None:
+        mark = sql.Literal(from_podbay(pod_id=pod_id))
+        await conn.execute(sql.SQL("COMMENT ON ROLE {} IS {}").format(sql.Identifier(name), mark))
 
     async def _create_db(self, conn: psycopg.AsyncConnection[Any], name: str, source: str) -> None:
         try:
@@ -437,7 +456,7 @@ class PostgresProvider:
         retain: bool,
         retained: bool,
     ) -> None:
-        mark = _mark(pod_id=pod_id, template=template, retain=retain, retained=retained)
+        mark = from_podbay(pod_id=pod_id, template=template, retain=retain, retained=retained)
         await conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(name), sql.Literal(mark)))
 
     # ---- what the server holds ------------------------------------------------------------------------------
@@ -449,7 +468,7 @@ class PostgresProvider:
         )
         records = []
         for name, comment, size in await cur.fetchall():
-            mark = _unmark(comment)
+            mark = from_podbay_comment(comment)
             if mark is not None and isinstance(mark.get("pod_id"), str):
                 records.append(
                     _Record(
@@ -479,7 +498,7 @@ class PostgresProvider:
         )
         orphans = []
         for role, comment in await cur.fetchall():
-            mark = _unmark(comment)
+            mark = from_podbay_comment(comment)
             if mark is not None and isinstance(mark.get("pod_id"), str) and role == database_name(mark["pod_id"]):
                 orphans.append((role, mark["pod_id"]))
         return orphans
@@ -661,7 +680,7 @@ class PostgresTemplates:
                 )
                 await conn.execute(
                     sql.SQL("COMMENT ON DATABASE {} IS {}").format(
-                        sql.Identifier(db), sql.Literal(_mark(template=name))
+                        sql.Identifier(db), sql.Literal(from_podbay(template=name))
                     )
                 )
             except BaseException:
@@ -700,7 +719,7 @@ class PostgresTemplates:
             )
             found = []
             for comment, size in await cur.fetchall():
-                mark = _unmark(comment)
+                mark = from_podbay_comment(comment)
                 if mark is not None and isinstance(mark.get("template"), str) and "pod_id" not in mark:
                     found.append(TemplateInfo(name=mark["template"], size_bytes=int(size)))
             return found
@@ -710,6 +729,7 @@ class PostgresTemplates:
         check_template_name(name)
         async with self._provider._admin("remove a template") as conn:
             db = await self.database_of(conn, name)
+            await self._provider.spares.drop(conn, db)
             try:
                 await self._drop(conn, db)
             except psycopg.errors.ObjectInUse:
@@ -733,20 +753,6 @@ class PostgresTemplates:
         ident = sql.Identifier(db)
         await conn.execute(sql.SQL("ALTER DATABASE {} IS_TEMPLATE false").format(ident))
         await conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(ident))
-
-
-def _mark(**fields: object) -> str:
-    return json.dumps({_MARK: 1, **fields}, sort_keys=True)
-
-
-def _unmark(comment: str | None) -> dict[str, Any] | None:
-    if not comment:
-        return None
-    try:
-        value = json.loads(comment)
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) and value.get(_MARK) == 1 else None
 
 
 __all__ = ["CONNECTION_LIMIT", "PostgresProvider", "PostgresServer", "PostgresTemplates", "database_name"]

@@ -148,6 +148,9 @@ class RedisProvider:
                 raise Conflict(f"the Redis database of pod {pod_id} is in use by its live pod; destroy the pod first")
             await self._discard(instance)
 
+    async def close(self) -> None:
+        """Nothing runs in the background: each instance lives and ends with its pod."""
+
     async def reap(self, live_pod_ids: set[str]) -> list[str]:
         self._reap_staging()
         reaped = []

@@ -133,6 +133,10 @@ class DatabaseProvider(Protocol):
         """Remove a retained database for good. NotFound if there is none; Conflict if its pod is live."""
         ...
 
+    async def close(self) -> None:
+        """Let this provider's background work finish (the platform is closing)."""
+        ...
+
     async def reap(self, live_pod_ids: set[str]) -> list[str]:
         """Drop the unretained databases (and revoke the logins) of pods that are not live: their controller
         died before releasing them. Returns the pod ids reaped."""
