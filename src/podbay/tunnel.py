@@ -108,7 +108,7 @@ class TunnelStream:
             await writer.drain()  # the service took it: only now is it credited back
             self.inflight -= len(item)
             ungranted += len(item)
-            if ungranted >= self.window // 4 or self._inbox.empty():
+            if ungranted >= self.window // 4:  # batched as the agent does (guest/agent.py GRANT_BATCH)
                 await self.channel._stream_op("credit", self.id, bytes=ungranted)
                 ungranted = 0
 

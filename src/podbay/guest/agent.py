@@ -199,6 +199,11 @@ class Listener:
         self.service = service
 
 
+# A stream's receiver credits the sender once this much is written on: the sender still holds 3/4 of its
+# window then, so it never waits on a batch (it blocks only with a whole window unacknowledged, which is past it).
+GRANT_BATCH = protocol.WINDOW // 4
+
+
 class Stream:
     """A guest-opened stream: one TCP connection forwarded to a host service, with credit both ways."""
 
@@ -209,6 +214,7 @@ class Stream:
         self.service = service
         self.accepted = False
         self.credit = 0  # bytes the host still accepts from us (its window, granted at `accept`)
+        self.ungranted = 0  # bytes of the host's written on to the connection and not yet credited back
         self.pending = bytearray()  # bytes from the host not yet written to the socket (at most WINDOW)
         self.read_eof = False  # the connection sent EOF (and so did we, to the host)
         self.write_eof = False  # the host sent EOF: shut our write side once `pending` is out
@@ -827,8 +833,10 @@ class Agent:
         except OSError as exc:
             self.abort_stream(stream, f"the connection failed: {exc}")
             return
-        if taken:
-            self.port.send({"id": stream.id, "event": "credit", "bytes": taken})
+        stream.ungranted += taken
+        if stream.ungranted >= GRANT_BATCH:  # batched: a request/response protocol pays no credit frame per reply
+            self.port.send({"id": stream.id, "event": "credit", "bytes": stream.ungranted})
+            stream.ungranted = 0
         if stream.write_eof and not stream.pending and not stream.shut_wr:
             import socket
 
