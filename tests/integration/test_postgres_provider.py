@@ -545,7 +545,7 @@ def test_spares_make_provisioning_a_rename_and_a_claimed_spare_is_the_pods_alone
 
     async def scenario() -> None:
         first = await warm.provision("pod-sp01", "shop", False)  # none ready: a copy, then a spare is made
-        await warm.close()
+        await warm.spares.settled()
         [spare] = spares_of(warm)
         assert [info.pod_id for info in await warm.databases()] == ["pod-sp01"]  # spares are no pod's
         second = await warm.provision("pod-sp02", "shop", False)
@@ -555,7 +555,7 @@ def test_spares_make_provisioning_a_rename_and_a_claimed_spare_is_the_pods_alone
         assert await guest_query(warm, second, OWNERS) == [("pod_sp02",)]
         await guest_query(warm, second, "INSERT INTO items (name) VALUES ('mine')")
         assert ("mine",) not in await guest_query(warm, first, "SELECT name FROM items")
-        await warm.close()
+        await warm.spares.settled()
         assert len(spares_of(warm)) == 1  # topped up again
         # A template removed takes its spares; one made again under the name never gets the old ones.
         await warm.templates.remove("shop")
@@ -563,6 +563,7 @@ def test_spares_make_provisioning_a_rename_and_a_claimed_spare_is_the_pods_alone
         await warm.templates.create("shop", seed)
         await warm.release(first)
         await warm.release(second)
+        await warm.close()
 
     run(scenario())
     assert spares_of(warm) == set()

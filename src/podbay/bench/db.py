@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 from podbay.bench.create import percentile
+from podbay.state.postgres import PostgresProvider
 from podbay.state.servers import DatabaseGrant
 from podbay.sync import Platform
 
@@ -64,10 +65,7 @@ def bench_db(platform: Platform, n: int) -> dict[str, Any]:
             name = f"bench-{megabytes}mb-{secrets.token_hex(3)}"
             info = platform._loop.run(templates.create(name, _seed_dump(megabytes)))
             made.append(name)
-            provisioning[f"{megabytes}mb"] = {
-                "template_bytes": info.size_bytes,
-                **_stats(_provision_ms(platform, name, n)),
-            }
+            provisioning[f"{megabytes}mb"] = {"template_bytes": info.size_bytes, **_provision_ms(platform, name, n)}
         tunnel = _tunnel(platform, made[0])
         create = _create_overhead(platform, n)
     finally:
@@ -87,16 +85,23 @@ def _seed_dump(megabytes: int) -> Path:
     return dump
 
 
-def _provision_ms(platform: Platform, template: str, n: int) -> list[float]:
-    provider = platform._platform.databases.provider("postgres")
-    times = []
+def _provision_ms(platform: Platform, template: str, n: int) -> dict[str, Any]:
+    """A pod's branch made by copying the template (CREATE DATABASE), and by claiming a spare made ahead
+    (pg_spares: a rename; the spare's own copy is made in the background, untimed here)."""
+    server = cast(PostgresProvider, platform._platform.databases.provider("postgres")).server
+    ways = {"copy": PostgresProvider(server, spares=0), "spare": PostgresProvider(server, spares=1)}
+    times: dict[str, list[float]] = {way: [] for way in ways}
     for index in range(n):
-        pod_id = f"pod-bench{secrets.token_hex(4)}{index}"
-        started = time.perf_counter()
-        grant = platform._loop.run(provider.provision(pod_id, template, False))
-        times.append((time.perf_counter() - started) * 1000)
-        platform._loop.run(provider.release(grant))
-    return times
+        for way, provider in ways.items():
+            platform._loop.run(provider.spares.settled())  # a spare is ready (the copy provider makes none)
+            pod_id = f"pod-bench{secrets.token_hex(4)}{index}"
+            started = time.perf_counter()
+            grant = platform._loop.run(provider.provision(pod_id, template, False))
+            times[way].append((time.perf_counter() - started) * 1000)
+            platform._loop.run(provider.release(grant))
+    for provider in ways.values():
+        platform._loop.run(provider.close())
+    return {way: _stats(values) for way, values in times.items()}
 
 
 def _tunnel(platform: Platform, template: str) -> dict[str, Any]:
@@ -175,7 +180,10 @@ def _stats(values: list[float]) -> dict[str, float]:
 
 
 def summary(result: dict[str, Any]) -> str:
-    provision = ", ".join(f"{size} template {row['median']:.0f} ms" for size, row in result["provision_ms"].items())
+    provision = ", ".join(
+        f"{size} template copy {row['copy']['median']:.0f} ms, spare {row['spare']['median']:.0f} ms"
+        for size, row in result["provision_ms"].items()
+    )
     rt, bulk, create = result["tunnel"]["round_trip_us"], result["tunnel"]["bulk_mib_s"], result["create"]
     return (
         f"provision: {provision}; SELECT 1 round trip: tunnel {rt['tunnel_median']:.0f} µs, direct "

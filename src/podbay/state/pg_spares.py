@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("podbay.postgres")
 SPARE_PREFIX = "spare_"
 EMPTY = "template0"  # the source of a pod without a template
+REFILL_DELAY_S = 1.0  # a top-up begins this long after the claim that asked for it
 ABANDONED_S = 600.0  # a spare still unmarked this long after its making began was abandoned
 
 
@@ -40,6 +41,7 @@ class Spares:
         self._provider = provider
         self.per_source = per_source
         self._refills: dict[str, asyncio.Task[None]] = {}
+        self._making: set[str] = set()  # sources whose top-up has begun making (close() waits for those)
 
     async def claim(self, conn: psycopg.AsyncConnection[Any], source: str, name: str, secret: str) -> bool:
         """Make a spare of `source` the database and role `name` with the login `secret`; False if none is
@@ -75,11 +77,23 @@ class Spares:
         for spare in await self._ready(conn, await _label(conn, source)):
             await self._provider._drop_all(conn, spare)
 
+    async def settled(self) -> None:
+        """Wait until every top-up asked for is done (tests, benchmarks)."""
+        await asyncio.gather(*self._refills.values(), return_exceptions=True)
+
     async def close(self) -> None:
-        """Let the refills under way finish (a spare cut in half would be a database nobody reaps)."""
+        """Let the refills under way finish (a spare cut in half would be a database nobody reaps); those still
+        waiting to begin are dropped."""
+        for source, task in self._refills.items():
+            if source not in self._making:
+                task.cancel()
         await asyncio.gather(*self._refills.values(), return_exceptions=True)
 
     async def _top_up(self, source: str) -> None:
+        # Not at once: the pod that just claimed a spare is starting now, and a copy competes with it for the
+        # host's CPU and disk (on 2 cores it cost that pod 10-30 %).
+        await asyncio.sleep(REFILL_DELAY_S)
+        self._making.add(source)
         try:
             async with self._provider._admin("make spare databases") as conn:
                 label = await _label(conn, source)
@@ -88,6 +102,8 @@ class Spares:
                     await self._make(conn, source, label)
         except Exception as exc:  # spares are an optimisation: provisioning copies meanwhile
             log.warning("making spare postgres databases of %s failed: %s", source, exc)
+        finally:
+            self._making.discard(source)
 
     async def _make(self, conn: psycopg.AsyncConnection[Any], source: str, label: str) -> None:
         name = SPARE_PREFIX + secrets.token_hex(8)
