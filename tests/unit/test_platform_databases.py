@@ -53,14 +53,16 @@ class RecordingProvider:
         if self.fail_provision:
             raise DatabaseUnavailable("postgres: out of connection slots")
         name = pod_id.replace("-", "_")
+        # The local double's pods share the host's loopback: the first pod gets `guest_port`, later ones their own.
+        port = self.guest_port if not self.live and not self.released else free_port()
         grant = DatabaseGrant(
             provider="postgres",
             pod_id=pod_id,
             name=name,
             role=name,
             secret="s3cret-" + name,
-            guest_port=self.guest_port,
-            url=f"postgresql://{name}:s3cret-{name}@127.0.0.1:{self.guest_port}/{name}",
+            guest_port=port,
+            url=f"postgresql://{name}:s3cret-{name}@127.0.0.1:{port}/{name}",
             retain=retain,
             template=template,
         )
@@ -200,3 +202,31 @@ def test_one_database_per_pod_and_the_fields_that_need_one() -> None:
     with pytest.raises(InvalidSpec) as unknown:
         PodSpec.parse(db="mysql")
     assert unknown.value.field == "db"
+
+
+def test_a_re_adopted_pod_reaches_its_database_again_and_a_lost_ones_is_released(paths: PodbayPaths) -> None:
+    from podbay.isolation.fake import ReattachableLocalBackend
+
+    from .test_recover import die, kill, orphan
+
+    provider = RecordingProvider()
+    backend = ReattachableLocalBackend()
+
+    async def scenario() -> None:
+        first = AsyncPlatform(paths, backends={"local": backend}, databases={"postgres": provider})
+        kept = await first.create_agent(backend="local", db="postgres")
+        lost = await first.create_agent(backend="local", db="postgres")
+        await die(first)
+        orphan(paths)
+        await kill(lost)
+        second = AsyncPlatform(paths, backends={"local": backend}, databases={"postgres": provider})
+        async with second:
+            recovery = await second.recover()
+            assert [pod.id for pod in recovery.adopted] == [kept.id]
+            assert provider.released == [lost.id]  # torn down with its pod, by the ledger
+            result = await second.get(kept.id).exec(["python3", "-c", CLIENT])
+            assert result.stdout.strip() == f"ping from {kept.id.replace('-', '_')}", result.stderr
+            assert second.get(kept.id).info().db_url == kept.info().db_url
+        assert sorted(provider.released) == sorted([lost.id, kept.id])
+
+    asyncio.run(scenario())
