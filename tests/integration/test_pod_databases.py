@@ -209,3 +209,12 @@ def test_a_fork_child_gets_its_own_copy_of_the_parents_redis(shared_platform: Pl
             child_url = child.exec(["sh", "-c", "echo $PODBAY_DB_URL"]).stdout.strip()
             parent_url = parent.exec(["sh", "-c", "echo $PODBAY_DB_URL"]).stdout.strip()
             assert child_url != parent_url  # the child's credentials are its own
+
+
+def test_a_pool_member_gets_its_database_at_claim(platform: Platform) -> None:
+    skip_unless_available(platform, "qemu")
+    platform.pools.ensure(1, wait=120)
+    with platform.create_agent(db="redis") as pod:
+        assert pod.info().origin == "pool claim"  # started before any database was asked for
+        assert pod.exec(["python3", "-c", REDIS, "SET", "k", "claimed"]).stdout.strip() == "True"
+        assert pod.exec(["python3", "-c", REDIS, "GET", "k"]).stdout.strip() == "b'claimed'"
