@@ -190,10 +190,6 @@ class GuestChannel:
             raise InvalidSpec("service", f"{name!r} is not a name of 1 to 64 characters", 'pass e.g. "db"')
         self._services[name] = connect
 
-    def unregister_service(self, name: str) -> None:
-        """New streams to `name` are refused from now on (open ones carry on)."""
-        self._services.pop(name, None)
-
     async def listen(self, port: int, service: str) -> int:
         """Have the agent listen on the guest's 127.0.0.1:`port` (0: any free port) and open a stream to
         `service` for each connection. Returns the port it listens on."""

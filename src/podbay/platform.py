@@ -622,7 +622,9 @@ class AsyncPlatform:
         whole sandbox starts and its credentials arrive with `init`."""
         sandbox: Sandbox | None = None
         lease: StateLease | None = None
-        env = {**spec.env, "PODBAY_POD_ID": pod_id}
+
+        def env() -> dict[str, str]:
+            return {**spec.env, **(lease.env if lease is not None else {}), "PODBAY_POD_ID": pod_id}
 
         async def provisioned() -> None:
             nonlocal lease
@@ -630,7 +632,7 @@ class AsyncPlatform:
 
         async def started(volumes: tuple[VolumeAttachment, ...]) -> None:
             nonlocal sandbox
-            assignment = PodAssignment(pod_id, volumes, {**env, **(lease.env if lease else {})}, spec.context)
+            assignment = PodAssignment(pod_id, volumes, env(), spec.context)
             sandbox = await trace.timed(start.origin.value, start.sandbox(assignment), detail=start.why)
 
         async def prepared_and_started() -> None:
@@ -646,12 +648,10 @@ class AsyncPlatform:
                     self._guard_host_mounts(backend, lease)
                 await started(lease.volumes if lease is not None else ())
             assert sandbox is not None
-            env.update(lease.env if lease is not None else {})
-            env["PODBAY_POD_ID"] = pod_id
             await trace.timed(
                 "attach+inject",
                 sandbox.channel.request(
-                    "init", env=env, context=spec.context, mounts=sandbox.guest_mounts, clock=time.time()
+                    "init", env=env(), context=spec.context, mounts=sandbox.guest_mounts, clock=time.time()
                 ),
             )
             if lease is not None and lease.grant is not None:
@@ -791,18 +791,28 @@ class AsyncPlatform:
         trace = Trace()
         run_dir = RunDir.make(self.paths.pods, backend.name)
         config = _bare_config(run_dir, snapshot.vcpus, snapshot.memory_mib)
-        with concerning(run_dir.pod_id):
+        sandbox: SnapshotSandbox | None = None
+        lease: StateLease | None = None
+
+        async def restored() -> None:
+            nonlocal sandbox
             restoring = start_from_snapshot(snapshot, config, hostname=run_dir.pod_id)
-            results = await asyncio.gather(
-                trace.timed(Origin.SNAPSHOT.value, restoring, detail=f"snapshot {name!r}"),
-                trace.timed("db load", self.databases.load(snapshot.path, run_dir.pod_id)),
-                return_exceptions=True,
-            )
-            sandbox, lease = results
-            if isinstance(sandbox, BaseException) or isinstance(lease, BaseException):
-                held = sandbox if not isinstance(sandbox, BaseException) else None
-                await self.teardown(run_dir.pod_id, held, lease if isinstance(lease, StateLease) else None, run_dir)
-                raise sandbox if isinstance(sandbox, BaseException) else cast(BaseException, lease)
+            sandbox = await trace.timed(Origin.SNAPSHOT.value, restoring, detail=f"snapshot {name!r}")
+
+        async def loaded() -> None:  # the database saved with it, if any, while the VM starts
+            nonlocal lease
+            lease = await trace.timed("db load", self.databases.load(snapshot.path, run_dir.pod_id))
+
+        with concerning(run_dir.pod_id):
+            try:
+                await _all_of(restored(), loaded())
+            except BaseException as exc:
+                try:
+                    await self.teardown(run_dir.pod_id, sandbox, lease, run_dir)
+                except PodbayError as cleanup:
+                    exc.add_note(f"and cleaning up after it failed too: {cleanup}")
+                raise
+            assert sandbox is not None
             spec = PodSpec.parse(
                 vcpus=snapshot.vcpus,
                 memory_mib=snapshot.memory_mib,

@@ -146,7 +146,7 @@ def test_without_a_server_the_commands_read_this_hosts_databases(
     retained = asyncio.run(provider.provision("pod-0123456789ab", None, True))
     asyncio.run(provider.release(retained))
     live = asyncio.run(provider.provision("pod-ba9876543210", None, False))
-    asyncio.run(local._databases.adopt(live))  # a live pod of this state directory: in its ledger
+    local._databases.adopt(live)  # a live pod of this state directory: in its ledger
     try:
         code, out, err = podbay({"COLUMNS": "300"}, "db", "ls", "--json")
         assert code == 0, err

@@ -183,7 +183,7 @@ def test_the_reaper_releases_the_databases_of_pods_whose_controller_died(paths: 
     async def scenario() -> None:
         async with platform_with(paths, provider) as platform:
             grant = await provider.provision("pod-0123456789ab", None, False)
-            await platform.databases.adopt(grant)  # in the ledger, as a pod of a controller that died
+            platform.databases.adopt(grant)  # in the ledger, as a pod of a controller that died
             live = await platform.create_agent(backend="local", db="postgres")
             await platform.reap_orphans()
             assert provider.released == ["pod-0123456789ab"]

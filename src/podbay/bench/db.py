@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import secrets
 import statistics
@@ -20,8 +21,12 @@ import time
 from pathlib import Path
 from typing import Any, Literal, cast
 
+import psycopg
+
 from podbay.bench.create import percentile
+from podbay.bench.memory import tree_uss_pss_kib
 from podbay.state.postgres import PostgresProvider
+from podbay.state.redis import RedisProvider
 from podbay.state.servers import DatabaseGrant
 from podbay.sync import Platform
 
@@ -30,11 +35,10 @@ ROW_BYTES = 1024  # each seeded row's payload: a template of N MB has about N * 
 ROUND_TRIPS = 200
 BULK_BYTES = 32 << 20  # one value of 32 MiB: one DataRow, read by libpq in C (no Python work per row)
 
-# The client's work, in the guest (through the tunnel) and on the host (direct): ROUND_TRIPS `SELECT 1` on one
-# connection, then one value of BULK_BYTES.
-CLIENT = """
-import json, sys, time, psycopg
-def measure(conninfo, rounds, size):
+
+def measure(conninfo: str, rounds: int, size: int) -> dict[str, Any]:
+    """The client's work: `rounds` `SELECT 1` on one connection, then one value of `size` bytes. Run on the
+    host (direct) as it is, and in the guest (through the tunnel) from its source (GUEST_CLIENT)."""
     with psycopg.connect(conninfo, autocommit=True) as conn:
         conn.execute("SELECT 1").fetchall()
         times = []
@@ -43,15 +47,15 @@ def measure(conninfo, rounds, size):
             conn.execute("SELECT 1").fetchall()
             times.append((time.perf_counter() - started) * 1e6)
         started = time.perf_counter()
-        value = conn.execute("SELECT repeat('x', %s)", (size,)).fetchone()[0]
+        row = conn.execute("SELECT repeat('x', %s)", (size,)).fetchone()
+        value = row[0] if row else ""
         return {"round_trip_us": times, "bulk_bytes": len(value), "bulk_s": time.perf_counter() - started}
-"""
+
+
 GUEST_CLIENT = (
-    CLIENT
-    + """
-import os
-print(json.dumps(measure(os.environ["PODBAY_DB_URL"], int(sys.argv[1]), int(sys.argv[2]))))
-"""
+    "import json, os, sys, time\nimport psycopg\nfrom typing import Any\n\n"
+    + inspect.getsource(measure)
+    + '\nprint(json.dumps(measure(os.environ["PODBAY_DB_URL"], int(sys.argv[1]), int(sys.argv[2]))))\n'
 )
 
 
@@ -63,21 +67,30 @@ def bench_db(platform: Platform, n: int) -> dict[str, Any]:
         provisioning = {}
         for megabytes in TEMPLATE_MB:
             name = f"bench-{megabytes}mb-{secrets.token_hex(3)}"
-            info = platform._loop.run(templates.create(name, _seed_dump(megabytes)))
+            with tempfile.TemporaryDirectory(prefix="podbay-bench-db-") as scratch:
+                info = platform._loop.run(templates.create(name, _seed_dump(Path(scratch), megabytes)))
             made.append(name)
             provisioning[f"{megabytes}mb"] = {"template_bytes": info.size_bytes, **_provision_ms(platform, name, n)}
         tunnel = _tunnel(platform, made[0])
         create = _create_overhead(platform, n)
+        redis = _redis(platform, n)
     finally:
         for name in made:
             platform._loop.run(templates.remove(name))
-    return {"benchmark": "db", "n": n, "provision_ms": provisioning, "tunnel": tunnel, "create": create}
+    return {
+        "benchmark": "db",
+        "n": n,
+        "provision_ms": provisioning,
+        "tunnel": tunnel,
+        "create": create,
+        "redis": redis,
+    }
 
 
-def _seed_dump(megabytes: int) -> Path:
+def _seed_dump(scratch: Path, megabytes: int) -> Path:
     """A small SQL file that makes a table of about `megabytes` MB when loaded."""
     rows = megabytes * (1 << 20) // ROW_BYTES
-    dump = Path(tempfile.mkdtemp(prefix="podbay-bench-db-")) / "seed.sql"
+    dump = scratch / "seed.sql"
     dump.write_text(
         "CREATE TABLE items (id integer PRIMARY KEY, payload text NOT NULL);\n"
         f"INSERT INTO items SELECT g, repeat(md5(g::text), {ROW_BYTES // 32}) FROM generate_series(1, {rows}) g;\n"
@@ -145,16 +158,15 @@ def _tunnel(platform: Platform, template: str) -> dict[str, Any]:
 
 def _direct(platform: Platform, grant: DatabaseGrant) -> dict[str, Any]:
     """The same client work on the host, straight to the server's socket with the pod's own login."""
-    provider: Any = platform._platform.databases.provider("postgres")
-    namespace: dict[str, Any] = {}
-    exec(CLIENT, namespace)  # one definition of the client's work for both sides
-    return cast(dict[str, Any], namespace["measure"](provider.direct_conninfo(grant), ROUND_TRIPS, BULK_BYTES))
+    provider = cast(PostgresProvider, platform._platform.databases.provider("postgres"))
+    return measure(provider.direct_conninfo(grant), ROUND_TRIPS, BULK_BYTES)
 
 
 def _create_overhead(platform: Platform, n: int) -> dict[str, Any]:
     """create → first exec with and without a database, alternating so drift hits both alike."""
     plain: list[float] = []
     with_db: list[float] = []
+    listener: list[float] = []  # the pod's "tunnel" phase: register the service, the agent's listen
     ways: tuple[tuple[list[float], Literal["postgres"] | None], ...] = ((plain, None), (with_db, "postgres"))
     for _ in range(n):
         for sink, db in ways:
@@ -163,16 +175,38 @@ def _create_overhead(platform: Platform, n: int) -> dict[str, Any]:
             try:
                 pod.exec(["true"])
                 sink.append((time.perf_counter() - started) * 1000)
+                listener += [phase.duration_ms for phase in pod.info().trace if phase.name == "tunnel"]
             finally:
                 pod.destroy()
     extra = statistics.median(with_db) / statistics.median(plain) - 1
     return {
         "plain_ms": _stats(plain),
         "with_postgres_ms": _stats(with_db),
+        "tunnel_phase_ms": _stats(listener),
         "extra_fraction": extra,
         "goal_fraction": 0.10,
         "goal_met": extra <= 0.10,
     }
+
+
+def _redis(platform: Platform, n: int) -> dict[str, Any]:
+    """A pod's Redis: provisioning (the instance started and answering) and its idle memory (USS)."""
+    provider = cast(RedisProvider, platform._platform.databases.provider("redis"))
+    platform._loop.run(provider.start())
+    times: list[float] = []
+    uss_mib: list[float] = []
+    for index in range(n):
+        pod_id = f"pod-bench{secrets.token_hex(4)}{index}"
+        started = time.perf_counter()
+        grant = platform._loop.run(provider.provision(pod_id, None, False))
+        times.append((time.perf_counter() - started) * 1000)
+        try:
+            pid = provider.pid_of(pod_id)
+            if pid is not None:
+                uss_mib.append(tree_uss_pss_kib(pid)[0] / 1024)
+        finally:
+            platform._loop.run(provider.release(grant))
+    return {"provision_ms": _stats(times), "idle_uss_mib": _stats(uss_mib)}
 
 
 def _stats(values: list[float]) -> dict[str, float]:
@@ -185,10 +219,13 @@ def summary(result: dict[str, Any]) -> str:
         for size, row in result["provision_ms"].items()
     )
     rt, bulk, create = result["tunnel"]["round_trip_us"], result["tunnel"]["bulk_mib_s"], result["create"]
+    redis = result["redis"]
     return (
         f"provision: {provision}; SELECT 1 round trip: tunnel {rt['tunnel_median']:.0f} µs, direct "
         f"{rt['direct_median']:.0f} µs, channel {rt['channel_health_median']:.0f} µs (goal "
         f"{'met' if rt['goal_met'] else 'not met'}); 32 MiB value: tunnel {bulk['tunnel']:.0f} MiB/s vs direct "
         f"{bulk['direct']:.0f} MiB/s; create with postgres +{create['extra_fraction'] * 100:.0f} % "
-        f"({create['with_postgres_ms']['median']:.0f} vs {create['plain_ms']['median']:.0f} ms)"
+        f"({create['with_postgres_ms']['median']:.0f} vs {create['plain_ms']['median']:.0f} ms, tunnel phase "
+        f"{create['tunnel_phase_ms']['median']:.0f} ms); redis: provision {redis['provision_ms']['median']:.0f} ms, "
+        f"idle USS {redis['idle_uss_mib']['median']:.1f} MiB"
     )

@@ -66,7 +66,7 @@ class ServerDatabases:
         self._write(pod_id, {"provider": kind, "retain": retain, "grant": _grant_json(grant)})
         return lease_of(grant)
 
-    async def adopt(self, grant: DatabaseGrant) -> StateLease:
+    def adopt(self, grant: DatabaseGrant) -> StateLease:
         """Enter a grant made elsewhere (a fork's branch, a snapshot's load) into the ledger."""
         self._write(grant.pod_id, {"provider": grant.provider, "retain": grant.retain, "grant": _grant_json(grant)})
         return lease_of(grant)
@@ -86,7 +86,7 @@ class ServerDatabases:
         except BaseException:
             self._forget(pod_id)
             raise
-        return await self.adopt(grant)
+        return self.adopt(grant)
 
     async def close(self) -> None:
         await asyncio.gather(*(provider.close() for provider in self._providers.values()), return_exceptions=True)
@@ -184,9 +184,8 @@ class ServerDatabases:
         await provider.start()  # after a host restart, nothing may have started it yet
         if isinstance(grant, dict):
             await provider.release(DatabaseGrant(**grant))
-        elif not entry.get("retain"):  # it died while provisioning: whatever was made goes
-            with contextlib.suppress(NotFound):
-                await provider.drop(pod_id)
+        else:  # it died while provisioning: whatever was made goes, retain or not (nobody was given it)
+            await provider.discard(pod_id)
 
     def _write(self, pod_id: str, entry: dict[str, object]) -> None:
         """Atomically, 0600: the entry holds the pod's secret."""
@@ -259,7 +258,7 @@ class InstantCopy:
         except BaseException:
             await self.abort()
             raise
-        return [await self._databases.adopt(grant) for grant in grants]
+        return [self._databases.adopt(grant) for grant in grants]
 
     async def saved_into(self, snapshot: Path) -> None:
         """Complete the save and move it into the snapshot's directory; on failure the snapshot goes too
@@ -297,7 +296,8 @@ class PostgresTemplates(Protocol):
 
 
 def _external(kind: str) -> bool:
-    return bool(os.environ.get(f"PODBAY_{kind.upper()}_URL"))
+    """Postgres may be a server podbay is pointed at (Redis is always an instance per pod)."""
+    return kind == "postgres" and bool(os.environ.get("PODBAY_POSTGRES_URL"))
 
 
 def lease_of(grant: DatabaseGrant) -> StateLease:

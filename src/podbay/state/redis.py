@@ -285,6 +285,12 @@ class RedisProvider:
                     if owner.isdigit() and int(owner) != os.getpid() and is_gone(int(owner)):
                         shutil.rmtree(entry, ignore_errors=True)
 
+    def pid_of(self, pod_id: str) -> int | None:
+        """The live instance's server process (host-side checks and benchmarks); None if it runs no more."""
+        instance, _ = self._find(pod_id)
+        pids = instance.pids(self._account())
+        return pids[0] if pids else None
+
     # ---- helpers ------------------------------------------------------------------------------------------
 
     def _find(self, pod_id: str) -> tuple[Instance, Meta]:

@@ -137,7 +137,8 @@ class DatabaseProvider(Protocol):
         """Let this provider's background work finish (the platform is closing)."""
         ...
 
-    async def reap(self, live_pod_ids: set[str]) -> list[str]:
-        """Drop the unretained databases (and revoke the logins) of pods that are not live: their controller
-        died before releasing them. Returns the pod ids reaped."""
+    async def discard(self, pod_id: str) -> None:
+        """Remove whatever exists of `pod_id`'s database, in any state (half-made, running, even marked
+        retain): its pod died before the grant was handed over, so it holds no data anyone was given. Nothing
+        of another pod is touched; nothing there is no error."""
         ...
