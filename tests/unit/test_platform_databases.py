@@ -105,8 +105,9 @@ class RecordingProvider:
     async def close(self) -> None:
         return None
 
-    async def reap(self, live_pod_ids: set[str]) -> list[str]:
-        return []
+    async def discard(self, pod_id: str) -> None:
+        self.live.pop(pod_id, None)
+        self.released.append(pod_id)
 
 
 @pytest.fixture

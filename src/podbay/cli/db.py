@@ -27,14 +27,12 @@ from podbay.cli.remote import ServerOption, TokenOption
 from podbay.errors import NotFound
 from podbay.paths import PodbayPaths
 from podbay.state.databases import ServerDatabases
-from podbay.state.servers import DATABASE_KINDS, DatabaseInfo, DatabaseProvider, TemplateInfo
+from podbay.state.servers import DATABASE_KINDS, DUMP_SUFFIXES, DatabaseInfo, DatabaseProvider, TemplateInfo
 from podbay.sync import _Loop
 
 app = typer.Typer(no_args_is_help=True, help="Pods' server databases (Postgres, Redis): ls, export, rm, templates.")
 templates_app = typer.Typer(no_args_is_help=True, help="Postgres templates pods branch from: create, ls, rm.")
 app.add_typer(templates_app, name="templates")
-
-SUFFIXES = {"postgres": ".sql", "redis": ".rdb"}
 
 
 class Databases(Protocol):
@@ -73,9 +71,7 @@ class LocalDatabases:
         return Path(dest).stat().st_size
 
     def drop_database(self, pod_id: str) -> DatabaseInfo:
-        info = self._loop.run(self._databases.find(pod_id))
-        self._loop.run(self._databases.drop(pod_id, ()))  # a live pod of this state has a ledger entry: Conflict
-        return info
+        return self._loop.run(self._databases.drop(pod_id, ()))  # a live pod of this state is in the ledger
 
     def db_templates(self) -> builtins.list[TemplateInfo]:
         return self._loop.run(self._databases.postgres_templates().list())
@@ -214,7 +210,7 @@ def export(
 ) -> None:
     """Dump a pod's database to a file: Postgres as SQL, Redis as an RDB file."""
     with _databases(server, token) as host:
-        dest = output or Path(pod_id + SUFFIXES[found(host, pod_id).provider])
+        dest = output or Path(pod_id + DUMP_SUFFIXES[found(host, pod_id).provider])
         written = host.export_database(pod_id, dest)
     console.print(f"wrote {size(written)} to {dest}", highlight=False)
 

@@ -30,14 +30,13 @@ from podbay.server.errors import responses
 from podbay.server.routes import ANY, BINARY, ServiceDep, TenantDep
 from podbay.server.service import Service
 from podbay.state.databases import PostgresTemplates
-from podbay.state.servers import DatabaseInfo, TemplateInfo
+from podbay.state.servers import DUMP_SUFFIXES, DatabaseInfo, TemplateInfo
 
 router = APIRouter()
 admin_router = APIRouter(prefix="/admin/db", dependencies=[Depends(admin)])
 
 OCTETS = "application/octet-stream"
 MAX_DUMP_BYTES = 1 << 30  # an uploaded template dump; larger ones are refused while they are read
-SUFFIXES = {"postgres": ".sql", "redis": ".rdb"}  # what `podbay db export` names a dump by default
 NAMED = (*ANY, 404, 422, 503)
 ADMIN = (401, 403, 500, 503)
 TemplateName = Annotated[str, PathParam(pattern=NAME_PATTERN, description="the template's name")]
@@ -95,7 +94,7 @@ async def export_database(pod_id: str, svc: ServiceDep, who: TenantDep) -> FileR
     return FileResponse(
         workdir / "dump",
         media_type=OCTETS,
-        filename=f"{info.pod_id}{SUFFIXES.get(info.provider, '.dump')}",
+        filename=f"{info.pod_id}{DUMP_SUFFIXES[info.provider]}",
         background=BackgroundTask(shutil.rmtree, workdir, ignore_errors=True),  # once it is sent (or not)
     )
 
@@ -104,10 +103,8 @@ async def export_database(pod_id: str, svc: ServiceDep, who: TenantDep) -> FileR
 async def drop_database(pod_id: str, svc: ServiceDep, who: TenantDep) -> DatabaseInfo:
     """Remove a database kept after its pod ended, for good; 409 while the pod lives (destroy it)."""
     tenant_pod(svc, who, pod_id)
-    databases = svc.platform.databases
-    info = await as_missing(pod_id, databases.find(pod_id))
     live = [pod.id for pod in svc.platform.list()]
-    await as_missing(pod_id, databases.drop(pod_id, live))
+    info = await as_missing(pod_id, svc.platform.databases.drop(pod_id, live))
     return svc.redactor.database_info(info)
 
 

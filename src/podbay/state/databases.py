@@ -131,12 +131,14 @@ class ServerDatabases:
         await self.provider(info.provider).export(pod_id, dest)
         return info
 
-    async def drop(self, pod_id: str, live_pod_ids: Iterable[str]) -> None:
-        """Remove a retained database for good (Conflict while its pod lives: destroy the pod)."""
+    async def drop(self, pod_id: str, live_pod_ids: Iterable[str]) -> DatabaseInfo:
+        """Remove a retained database for good, and say what it was (Conflict while its pod lives: destroy the
+        pod first)."""
+        info = await self.find(pod_id)
         if pod_id in set(live_pod_ids) or self.grant_of(pod_id) is not None:
             raise Conflict(f"pod {pod_id} is live; destroy it first (with db_retain its data stays until then)")
-        info = await self.find(pod_id)
         await self.provider(info.provider).drop(pod_id)
+        return info
 
     def postgres_templates(self) -> PostgresTemplates:
         """The Postgres templates (`db_template=`): create from a dump, list, remove."""

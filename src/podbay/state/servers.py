@@ -24,6 +24,7 @@ from typing import Literal, Protocol
 DatabaseKind = Literal["postgres", "redis"]
 DATABASE_KINDS: tuple[DatabaseKind, ...] = ("postgres", "redis")
 SERVICE = "db"  # the tunnel's service name on the pod's channel
+DUMP_SUFFIXES: dict[DatabaseKind, str] = {"postgres": ".sql", "redis": ".rdb"}  # what an export is named by
 
 
 @dataclass(frozen=True)

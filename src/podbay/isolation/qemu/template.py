@@ -643,8 +643,9 @@ async def _build(
                     if result.exit_code != 0:
                         raise GuestError(f"warm-up {argv} exited {result.exit_code}: {result.stderr.strip()}")
             with log.step("warm up the tunnel"):
-                # A pod's database listener then costs its clone ~2 ms, not the ~200 ms (TCG) of the agent's
-                # first socket import and of bringing `lo` up, which the template's memory now holds.
+                # The agent's first socket import and bringing `lo` up are slow under TCG; done here, the
+                # template's memory holds them, and a clone's database listener is cheap (the pod's "tunnel" phase,
+                # `podbay bench db`).
                 await sandbox.channel.unlisten(await sandbox.channel.listen(0, "warm-up"))
             with log.step("save the template"):
                 header, _ = await sandbox.channel.request("health")
