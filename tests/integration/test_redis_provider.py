@@ -22,7 +22,7 @@ import pytest
 import redis
 
 from podbay.errors import Conflict, DatabaseUnavailable, InvalidSpec, NotFound
-from podbay.isolation.supervise import command_lines_mentioning, is_gone, process_identity
+from podbay.isolation.supervise import command_lines_mentioning, is_gone
 from podbay.state.redis import RedisProvider
 from podbay.state.redis_instance import Instance
 from podbay.state.servers import DatabaseGrant
@@ -232,6 +232,34 @@ def test_release_without_retain_leaves_nothing(loop: LoopThread, provider: Redis
         loop.run(provider.export(grant.pod_id, provider.root.parent / "none.rdb"))
 
 
+def test_release_looks_for_the_server_once_and_stops_it_once(
+    loop: LoopThread, provider: RedisProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scans: list[str] = []
+    shutdowns: list[str] = []
+    pids, admin = Instance.pids, Instance.admin
+
+    def counted_pids(instance: Instance, account: Any) -> list[int]:
+        scans.append(instance.name)
+        return pids(instance, account)
+
+    async def counted_admin(instance: Instance, *command: str, timeout: float = 60.0) -> object:
+        if command[:1] == ("SHUTDOWN",):
+            shutdowns.append(instance.name)
+        return await admin(instance, *command, timeout=timeout)
+
+    monkeypatch.setattr(Instance, "pids", counted_pids)
+    monkeypatch.setattr(Instance, "admin", counted_admin)
+    for retain in (False, True):
+        grant = loop.run(provider.provision(f"pod-once-{int(retain)}", None, retain=retain))
+        scans.clear()
+        loop.run(provider.release(grant))
+        assert scans == shutdowns == [grant.name] and server_pids(provider, grant) == []
+        shutdowns.clear()
+        if retain:
+            loop.run(provider.drop(grant.pod_id))
+
+
 def test_release_with_retain_keeps_the_data_and_revokes_the_login(
     loop: LoopThread, provider: RedisProvider, db_dir: Path
 ) -> None:
@@ -346,58 +374,44 @@ def test_save_and_load(loop: LoopThread, provider: RedisProvider, db_dir: Path) 
         loop.run(provider.release(source))
 
 
-def test_reap_ends_orphans_and_keeps_live_and_retained(loop: LoopThread, db_dir: Path) -> None:
-    provider = RedisProvider(db_dir / "reaped")  # its own root: reap sees every instance there
-    live = loop.run(provider.provision("pod-live", None, retain=False))
-    orphan = loop.run(provider.provision("pod-orphan", None, retain=False))
-    dead = loop.run(provider.provision("pod-dead", None, retain=False))
-    orphan_keeps = loop.run(provider.provision("pod-orphan-keeps", None, retain=True))
+def test_discard_removes_the_pods_instance_in_any_state_and_nothing_else(loop: LoopThread, db_dir: Path) -> None:
+    provider = RedisProvider(db_dir / "discarded")  # its own root: nothing else is there
+    other = loop.run(provider.provision("pod-other", None, retain=True))
+    running = loop.run(provider.provision("pod-running", None, retain=False))
+    keeps = loop.run(provider.provision("pod-keeps", None, retain=True))  # marked retain: it goes all the same
     retained = loop.run(provider.provision("pod-retained", None, retain=True))
     loop.run(provider.release(retained))
-    with forwarded(loop, provider, orphan_keeps) as tunnel:
-        tunnel.client().set("k", "kept by its policy")
-    for pid in server_pids(provider, dead):  # its process died with its controller
-        os.kill(pid, signal.SIGKILL)
-    try:
-        later = RedisProvider(provider.root)  # another podbay process, after a crash
-        reaped = loop.run(later.reap({live.pod_id}))
-        assert sorted(reaped) == ["pod-dead", "pod-orphan", "pod-orphan-keeps"]
-        for gone in (orphan, dead):
-            assert server_pids(provider, gone) == [] and not (provider.root / gone.name).exists()
-        assert server_pids(provider, orphan_keeps) == []
-        infos = {info.pod_id: info for info in loop.run(provider.databases())}
-        assert infos["pod-live"].retained is False
-        assert infos["pod-orphan-keeps"].retained and infos["pod-retained"].retained
-        exported = provider.root.parent / "orphan.rdb"
-        loop.run(provider.export("pod-orphan-keeps", exported))
-        assert b"kept by its policy" in exported.read_bytes()
-        assert server_pids(provider, live)
-        assert loop.run(later.reap({live.pod_id})) == []
-        assert loop.run(later.reap(set())) == ["pod-live"]
-    finally:
-        loop.run(provider.release(live))
-        for pod_id in ("pod-orphan-keeps", "pod-retained"):
-            loop.run(provider.drop(pod_id))
-
-
-def test_reap_leaves_what_a_live_process_is_making(loop: LoopThread, db_dir: Path) -> None:
-    provider = RedisProvider(db_dir / "reaped-starting")
-    making = loop.run(provider.provision("pod-making", None, retain=False))
-    crashed = loop.run(provider.provision("pod-crashed", None, retain=False))
-    half_made = provider.root / "pod_half"
+    starting = loop.run(provider.provision("pod-starting", None, retain=False))
+    instance = Instance(provider.root, starting.name)
+    meta = instance.read_meta()
+    assert meta is not None
+    instance.write_meta(dataclasses.replace(meta, state="starting"))  # its maker died before it was running
+    half_made = provider.root / "pod_half"  # a maker that died before meta.json
     half_made.mkdir()
-    os.utime(half_made, (time.time() - 3600, time.time() - 3600))
+    twin = loop.run(provider.provision("pod-tw-in", None, retain=False))  # the instance name of pod-tw_in too
+    dead_staging = provider.root / ".staging-99999999-dead"  # no such process
+    own_staging = provider.root / f".staging-{os.getpid()}-mine"
+    for staging in (dead_staging, own_staging):
+        staging.mkdir()
+        (staging / "dump.rdb").write_bytes(b"staged")
     try:
-        for grant, creator in ((making, process_identity(os.getpid())), (crashed, "1:0")):
-            instance = Instance(provider.root, grant.name)
-            meta = instance.read_meta()
-            assert meta is not None
-            instance.write_meta(dataclasses.replace(meta, state="starting", creator=creator or ""))
-        assert loop.run(RedisProvider(provider.root).reap(set())) == ["pod-crashed"]
-        assert server_pids(provider, making) and not half_made.exists()
-        assert server_pids(provider, crashed) == [] and not (provider.root / crashed.name).exists()
+        later = RedisProvider(provider.root)  # the ledger's reaper, after a crash
+        for grant in (running, keeps, starting):
+            assert server_pids(provider, grant)
+            loop.run(later.discard(grant.pod_id))
+            assert server_pids(provider, grant) == [] and not (provider.root / grant.name).exists()
+        for pod_id in ("pod-retained", "pod-half"):
+            loop.run(later.discard(pod_id))
+        assert not (provider.root / retained.name).exists() and not half_made.exists()
+        loop.run(later.discard("pod-nothing"))  # nothing there: no error
+        loop.run(later.discard("pod-tw_in"))  # another pod's instance of the same name: left alone
+        assert server_pids(provider, twin) and server_pids(provider, other)
+        assert not dead_staging.exists() and own_staging.exists()
+        assert [info.pod_id for info in loop.run(provider.databases())] == ["pod-other", "pod-tw-in"]
     finally:
-        loop.run(provider.release(making))
+        shutil.rmtree(own_staging, ignore_errors=True)
+        loop.run(provider.release(twin))
+        loop.run(provider.release(dataclasses.replace(other, retain=False)))
 
 
 def test_a_failed_start_leaves_nothing(

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from podbay.errors import Conflict, DatabaseUnavailable, HostError, NotFound
-from podbay.isolation.supervise import is_gone, process_identity
+from podbay.isolation.supervise import is_gone
 from podbay.paths import PodbayPaths
 from podbay.state.redis_instance import (
     Account,
@@ -40,7 +40,6 @@ from podbay.state.servers import DatabaseGrant, DatabaseInfo, DatabaseKind, Data
 
 GUEST_PORT = 6379
 STAGING_PREFIX = ".staging-"  # `.staging-<podbay pid>-<token>`: an RDB taken at a fork's or snapshot's instant
-HALF_MADE_GRACE_S = 60.0  # a directory without meta.json this old was left by a process that died making it
 
 
 class RedisProvider:
@@ -60,7 +59,6 @@ class RedisProvider:
         self._extra_config = tuple(extra_config)
         # One lock per instance while anyone holds or awaits it (weak: a pod's lock goes when it is done with).
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
-        self._busy: set[str] = set()  # instances this provider is making now: reap leaves them alone
 
     @classmethod
     def from_paths(cls, paths: PodbayPaths) -> RedisProvider:
@@ -114,8 +112,9 @@ class RedisProvider:
         return await self._make(pod_id, retain, rdb=rdb)
 
     async def export(self, pod_id: str, dest: Path) -> None:
-        instance, meta = self._find(pod_id)
+        instance = Instance(self.root, instance_name(pod_id))
         async with self._lock(instance.name):
+            meta = self._meta_of(instance, pod_id)
             if meta.state != "retained":
                 await instance.save()
             elif not instance.size_on_disk():
@@ -123,57 +122,53 @@ class RedisProvider:
             await asyncio.to_thread(copy_regular, instance.rdb, dest)
 
     async def databases(self) -> list[DatabaseInfo]:
-        found = []
-        for instance in self._instances():
-            meta = instance.read_meta()
-            if meta is None or meta.state == "starting":
-                continue
-            size = instance.size_on_disk() if meta.state == "retained" else await self._live_size(instance)
-            found.append(
-                DatabaseInfo(
-                    provider=self.kind,
-                    pod_id=meta.pod_id,
-                    name=meta.name,
-                    retained=meta.state == "retained",
-                    size_bytes=size,
-                    template=meta.template,
-                )
+        found = [
+            (instance, meta)
+            for instance in self._instances()
+            if (meta := instance.read_meta()) is not None and meta.state != "starting"
+        ]
+        sizes = await asyncio.gather(
+            *(
+                asyncio.to_thread(instance.size_on_disk) if meta.state == "retained" else self._live_size(instance)
+                for instance, meta in found
             )
-        return found
+        )
+        return [
+            DatabaseInfo(
+                provider=self.kind,
+                pod_id=meta.pod_id,
+                name=meta.name,
+                retained=meta.state == "retained",
+                size_bytes=size,
+            )
+            for (instance, meta), size in zip(found, sizes, strict=True)
+        ]
 
     async def drop(self, pod_id: str) -> None:
-        instance, meta = self._find(pod_id)
+        instance = Instance(self.root, instance_name(pod_id))
         async with self._lock(instance.name):
-            if meta.state != "retained":
+            if self._meta_of(instance, pod_id).state != "retained":
                 raise Conflict(f"the Redis database of pod {pod_id} is in use by its live pod; destroy the pod first")
             await self._discard(instance)
 
     async def close(self) -> None:
         """Nothing runs in the background: each instance lives and ends with its pod."""
 
-    async def reap(self, live_pod_ids: set[str]) -> list[str]:
+    async def discard(self, pod_id: str) -> None:
+        """Stop and remove `pod_id`'s instance whatever its state (starting, running, retained, or a directory
+        without meta.json: half made); one whose meta.json names another pod is left alone. Staged RDBs
+        left by dead podbay processes go too."""
         self._reap_staging()
-        reaped = []
-        for instance in self._instances():
-            if instance.name in self._busy:
-                continue
-            async with self._lock(instance.name):
-                meta = instance.read_meta()
-                if meta is None:
-                    if self._abandoned(instance):
-                        await self._discard(instance)
-                    continue
-                if meta.pod_id in live_pod_ids or meta.state == "retained" or self._is_starting(instance, meta):
-                    continue
-                # Its controller died before releasing it: end it as release would have, by the pod's policy.
-                with contextlib.suppress(DatabaseUnavailable):  # not saved: it is stopped and kept all the same
-                    await self._end(instance, meta, keep=meta.retain and meta.state == "running")
-                reaped.append(meta.pod_id)
-        return reaped
+        instance = Instance(self.root, instance_name(pod_id))
+        async with self._lock(instance.name):
+            meta = instance.read_meta()
+            if meta is not None and meta.pod_id != pod_id:
+                return  # another pod id of the same instance name (`pod-a-b` and `pod-a_b`): not this pod's
+            await self._discard(instance)
 
     # ---- making an instance -------------------------------------------------------------------------------
 
-    async def _make(self, pod_id: str, retain: bool, rdb: Path | None, template: str | None = None) -> DatabaseGrant:
+    async def _make(self, pod_id: str, retain: bool, rdb: Path | None) -> DatabaseGrant:
         """A running instance for `pod_id`, started from `rdb` if given. All or nothing."""
         name = instance_name(pod_id)
         server, account = self._server_binary(), self._account()
@@ -186,19 +181,15 @@ class RedisProvider:
                 raise Conflict(f"a Redis instance {name} exists already (live or retained); drop it first") from None
             except OSError as exc:
                 raise HostError(f"cannot make the Redis instance directory {instance.dir}: {exc}") from None
-            self._busy.add(name)
             try:
                 secret = secrets.token_urlsafe(32)
-                creator = process_identity(os.getpid()) or ""
-                meta = Meta(pod_id, name, retain, time.time(), "starting", creator, template)
+                meta = Meta(pod_id, name, retain, time.time(), "starting")
                 await asyncio.to_thread(self._prepare, instance, meta, secret, account, rdb)
                 await instance.launch(server, account)
                 instance.write_meta(dataclasses.replace(meta, state="running"))
             except BaseException:
                 await asyncio.shield(self._discard(instance))
                 raise
-            finally:
-                self._busy.discard(name)
         return DatabaseGrant(
             provider=self.kind,
             pod_id=pod_id,
@@ -208,7 +199,6 @@ class RedisProvider:
             guest_port=GUEST_PORT,
             url=f"redis://default:{secret}@127.0.0.1:{GUEST_PORT}/0",
             retain=retain,
-            template=template,
         )
 
     def _prepare(self, instance: Instance, meta: Meta, secret: str, account: Account, rdb: Path | None) -> None:
@@ -228,17 +218,18 @@ class RedisProvider:
     async def _end(self, instance: Instance, meta: Meta, keep: bool) -> None:
         """Revoke the pod's login, then drop the data, or keep it: SAVE, then no process, no socket, no
         password left; dump.rdb and meta.json stay. A SAVE that fails still stops it, then says so."""
+        if not keep:
+            await self._discard(instance)
+            return
         failed: DatabaseUnavailable | None = None
-        if keep and instance.pids(self._account()):  # a process that died took its unsaved data with it
+        running = instance.processes(self._account())
+        if running:  # a process that died took its unsaved data with it
             await instance.revoke()  # first: nothing the pod writes is left out of the SAVE unsaid
             try:
                 await instance.save()
             except DatabaseUnavailable as exc:
                 failed = exc
-        await instance.stop(self._account())
-        if not keep:
-            await self._discard(instance)
-            return
+        await instance.stop(self._account(), running)
         instance.forget_server_files()
         instance.write_meta(dataclasses.replace(meta, state="retained", retained_at=time.time()))
         if failed is not None:
@@ -295,10 +286,15 @@ class RedisProvider:
 
     def _find(self, pod_id: str) -> tuple[Instance, Meta]:
         instance = Instance(self.root, instance_name(pod_id))
+        return instance, self._meta_of(instance, pod_id)
+
+    @staticmethod
+    def _meta_of(instance: Instance, pod_id: str) -> Meta:
+        """The meta of `pod_id`'s live or retained instance; NotFound if it has none (or one being made)."""
         meta = instance.read_meta()
         if meta is None or meta.pod_id != pod_id or meta.state == "starting":
             raise NotFound(f"pod {pod_id} has no Redis database (live or retained)")
-        return instance, meta
+        return meta
 
     def _instances(self) -> list[Instance]:
         try:
@@ -308,20 +304,6 @@ class RedisProvider:
         except OSError as exc:
             raise HostError(f"cannot list the Redis instances in {self.root}: {exc}") from None
         return [Instance(self.root, entry.name) for entry in entries if entry.name.startswith("pod_")]
-
-    def _is_starting(self, instance: Instance, meta: Meta | None) -> bool:
-        """Being made, here or by another live podbay process: not an orphan (yet)."""
-        if instance.name in self._busy:
-            return True
-        if meta is None or meta.state != "starting":
-            return False
-        pid = meta.creator.split(":", 1)[0]
-        return pid.isdigit() and process_identity(int(pid)) == meta.creator and not is_gone(int(pid))
-
-    def _abandoned(self, instance: Instance) -> bool:
-        with contextlib.suppress(OSError):
-            return time.time() - os.lstat(instance.dir).st_mtime > HALF_MADE_GRACE_S
-        return False
 
     async def _live_size(self, instance: Instance) -> int:
         with contextlib.suppress(OSError, AdminError, TimeoutError, ValueError):
@@ -376,7 +358,7 @@ class RedisBranching:
             if self._dest is not None:
                 await asyncio.to_thread(self._write_snapshot, self._dest)
             for pod_id in self._children:
-                made = await self._provider._make(pod_id, self._grant.retain, self._staged, self._grant.template)
+                made = await self._provider._make(pod_id, self._grant.retain, self._staged)
                 self._made.append(made)
         except BaseException:
             await asyncio.shield(self.abort())

@@ -29,12 +29,12 @@ import signal
 import stat
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Literal
 
 from podbay.errors import DatabaseUnavailable, HostError, InvalidSpec
-from podbay.isolation.supervise import command_lines_mentioning, is_gone
+from podbay.isolation.supervise import command_lines_mentioning, is_gone, process_identity
 
 MAXMEMORY = 64 * 1024 * 1024  # the pod's data; clients' buffers have their own cap (maxmemory-clients)
 START_TIMEOUT_S = 10.0
@@ -77,8 +77,6 @@ class Meta:
     retain: bool
     created: float  # wall-clock seconds
     state: State
-    creator: str  # the podbay process that started it, pid:start-time (a "starting" one it still runs is not reaped)
-    template: str | None = None
     retained_at: float | None = None
 
 
@@ -138,8 +136,10 @@ class Instance:
         if raw is None:
             return None
         try:
-            return Meta(**json.loads(raw))
-        except (ValueError, TypeError):
+            found = json.loads(raw)
+            known = {field.name for field in fields(Meta)}  # an older podbay wrote more (creator, template)
+            return Meta(**{key: value for key, value in found.items() if key in known})
+        except (ValueError, TypeError, AttributeError):
             return None
 
     def write_meta(self, meta: Meta) -> None:
@@ -265,6 +265,10 @@ class Instance:
                     found.append(pid)
         return found
 
+    def processes(self, account: Account) -> dict[int, str]:
+        """`pids` with each one's identity (pid and start time), to follow them without looking again."""
+        return {pid: identity for pid in self.pids(account) if (identity := process_identity(pid)) is not None}
+
     async def admin(self, *command: str, timeout: float = ADMIN_TIMEOUT_S) -> object:
         """One command as podbay's admin user over the instance's socket."""
         secret = self.admin_secret()
@@ -298,28 +302,29 @@ class Instance:
             await self.admin("ACL", "SETUSER", "default", "off", "resetpass", timeout=SHUTDOWN_TIMEOUT_S)
             await self.admin("CLIENT", "KILL", "USER", "default", timeout=SHUTDOWN_TIMEOUT_S)
 
-    async def stop(self, account: Account) -> None:
+    async def stop(self, account: Account, processes: dict[int, str] | None = None) -> None:
         """Stop the server without saving: SHUTDOWN NOSAVE as the admin user, or SIGKILL at once if it will not
-        take the command (busy, out of reach), or after STOP_TIMEOUT_S. Returns once no process of it is left."""
-        if self.pids(account):
-            try:
-                await self.admin("SHUTDOWN", "NOSAVE", timeout=SHUTDOWN_TIMEOUT_S)
-            except (asyncio.IncompleteReadError, ConnectionResetError):
-                pass  # it hung up: what a server that shuts down does
-            except (OSError, AdminError, TimeoutError):
-                self._kill(account)
+        take the command (busy, out of reach), or after STOP_TIMEOUT_S. Returns once no process of it is left.
+        Its processes are found once (`processes` if the caller has just looked), then followed by identity: a
+        pid reused meanwhile by another process is never waited for nor killed."""
+        running = _still_running(self.processes(account) if processes is None else processes)
+        if not running:
+            return
+        try:
+            await self.admin("SHUTDOWN", "NOSAVE", timeout=SHUTDOWN_TIMEOUT_S)
+        except (asyncio.IncompleteReadError, ConnectionResetError):
+            pass  # it hung up: what a server that shuts down does
+        except (OSError, AdminError, TimeoutError):
+            _kill(running)
         deadline = time.monotonic() + STOP_TIMEOUT_S
-        while pids := self.pids(account):
+        while running := _still_running(running):
             if time.monotonic() > deadline:
-                self._kill(account)
+                _kill(running)
             if time.monotonic() > deadline + STOP_TIMEOUT_S:
-                raise HostError(f"Redis instance {self.name} survived SIGKILL (pids {pids}); kill them by hand")
+                raise HostError(
+                    f"Redis instance {self.name} survived SIGKILL (pids {sorted(running)}); kill them by hand"
+                )
             await asyncio.sleep(0.01)
-
-    def _kill(self, account: Account) -> None:
-        for pid in self.pids(account):
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
 
     def remove(self) -> None:
         try:
@@ -341,6 +346,19 @@ class Instance:
             if stat.S_ISREG(info.st_mode):
                 return info.st_size
         return 0
+
+
+def _still_running(processes: dict[int, str]) -> dict[int, str]:
+    """Those of `processes` (pid: identity) that are the same processes still, and not yet gone."""
+    return {
+        pid: identity for pid, identity in processes.items() if process_identity(pid) == identity and not is_gone(pid)
+    }
+
+
+def _kill(processes: dict[int, str]) -> None:
+    for pid in _still_running(processes):
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
 
 
 class AdminError(Exception):
