@@ -8,8 +8,9 @@ backend's own description of the sandbox (`ReattachableSandbox.record()`: for QE
 A pod that cannot be re-adopted, or that the reaper finds, gets its post-mortem from it too
 (`podbay.postmortem.keep_orphan_postmortem`).
 
-It is written atomically (a temporary file, fsynced, renamed over the old one), so a reader sees a whole
-record or the previous one. The run directory is 0700 and the file 0600, owned by the controller's user: a
+It is written atomically (a temporary file renamed over the old one), so a reader sees a whole record or the
+previous one. It is not fsynced: it only has to survive the controller, not the host (after a power loss no
+pod is left to take over). The run directory is 0700 and the file 0600, owned by the controller's user: a
 VMM runs as a uid of its own and cannot read it. The spec's environment is in it, as the pod's own
 environment is in its guest; no token or host credential ever is.
 """
@@ -65,16 +66,21 @@ class PodRecord(BaseModel):
 
 
 def write_record(run_dir: Path, record: PodRecord) -> None:
-    """Replace the run directory's record atomically (OSError if it cannot be written)."""
-    target = run_dir / RECORD_FILE
+    """Replace the run directory's record atomically (OSError if it cannot be written; the temporary file is
+    removed then)."""
     temporary = run_dir / f".{RECORD_FILE}.{os.getpid()}.tmp"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
-        os.write(fd, record.model_dump_json().encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(temporary, target)
+        with open(temporary, "wb", opener=_private) as file:
+            file.write(record.model_dump_json().encode())
+        os.replace(temporary, run_dir / RECORD_FILE)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def _private(path: str, flags: int) -> int:
+    """open()'s opener for the record: 0600, and not inherited by a VMM started meanwhile."""
+    return os.open(path, flags | os.O_CLOEXEC, 0o600)
 
 
 def read_record(run_dir: Path) -> PodRecord | None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import httpx
 import uvicorn
@@ -17,6 +17,7 @@ from podbay.paths import PodbayPaths
 from podbay.platform import AsyncPlatform
 from podbay.server import create_app
 from podbay.server.registry import Registry
+from podbay.tenancy import PoolRequest
 
 BASE_URL = "http://podbay"
 LOOPBACK = "127.0.0.1"
@@ -26,9 +27,9 @@ LOCAL = {"backend": "local"}  # a pod body on the test double
 Scenario = Callable[[httpx.ASGITransport, str, str, Registry], Awaitable[None]]
 
 
-def local_app(paths: PodbayPaths) -> FastAPI:
-    """The app over a platform whose only backend is the test double."""
-    return create_app(platform=AsyncPlatform(paths, backends={"local": LocalProcessBackend()}))
+def local_app(paths: PodbayPaths, pools: Sequence[PoolRequest] = ()) -> FastAPI:
+    """The app over a platform whose only backend is the test double (keeping `pools` from its start)."""
+    return create_app(platform=AsyncPlatform(paths, backends={"local": LocalProcessBackend()}), pools=pools)
 
 
 def serve(paths: PodbayPaths, scenario: Scenario, client: tuple[str, int] = (LOOPBACK, 123)) -> None:

@@ -13,7 +13,7 @@ from podbay.cli.main import app as cli
 from podbay.errors import InvalidSpec
 from podbay.paths import PodbayPaths
 from podbay.server.registry import Registry
-from podbay.server.startup_pools import parse_pool, with_pools
+from podbay.server.startup_pools import parse_pool
 from tests.unit.server_double import local_app, raw
 
 WAIT_S = 60.0
@@ -39,7 +39,7 @@ def test_the_pools_fill_in_the_background_from_the_start(paths: PodbayPaths) -> 
     registry.close()
 
     async def main() -> list[dict[str, object]]:
-        served = with_pools(local_app(paths), [parse_pool("2:local")])
+        served = local_app(paths, [parse_pool("2:local")])
         async with served.router.lifespan_context(served), raw(httpx.ASGITransport(app=served), admin_token) as admin:
             (started,) = (await admin.get("/admin/pools")).json()  # asked for by the start, not by a request
             assert started["size"] == 2

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import sys
 from collections.abc import Callable, Iterator
 from typing import BinaryIO
@@ -104,12 +105,8 @@ def debug(
 
 
 def _runner(pod: CliPod) -> Callable[..., ExecResult]:
-    def run(argv: list[str], on_stdout: Callable[[bytes], None], on_stderr: Callable[[bytes], None]) -> ExecResult:
-        return run_streamed(
-            pod, argv, env=None, cwd=None, stdin=None, timeout=None, on_stdout=on_stdout, on_stderr=on_stderr
-        )
-
-    return run
+    """run(argv, on_stdout=..., on_stderr=...) in the pod, streamed, with its own environment and no timeout."""
+    return functools.partial(run_streamed, pod, env=None, cwd=None, stdin=None, timeout=None)
 
 
 def _snapshot_of(postmortem: PostMortem) -> str:

@@ -42,7 +42,7 @@ def serve(
         table = PriceTable.load(prices) if prices is not None else None
     except (OSError, ValueError) as exc:
         raise typer.BadParameter(f"{prices}: {exc}", param_hint="--prices") from None
-    from podbay.server.startup_pools import parse_pool, with_pools  # fastapi: only the server needs it
+    from podbay.server.startup_pools import parse_pool  # fastapi: only the server needs it
 
     try:
         pools = [parse_pool(text) for text in pool]
@@ -60,7 +60,7 @@ def serve(
     configure_logging(log_format, log_level)
 
     config = uvicorn.Config(
-        with_pools(create_app(prices=table, keep_pods=keep_pods), pools),
+        create_app(prices=table, keep_pods=keep_pods, pools=pools),
         host=host.strip("[]"),
         port=int(port_text),
         log_level=log_level,

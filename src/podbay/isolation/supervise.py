@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import select
 import signal
 import time
 from collections.abc import Awaitable, Callable
@@ -43,34 +44,52 @@ ADOPTED_EXIT = -1  # what an adopted process "exits with": it is not this proces
 
 class AdoptedProcess:
     """A sandbox process started by an earlier controller that died (or handed it over): not a child of this
-    process, so its exit status cannot be read; a pidfd tells when it exits. Its identity (pid + start time)
-    is checked at adoption and at every look, so a reused pid is never taken for it."""
+    process, so its exit status cannot be read. A pidfd opened once, at adoption, tells when it exits; its
+    identity (pid + start time) is checked once, right after the pidfd is opened, so the pidfd is of that
+    process and a reused pid is never taken for it. Nothing is read from /proc afterwards: a failed read
+    (descriptors exhausted) never makes a live process look exited."""
 
     def __init__(self, pid: int, identity: str) -> None:
         self.pid = pid
-        self._identity = identity
         self._returncode: int | None = None
+        self._exited: asyncio.Future[None] | None = None
+        try:
+            self._pidfd = os.pidfd_open(pid)
+        except OSError:
+            raise GuestError(f"process {pid} is gone") from None
         if process_identity(pid) != identity or is_gone(pid):
+            os.close(self._pidfd)
+            self._pidfd = -1
             raise GuestError(f"process {pid} is gone")
 
     @property
     def returncode(self) -> int | None:
-        if self._returncode is None and (process_identity(self.pid) != self._identity or is_gone(self.pid)):
-            self._returncode = ADOPTED_EXIT
+        if self._returncode is None and select.select([self._pidfd], [], [], 0)[0]:  # a pidfd: readable on exit
+            self._has_exited()
         return self._returncode
 
     async def wait(self) -> int:
-        while self.returncode is None:
-            try:
-                pidfd = os.pidfd_open(self.pid)
-            except OSError:  # gone between the look and the open
-                continue
-            try:
-                if self.returncode is None:  # the pid is still ours: the pidfd is of the right process
-                    await _readable(pidfd)
-            finally:
-                os.close(pidfd)
-        return self._returncode if self._returncode is not None else ADOPTED_EXIT
+        if self.returncode is None:
+            if self._exited is None:  # one wait on the pidfd, shared by every waiter
+                self._exited = asyncio.ensure_future(_readable(self._pidfd))
+            await asyncio.shield(self._exited)
+            self._has_exited()
+        return ADOPTED_EXIT
+
+    def _has_exited(self) -> None:
+        """Note the exit and close the pidfd (once the wait on it, if any, has let go of it)."""
+        if self._returncode is not None:
+            return
+        self._returncode = ADOPTED_EXIT
+        if self._exited is None or self._exited.done():
+            self._close()
+        else:
+            self._exited.add_done_callback(lambda _: self._close())
+
+    def _close(self) -> None:
+        if self._pidfd >= 0:
+            os.close(self._pidfd)
+            self._pidfd = -1
 
 
 async def _readable(fd: int) -> None:

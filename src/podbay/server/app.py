@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -15,6 +15,7 @@ from podbay.server import admin, databases, errors, inspect, observability, proc
 from podbay.server.registry import Registry
 from podbay.server.routes import router
 from podbay.server.service import Service
+from podbay.tenancy import PoolRequest
 
 log = logging.getLogger("podbay")
 
@@ -25,14 +26,17 @@ def create_app(
     prices: PriceTable | None = None,
     *,
     keep_pods: bool = False,
+    pools: Sequence[PoolRequest] = (),
 ) -> FastAPI:
     """The service over `platform` (made from `paths`, or PODBAY_STATE/PODBAY_CACHE, at start-up if not given;
     a given platform is closed at shutdown too). Its registry is `<state>/server.db`; `prices` prices usage
     (PriceTable's defaults if None).
 
     At start-up it re-adopts the pods the registry holds as live (a previous server was restarted or killed):
-    those it cannot are marked ended with the reason. At shutdown it destroys its pods, unless `keep_pods`:
-    then the pods that can outlive it (`Capabilities.reattach`) are left running for the next server."""
+    those it cannot are marked ended with the reason. Then it asks for `pools` as PUT /admin/pools does (they
+    fill in the background; one the platform refuses stops the start with its error). At shutdown it destroys
+    its pods, unless `keep_pods`: then the pods that can outlive it (`Capabilities.reattach`) are left running
+    for the next server."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -42,6 +46,8 @@ def create_app(
             app.state.service = service = Service(owned, registry, prices)
             owned.on_pod_event(observability.pod_event_listener(metrics, service.ledger.owner, registry.add_snapshot))
             await recover_pods(owned, registry)  # after the listeners: a pod lost here is metered and counted
+            for pool in pools:
+                await admin.ensure_pool(pool, service)
             yield
         finally:
             try:

@@ -26,15 +26,10 @@ router = APIRouter()
 TEXT = {"content": {"text/plain": {"schema": {"type": "string"}}}}
 
 
-def owned_ever(svc: Service, tenant: str, pod_id: str) -> bool:
-    """The tenant owns (or owned) the pod: its records are the tenant's to read."""
-    return bool(svc.registry._run("SELECT 1 FROM pods WHERE id = ? AND tenant = ?", pod_id, tenant))
-
-
 def live_pod(svc: Service, tenant: str, pod_id: str) -> AsyncPod | None:
     """The tenant's pod if it still runs; None if it ended (then its post-mortem answers); NotFound if it is not
     the tenant's."""
-    if not owned_ever(svc, tenant, pod_id):
+    if not svc.registry.owned_ever(tenant, pod_id):
         raise NotFound(f"no pod {pod_id!r}")
     try:
         return svc.platform.get(pod_id)
@@ -43,7 +38,7 @@ def live_pod(svc: Service, tenant: str, pod_id: str) -> AsyncPod | None:
 
 
 def postmortem_of(svc: Service, tenant: str, pod_id: str) -> PostMortem:
-    if not owned_ever(svc, tenant, pod_id):
+    if not svc.registry.owned_ever(tenant, pod_id):
         raise NotFound(f"no post-mortem of pod {pod_id!r}")
     return redacted(svc, tenant, svc.platform.postmortems.load(pod_id))
 
@@ -106,7 +101,7 @@ async def pod_console(
 @router.get("/postmortems", response_model=list[PostMortem], responses=responses(401, 500))
 async def list_postmortems(svc: ServiceDep, who: TenantDep) -> list[PostMortem]:
     """The tenant's kept post-mortems, latest end first."""
-    mine = {str(row[0]) for row in svc.registry._run("SELECT id FROM pods WHERE tenant = ?", who)}
+    mine = svc.registry.pods_ever(who)
     return [redacted(svc, who, found) for found in svc.platform.postmortems.list() if found.pod_id in mine]
 
 

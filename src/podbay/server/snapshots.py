@@ -26,7 +26,7 @@ def tenant_snapshots(svc: Service, tenant: str) -> list[SnapshotInfo]:
     for name in svc.registry.snapshots(tenant):
         try:
             info = describe(name, Snapshot.load(svc.platform.snapshots.path(name)))
-        except PodbayError:
+        except (PodbayError, OSError):  # damaged, or removed meanwhile
             continue
         found.append(svc.redactor.snapshot_info(info))
     return found
@@ -37,7 +37,7 @@ async def delete_tenant_snapshot(svc: Service, tenant: str, name: str) -> None:
     svc.snapshot_of(tenant, name)  # NotFound for another tenant's, exactly as for a missing one
     try:
         await asyncio.to_thread(svc.platform.snapshots.remove, name)
-    except NotFound:
+    except (NotFound, FileNotFoundError):
         pass  # removed meanwhile (on the host, or by a request at the same time): only the record goes
     svc.registry.remove_snapshot(name, tenant)
 

@@ -189,6 +189,7 @@ class QemuSandbox(VmSandbox):
         self._logs = logs
         self._uid = uid
         self._qmp = QMPClient(f"podbay-{config.pod_id}")
+        self._identity: str | None = None  # QEMU's pid + start time, read once, at the first record()
 
     async def connect(self, timeout: float) -> None:
         """Wait until the agent answers; fail early, with QEMU's own words, if QEMU dies first."""
@@ -215,10 +216,12 @@ class QemuSandbox(VmSandbox):
         """How a later process re-attaches (podbay.isolation.qemu.reattach): QEMU's identity, its start config
         and what describes the sandbox. Paths and sizes only; nothing of the pod's environment."""
         pid = self._process.pid
+        if self._identity is None:
+            self._identity = process_identity(pid)
         return {
             "kind": "qemu",
             "pid": pid,
-            "identity": process_identity(pid),
+            "identity": self._identity,
             "config": config_record(self._config),
             "info": self.info.model_dump(mode="json"),
         }

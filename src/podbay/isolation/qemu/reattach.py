@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from podbay.errors import GuestError
+from podbay.isolation.base import SandboxConfig
 from podbay.isolation.qemu.backend import QemuSandbox, config_from_record
 from podbay.isolation.qemu.command import RunFiles
 from podbay.isolation.qemu.snapshot import SnapshotSandbox, VmImage
@@ -54,7 +55,7 @@ async def reattach(
     files = RunFiles(run_dir)
     sandbox: QemuSandbox
     if kind == "snapshot":
-        sandbox = _snapshot_sandbox(record, info, files, process)
+        sandbox = _snapshot_sandbox(record, info, files, process, config)
     else:
         sandbox = QemuSandbox(info, files, process, config)
     try:
@@ -66,13 +67,13 @@ async def reattach(
 
 
 def _snapshot_sandbox(
-    record: dict[str, Any], info: SandboxInfo, files: RunFiles, process: AdoptedProcess
+    record: dict[str, Any], info: SandboxInfo, files: RunFiles, process: AdoptedProcess, layout: SandboxConfig
 ) -> SnapshotSandbox:
-    """A template clone, restore or fork child, with what a later snapshot or fork of it needs."""
+    """A template clone, restore or fork child, with what a later snapshot or fork of it needs; `layout` is the
+    config QEMU was started with (the record's "config")."""
     try:
         vm = record["vm"]
         image = VmImage(Path(vm["kernel"]), Path(vm["rootfs"]), str(vm["accelerator"]), vm["tsc_khz"])
-        layout = config_from_record(record["layout"])
         owned = record["owned_memory_dir"]
         sandbox = SnapshotSandbox(
             info, files, process, layout,

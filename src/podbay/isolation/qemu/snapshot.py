@@ -73,7 +73,6 @@ from podbay.isolation.qemu.backend import (
     RAM_PREFIX,
     QemuBackend,
     _when_listening,
-    config_record,
     spawn_qemu,
 )
 from podbay.isolation.qemu.command import RunFiles
@@ -291,7 +290,8 @@ class SnapshotSandbox(ClonedSandbox):
             raise failed.exceptions[0] from None
 
     def record(self) -> dict[str, Any]:
-        """QemuSandbox's record, plus what a snapshot or fork of the re-attached pod needs (reattach.py)."""
+        """QemuSandbox's record, plus what a snapshot or fork of the re-attached pod needs (reattach.py); its
+        layout is the record's "config" (the config QEMU was started with)."""
         return {
             **super().record(),
             "kind": "snapshot",
@@ -302,7 +302,6 @@ class SnapshotSandbox(ClonedSandbox):
                 "accelerator": self.vm.accelerator,
                 "tsc_khz": self.vm.tsc_khz,
             },
-            "layout": config_record(self.layout),
             "memory": str(self.memory),
             "memory_shared": self.memory_shared,
             "owned_memory_dir": None if self._owned_memory_dir is None else str(self._owned_memory_dir),
