@@ -98,5 +98,5 @@ def test_an_admin_without_superuser_provisions_branches_and_releases(
     for grant in (parent, quiet_child, busy_child, loaded):
         run(external.release(grant))
     assert run(external.databases()) == []
-    assert run(external.reap(set())) == []
+    run(external.discard("pod-ee01"))  # nothing there: no error
     asyncio.run(external.stop())  # an external server is not podbay's to stop: nothing happens

@@ -18,8 +18,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from podbay.errors import Conflict, DatabaseUnavailable, InvalidSpec, NotFound
+from podbay.errors import Conflict, DatabaseUnavailable, HostError, InvalidSpec, NotFound
 from podbay.state import postgres as postgres_module
+from podbay.state.pg_marks import from_podbay_comment
 from podbay.state.pg_server import PostgresServer, find_bindir
 from podbay.state.postgres import PostgresProvider
 from podbay.state.servers import DatabaseGrant
@@ -129,13 +130,21 @@ def names(provider: PostgresProvider) -> set[str]:
     return dbs | roles
 
 
+def marked_pod_ids(provider: PostgresProvider) -> set[str]:
+    """The pods named in podbay's comments on databases and roles (half-made ones included)."""
+    with psycopg.connect(**provider.server.conninfo(), autocommit=True) as conn:  # type: ignore[arg-type]
+        comments = [r[0] for r in conn.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database")]
+        comments += [r[0] for r in conn.execute("SELECT shobj_description(oid, 'pg_authid') FROM pg_roles")]
+    marks = [from_podbay_comment(c) for c in comments]
+    return {m["pod_id"] for m in marks if m is not None and isinstance(m.get("pod_id"), str)}
+
+
 @pytest.fixture
 def clean(provider: PostgresProvider) -> Iterator[None]:
     """Every test ends with no pod database or role left behind."""
     yield
-    run(provider.reap(set()))
-    for info in run(provider.databases()):
-        run(provider.drop(info.pod_id))
+    for pod_id in marked_pod_ids(provider):
+        run(provider.discard(pod_id))
     assert names(provider) == set()
 
 
@@ -223,7 +232,6 @@ def test_a_retained_database_outlives_its_pod_but_not_its_credentials(
         direct(provider, grant.role, grant.secret, grant.name)
     [info] = run(provider.databases())
     assert (info.pod_id, info.retained, info.template) == ("pod-aa04", True, "shop") and info.size_bytes > 0
-    assert run(provider.reap(set())) == []  # retained: not an orphan
     dump = workdir / "export.sql"
     run(provider.export("pod-aa04", dump))
     assert "kept" in dump.read_text() and "CREATE TABLE public.items" in dump.read_text()
@@ -381,7 +389,9 @@ def test_an_unknown_template_is_not_found_before_anything_is_made(provider: Post
     run(provider.release(grant))
 
 
-def test_reap_drops_orphans_and_keeps_live_and_retained(provider: PostgresProvider, clean: None) -> None:
+def test_discard_drops_a_pods_database_in_any_state_and_nothing_of_another_pod(
+    provider: PostgresProvider, clean: None
+) -> None:
     orphan = run(provider.provision("pod-aa12", "shop", False))
     live = run(provider.provision("pod-bb12", None, False))
     kept = run(provider.provision("pod-cc12", None, True))
@@ -389,7 +399,9 @@ def test_reap_drops_orphans_and_keeps_live_and_retained(provider: PostgresProvid
     half = run(provider.provision("pod-dd12", None, False))
     with psycopg.connect(**provider.server.conninfo(), autocommit=True) as conn:  # type: ignore[arg-type]
         conn.execute(f"DROP DATABASE {half.name}")  # a provision cut short: only its role is left
-    assert sorted(run(provider.reap({"pod-bb12"}))) == ["pod-aa12", "pod-dd12"]
+    run(provider.provision("pod-ee12", None, True))  # marked retain, but its pod died before it was handed over
+    for pod_id in ("pod-aa12", "pod-dd12", "pod-ee12", "pod-ff12"):  # pod-ff12 has nothing: no error
+        run(provider.discard(pod_id))
     assert {i.pod_id for i in run(provider.databases())} == {"pod-bb12", "pod-cc12"}
     assert names(provider) == {"pod_bb12", "pod_cc12"}
     with pytest.raises(psycopg.OperationalError):
@@ -441,6 +453,33 @@ def test_connection_errors_are_told_apart() -> None:
     assert "s3cret" not in str(down) + str(slots)
     with pytest.raises(InvalidSpec, match="PODBAY_POSTGRES_URL"):
         PostgresServer.external("mysql://x@y/z")
+    with pytest.raises(InvalidSpec, match="PODBAY_POSTGRES_URL") as bad_port:
+        PostgresServer.external("postgresql://admin:zq/xw@db.example:6543/main")  # an unquoted '/' in the password
+    assert "zq" not in str(bad_port.value) and "xw" not in str(bad_port.value)
+    with pytest.raises(InvalidSpec, match="PODBAY_POSTGRES_URL"):
+        PostgresServer.external("postgresql://admin@[db.example/main")
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (psycopg.OperationalError("connection lost"), DatabaseUnavailable),  # no SQLSTATE: the client lost it
+        (psycopg.errors.AdminShutdown("terminating connection"), DatabaseUnavailable),  # 57P01
+        (psycopg.errors.TooManyConnections("too many clients"), DatabaseUnavailable),  # 53300
+        (psycopg.errors.ObjectInUse("database is being accessed"), Conflict),  # 55006
+        (psycopg.errors.DiskFull("could not extend file"), HostError),  # 53100
+        (psycopg.errors.QueryCanceled("canceling statement"), HostError),  # 57014
+        (psycopg.errors.UndefinedTable("no such table"), HostError),
+    ],
+)
+def test_only_connection_class_errors_say_the_server_is_unavailable(
+    error: psycopg.Error, expected: type[Exception]
+) -> None:
+    server = PostgresServer.external("postgresql://admin:s3cret@db.example:6543/main")
+    with pytest.raises(expected) as raised, postgres_module._pg_errors(server, "do a thing"):
+        raise error
+    if expected is Conflict:
+        assert "retry in a moment" in str(raised.value)
 
 
 def test_a_directory_the_server_account_cannot_pass_is_named(tmp_path: Path) -> None:

@@ -68,7 +68,7 @@ def bench_db(platform: Platform, n: int) -> dict[str, Any]:
         for megabytes in TEMPLATE_MB:
             name = f"bench-{megabytes}mb-{secrets.token_hex(3)}"
             with tempfile.TemporaryDirectory(prefix="podbay-bench-db-") as scratch:
-                info = platform._loop.run(templates.create(name, _seed_dump(Path(scratch), megabytes)))
+                info = platform._loop.run(templates.create(name, seed_dump(Path(scratch), megabytes)))
             made.append(name)
             provisioning[f"{megabytes}mb"] = {"template_bytes": info.size_bytes, **_provision_ms(platform, name, n)}
         tunnel = _tunnel(platform, made[0])
@@ -87,7 +87,7 @@ def bench_db(platform: Platform, n: int) -> dict[str, Any]:
     }
 
 
-def _seed_dump(scratch: Path, megabytes: int) -> Path:
+def seed_dump(scratch: Path, megabytes: int) -> Path:
     """A small SQL file that makes a table of about `megabytes` MB when loaded."""
     rows = megabytes * (1 << 20) // ROW_BYTES
     dump = scratch / "seed.sql"

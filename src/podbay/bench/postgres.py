@@ -1,10 +1,11 @@
 """`python -m podbay.bench.postgres`: a pod's Postgres database, measured below the platform (podbay.state.postgres).
 
-A private managed server in a temporary directory; per template size (about 1 and 100 MiB of table data over
-the ~7.5 MiB an empty database has), `runs` times each: provision from the template (role + CREATE DATABASE ...
-TEMPLATE + owners + rights), fork it to one child while no session is open (CREATE DATABASE ... TEMPLATE) and
-while one is (exported snapshot, pg_dump | pg_restore), save it to a directory, load that into a new pod, and
-release each. `python -m podbay.bench.postgres [RUNS] [file_copy]`. Prints JSON, then a one-line summary of the medians.
+A private managed server in a temporary directory; per template size (about 1 and 100 MB of table data, made by
+`podbay bench db`'s seed dump, over what an empty database has), `runs` times each: provision from the template
+(role + CREATE DATABASE ... TEMPLATE + owners + rights), fork it to one child while no session is open (CREATE
+DATABASE ... TEMPLATE) and while one is (exported snapshot, pg_dump | pg_restore), save it to a directory, load
+that into a new pod, and release each. `python -m podbay.bench.postgres [RUNS] [wal_log|file_copy]` (3 runs,
+wal_log by default). Prints JSON, then a one-line summary of the medians.
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ from typing import Any
 
 import psycopg
 
+from podbay.bench.db import seed_dump
 from podbay.state.pg_server import PostgresServer
 from podbay.state.postgres import CopyStrategy, PostgresProvider
 
-ROWS_PER_MIB = 7_500  # rows of (int, 100 characters): about 136 bytes each on disk
 SIZES_MIB = (1, 100)
+USAGE = "usage: python -m podbay.bench.postgres [RUNS] [wal_log|file_copy]"
 
 
 def bench_postgres(
@@ -53,14 +55,10 @@ async def _bench(runs: int, sizes_mib: tuple[int, ...], strategy: CopyStrategy) 
 
 
 async def _one_size(provider: PostgresProvider, workdir: Path, size: int, runs: int) -> dict[str, Any]:
-    dump = workdir / f"seed-{size}.sql"
-    dump.write_text(
-        "CREATE TABLE rows (id int PRIMARY KEY, pad text);\n"
-        "INSERT INTO rows SELECT g, repeat(md5(g::text), 3) || 'xxxx'"
-        f" FROM generate_series(1, {size * ROWS_PER_MIB}) g;\n"
-    )
+    dump = seed_dump(workdir, size)
     started = time.perf_counter()
     template = await provider.templates.create(f"bench{size}", dump)
+    dump.unlink()
     out: dict[str, Any] = {"template_bytes": template.size_bytes, "template_create_ms": _ms(started)}
     phases: dict[str, list[float]] = {}
     for i in range(runs):
@@ -103,9 +101,24 @@ def _ms(started: float) -> float:
     return (time.perf_counter() - started) * 1000
 
 
+def _args(argv: list[str]) -> tuple[int, CopyStrategy]:
+    """RUNS (a positive integer, 3 by default) and the copy strategy (wal_log by default); SystemExit with the
+    usage for anything else."""
+    if len(argv) > 2 or (argv and not argv[0].isdigit()) or (argv and int(argv[0]) < 1):
+        raise SystemExit(USAGE)
+    runs = int(argv[0]) if argv else 3
+    strategy: CopyStrategy
+    if argv[1:] in ([], ["wal_log"]):
+        strategy = "wal_log"
+    elif argv[1:] == ["file_copy"]:
+        strategy = "file_copy"
+    else:
+        raise SystemExit(USAGE)
+    return runs, strategy
+
+
 def main() -> None:
-    runs = int(sys.argv[1]) if len(sys.argv) > 1 else 3
-    strategy: CopyStrategy = "file_copy" if sys.argv[2:] == ["file_copy"] else "wal_log"
+    runs, strategy = _args(sys.argv[1:])
     results = bench_postgres(runs, strategy=strategy)
     print(json.dumps(results, indent=2))
     summary = ", ".join(

@@ -28,6 +28,7 @@ from urllib.parse import unquote, urlsplit
 import psycopg
 
 from podbay.errors import DatabaseUnavailable, HostError, InvalidSpec
+from podbay.isolation.supervise import tail
 
 PG_PORT = 5432
 START_TIMEOUT_S = 60
@@ -35,7 +36,6 @@ SERVER_ACCOUNT = "postgres"  # the system account the managed server runs as whe
 ADMIN_ROLE = "postgres"  # the managed cluster's superuser, reached by peer auth through the ident map
 MAX_CONNECTIONS = 200
 _SETUP_HINT = "run scripts/setup, or `apt install postgresql` (PostgreSQL 15 or newer)"
-_LOG_TAIL_LINES = 15
 
 
 def find_bindir() -> Path:
@@ -86,16 +86,17 @@ class PostgresServer:
 
     @classmethod
     def external(cls, url: str) -> PostgresServer:
-        parts = urlsplit(url)
+        hint = "set it as postgresql://ADMIN:PASSWORD@HOST:PORT/DB (ADMIN needs CREATEDB and CREATEROLE)"
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError:  # its text is not quoted: it may hold part of the password
+            raise InvalidSpec("PODBAY_POSTGRES_URL", "it does not parse (a bad host or port)", hint) from None
         if parts.scheme not in ("postgresql", "postgres") or not parts.hostname or not parts.username:
-            raise InvalidSpec(
-                "PODBAY_POSTGRES_URL",
-                "it is not a postgresql:// URL with a user and a host",
-                "set it as postgresql://ADMIN:PASSWORD@HOST:PORT/DB (ADMIN needs CREATEDB and CREATEROLE)",
-            )
+            raise InvalidSpec("PODBAY_POSTGRES_URL", "it is not a postgresql:// URL with a user and a host", hint)
         return cls(
             host=parts.hostname,
-            port=parts.port or PG_PORT,
+            port=port or PG_PORT,
             admin=unquote(parts.username),
             password=unquote(parts.password) if parts.password else None,
             maintenance_db=unquote(parts.path.lstrip("/")) or "postgres",
@@ -141,7 +142,7 @@ class PostgresServer:
             if started.returncode != 0:
                 raise DatabaseUnavailable(
                     f"{self.where} did not start (pg_ctl exit {started.returncode}); its log ends:\n"
-                    f"{_tail(root / 'server.log')}\nfix the cause above, or remove {root} to start afresh"
+                    f"{tail(root / 'server.log') or '(no log)'}\nfix the cause above, or remove {root} to start afresh"
                 )
 
     def _stop_managed(self) -> None:
@@ -324,6 +325,11 @@ def _out_of_slots(exc: psycopg.Error) -> bool:
     return exc.sqlstate == "53300" or "too many clients" in str(exc)
 
 
+def scram_verifier(conn: psycopg.AsyncConnection[Any], role: str, secret: str) -> str:
+    """What the server keeps of `role`'s password `secret`: it is sent this, never the password."""
+    return conn.pgconn.encrypt_password(secret.encode(), role.encode(), b"scram-sha-256").decode()
+
+
 def first_error_line(stderr: str) -> str:
     """The line of a client tool's output that says what went wrong (psql: `...: ERROR:  ...`)."""
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
@@ -389,10 +395,3 @@ def _write_server_file(path: Path, text: str) -> None:
     path.write_text(text)
     os.chown(path, uid, gid)
     path.chmod(0o600)
-
-
-def _tail(log: Path) -> str:
-    try:
-        return "\n".join(log.read_text(errors="replace").splitlines()[-_LOG_TAIL_LINES:])
-    except OSError:
-        return "(no log)"

@@ -1,6 +1,7 @@
 """Spare branches: databases copied ahead of time from a source (a template, or an empty database), so that a
-pod's provisioning renames one (a few ms) instead of copying (CREATE DATABASE: ~150 ms for an empty one here,
-more as the template grows) — the database side of the warm pool (docs/design.md, "Postgres": spares).
+pod's provisioning renames one instead of copying (CREATE DATABASE, which costs more as the template grows;
+`podbay bench db` measures both, docs/SPECIFICATION.md) — the database side of the warm pool (docs/design.md,
+"Postgres": spares).
 
 A spare `spare_<hex>` is made exactly as a pod's database is (its own NOLOGIN role of the same name owning it
 and everything copied in, no right for PUBLIC) and marked in its comment with its source: the template's name
@@ -23,6 +24,7 @@ import psycopg
 from psycopg import sql
 
 from podbay.state.pg_marks import from_podbay, from_podbay_comment
+from podbay.state.pg_server import scram_verifier
 
 if TYPE_CHECKING:
     from podbay.state.postgres import PostgresProvider
@@ -43,13 +45,16 @@ class Spares:
         self._refills: dict[str, asyncio.Task[None]] = {}
         self._making: set[str] = set()  # sources whose top-up has begun making (close() waits for those)
 
-    async def claim(self, conn: psycopg.AsyncConnection[Any], source: str, name: str, secret: str) -> bool:
-        """Make a spare of `source` the database and role `name` with the login `secret`; False if none is
-        ready (the caller copies). The caller writes the pod's comment."""
+    async def claim(
+        self, conn: psycopg.AsyncConnection[Any], source: str, name: str, secret: str, role_mark: str
+    ) -> bool:
+        """Make a spare of `source` the database and role `name` with the login `secret` and the role's comment
+        `role_mark` (so a claimed spare is never without its pod's mark); False if none is ready (the caller
+        copies). The caller writes the database's comment."""
         if not self.per_source:
             return False
+        verifier = scram_verifier(conn, name, secret)
         for spare in await self._ready(conn, await _label(conn, source)):
-            verifier = conn.pgconn.encrypt_password(secret.encode(), name.encode(), b"scram-sha-256").decode()
             try:
                 async with conn.transaction():
                     await conn.execute(
@@ -60,6 +65,9 @@ class Spares:
                     )
                     await conn.execute(
                         sql.SQL("ALTER ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(name), sql.Literal(verifier))
+                    )
+                    await conn.execute(
+                        sql.SQL("COMMENT ON ROLE {} IS {}").format(sql.Identifier(name), sql.Literal(role_mark))
                     )
             except (psycopg.errors.InvalidCatalogName, psycopg.errors.UndefinedObject, psycopg.errors.ObjectInUse):
                 continue  # another process claimed it first
@@ -91,7 +99,7 @@ class Spares:
 
     async def _top_up(self, source: str) -> None:
         # Not at once: the pod that just claimed a spare is starting now, and a copy competes with it for the
-        # host's CPU and disk (on 2 cores it cost that pod 10-30 %).
+        # host's CPU and disk.
         await asyncio.sleep(REFILL_DELAY_S)
         self._making.add(source)
         try:
@@ -109,21 +117,12 @@ class Spares:
         name = SPARE_PREFIX + secrets.token_hex(8)
         provider = self._provider
         try:
-            role = sql.Identifier(name)
-            await conn.execute(
-                sql.SQL(
-                    "CREATE ROLE {} NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS "
-                    "CONNECTION LIMIT {}"
-                ).format(role, sql.Literal(provider.connection_limit))
-            )
             started = from_podbay(making=time.time())  # lets a later _drop_stale tell abandoned from under way
-            await conn.execute(sql.SQL("COMMENT ON ROLE {} IS {}").format(role, sql.Literal(started)))
-            if not await provider._is_superuser(conn):
-                await conn.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(role))
-            await provider._create_db(conn, name, source)
-            await conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(role))
-            await provider._reown(name)
-            await conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(role, sql.Literal(_mark(label))))
+            await provider._create_role(conn, name, started, None)
+            await provider._fill_owned(conn, name, lambda: provider._create_db(conn, name, source))
+            await conn.execute(
+                sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(name), sql.Literal(_mark(label)))
+            )
         except BaseException:
             with contextlib.suppress(Exception):
                 await asyncio.shield(provider._drop_all(conn, name))
@@ -144,16 +143,20 @@ class Spares:
             "SELECT r.rolname, shobj_description(r.oid, 'pg_authid'), shobj_description(d.oid, 'pg_database')"
             " FROM pg_roles r LEFT JOIN pg_database d ON d.datname = r.rolname WHERE r.rolname LIKE 'spare\\_%%'"
         )
-        ready = {_mark(await _label(conn, source)) for source in await self._sources(conn)}
+        ready = {_mark(label) for label in await self._labels(conn)}
         for spare, role_comment, comment in await cur.fetchall():
             making = (from_podbay_comment(role_comment) or {}).get("making")
             abandoned = not isinstance(making, int | float) or time.time() - making > ABANDONED_S
             if comment not in ready and (comment is not None or abandoned):
                 await self._provider._drop_all(conn, spare)
 
-    async def _sources(self, conn: psycopg.AsyncConnection[Any]) -> list[str]:
-        cur = await conn.execute("SELECT datname FROM pg_database WHERE datistemplate AND datname LIKE 'tpl\\_%%'")
-        return [EMPTY, *(row[0] for row in await cur.fetchall())]
+    async def _labels(self, conn: psycopg.AsyncConnection[Any]) -> list[str]:
+        """The label (`_label`) of every source there is: the empty one and each template."""
+        cur = await conn.execute(
+            "SELECT datname || '@' || oid FROM pg_database"
+            " WHERE datname = 'template0' OR (datistemplate AND datname LIKE 'tpl\\_%')"
+        )
+        return [row[0] for row in await cur.fetchall()]
 
 
 async def _label(conn: psycopg.AsyncConnection[Any], source: str) -> str:

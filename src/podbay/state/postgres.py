@@ -30,7 +30,7 @@ from podbay.errors import Conflict, HostError, InvalidSpec, NotFound, PodbayErro
 from podbay.paths import PodbayPaths
 from podbay.state.pg_guard import guarded_connection
 from podbay.state.pg_marks import from_podbay, from_podbay_comment
-from podbay.state.pg_server import PG_PORT, PostgresServer, first_error_line
+from podbay.state.pg_server import PG_PORT, PostgresServer, first_error_line, scram_verifier
 from podbay.state.pg_spares import EMPTY, Spares
 from podbay.state.servers import DatabaseGrant, DatabaseInfo, DatabaseKind, TemplateInfo
 
@@ -110,22 +110,38 @@ class _Record:
     template: str | None
     retain: bool
     retained: bool
-    size_bytes: int
+    size_bytes: int  # 0 unless asked for (`_records(..., sizes=True)`)
 
 
 @contextlib.contextmanager
 def _pg_errors(server: PostgresServer, what: str) -> Any:
-    """psycopg's errors as podbay's: a lost server is DatabaseUnavailable, anything else a HostError."""
+    """psycopg's errors as podbay's: a lost or unreachable server is DatabaseUnavailable, an object another
+    session holds (ObjectInUse) a Conflict, anything else a HostError."""
     try:
         yield
     except PodbayError:
         raise
+    except psycopg.errors.ObjectInUse as exc:
+        raise Conflict(f"postgres: {what} failed: {_detail(exc)}; retry in a moment") from None
     except psycopg.OperationalError as exc:
-        raise server.unavailable(exc) from None
+        if _connection_lost(exc):
+            raise server.unavailable(exc) from None
+        raise HostError(f"postgres: {what} failed: {_detail(exc)}") from None
     except psycopg.Error as exc:
-        text = str(exc).strip()
-        detail = exc.diag.message_primary or (text.splitlines()[0] if text else type(exc).__name__)
-        raise HostError(f"postgres: {what} failed: {detail}") from None
+        raise HostError(f"postgres: {what} failed: {_detail(exc)}") from None
+
+
+def _connection_lost(exc: psycopg.Error) -> bool:
+    """A connection-class error: none from the server (the client lost it), 08xxx, the server shutting down or
+    not accepting connections (57P0x), no slot left (53300). OperationalError also covers resource and object
+    state errors (classes 53, 55, 57) that say nothing of the server's reachability."""
+    state = exc.sqlstate
+    return state is None or state.startswith(("08", "57P0")) or state == "53300"
+
+
+def _detail(exc: psycopg.Error) -> str:
+    text = str(exc).strip()
+    return exc.diag.message_primary or (text.splitlines()[0] if text else type(exc).__name__)
 
 
 class PostgresProvider:
@@ -133,8 +149,6 @@ class PostgresProvider:
 
     kind: DatabaseKind = "postgres"
     guest_port = PG_PORT
-
-    connection_limit = CONNECTION_LIMIT
 
     def __init__(self, server: PostgresServer, *, copy_strategy: CopyStrategy = "wal_log", spares: int = 0) -> None:
         """`spares`: ready copies kept per source (template or empty), so provisioning renames one (pg_spares)."""
@@ -179,8 +193,9 @@ class PostgresProvider:
 
     async def release(self, grant: DatabaseGrant) -> None:
         async with self._admin("release a database") as conn:
-            record = await self._record_named(conn, grant.name)
-            if record is None or not grant.retain:  # the grant decides: the platform may change the policy
+            # The grant decides (the platform may change the policy); a grant to keep needs its record.
+            record = await self._record_named(conn, grant.name) if grant.retain else None
+            if record is None:
                 await self._drop_all(conn, grant.name)
                 return
             await self._revoke_login(conn, grant.name)
@@ -259,7 +274,7 @@ class PostgresProvider:
 
     async def databases(self) -> list[DatabaseInfo]:
         async with self._admin("list databases") as conn:
-            records = await self._records(conn)
+            records = await self._records(conn, sizes=True)
         return [
             DatabaseInfo(
                 provider="postgres",
@@ -279,19 +294,18 @@ class PostgresProvider:
                 raise Conflict(f"the database of pod {pod_id} is in use by its live pod; destroy the pod first")
             await self._drop_all(conn, record.name)
 
-    async def reap(self, live_pod_ids: set[str]) -> list[str]:
-        reaped: list[str] = []
-        async with self._admin("reap databases") as conn:
-            for record in await self._records(conn):
-                if not record.retained and record.pod_id not in live_pod_ids:
-                    await self._drop_all(conn, record.name)
-                    reaped.append(record.pod_id)
-            for role, pod_id in await self._orphan_roles(conn):
-                if pod_id not in live_pod_ids:  # a role whose database was never made (a provision cut short)
-                    await self._drop_all(conn, role)
-                    if pod_id not in reaped:
-                        reaped.append(pod_id)
-        return reaped
+    async def discard(self, pod_id: str) -> None:
+        name = database_name(pod_id)
+        async with self._admin("discard a database") as conn:
+            # The database's comment is written last, the role's first: a half-made one is known by its role.
+            cur = await conn.execute(
+                "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s"
+                " UNION ALL SELECT shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = %s",
+                (name, name),
+            )
+            marks = [from_podbay_comment(comment) for (comment,) in await cur.fetchall()]
+            if any(mark is not None and mark.get("pod_id") == pod_id for mark in marks):
+                await self._drop_all(conn, name)
 
     # ---- making and unmaking ----------------------------------------------------------------------------------
 
@@ -317,13 +331,10 @@ class PostgresProvider:
             raise Conflict(f"pod {pod_id} has a postgres database already ({name})")
         secret = secrets.token_urlsafe(32)
         try:
-            if spare_of is not None and await self.spares.claim(conn, spare_of, name, secret):
-                await self._mark_role(conn, name, pod_id)
-            else:
-                await self._create_role(conn, name, pod_id, secret)
-                await fill()
-                await conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(sql.Identifier(name)))
-                await self._reown(name)
+            role_mark = from_podbay(pod_id=pod_id)
+            if spare_of is None or not await self.spares.claim(conn, spare_of, name, secret, role_mark):
+                await self._create_role(conn, name, role_mark, secret)
+                await self._fill_owned(conn, name, fill)
             await self._comment(conn, name, pod_id, template, retain=retain, retained=False)
         except BaseException:
             await self._undo(name)
@@ -348,23 +359,30 @@ class PostgresProvider:
             async with self._admin("undo a half-made database") as conn:
                 await asyncio.shield(self._drop_all(conn, name))
 
-    async def _create_role(self, conn: psycopg.AsyncConnection[Any], name: str, pod_id: str, secret: str) -> None:
-        # The server is sent the scram verifier, never the password (statement logs, error details).
-        verifier = conn.pgconn.encrypt_password(secret.encode(), name.encode(), b"scram-sha-256").decode()
+    async def _create_role(self, conn: psycopg.AsyncConnection[Any], name: str, mark: str, secret: str | None) -> None:
+        """The role `name` with no right but its own database's, CONNECTION_LIMIT sessions and the comment `mark`:
+        a login with `secret` (a pod's), or NOLOGIN when None (a spare's, until a claim gives it the login)."""
         role = sql.Identifier(name)
+        login: sql.Composable = sql.SQL("NOLOGIN")
+        if secret is not None:  # the server is sent the scram verifier, never the password (statement logs)
+            login = sql.SQL("LOGIN PASSWORD {}").format(sql.Literal(scram_verifier(conn, name, secret)))
         await conn.execute(
             sql.SQL(
-                "CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS "
-                "CONNECTION LIMIT {} PASSWORD {}"
-            ).format(role, sql.Literal(CONNECTION_LIMIT), sql.Literal(verifier))
+                "CREATE ROLE {} {} NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS CONNECTION LIMIT {}"
+            ).format(role, login, sql.Literal(CONNECTION_LIMIT))
         )
-        await self._mark_role(conn, name, pod_id)
+        await conn.execute(sql.SQL("COMMENT ON ROLE {} IS {}").format(role, sql.Literal(mark)))
         if not await self._is_superuser(conn):  # an external admin must be a member to give the role a database
             await conn.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(role))
 
-    async def _mark_role(self, conn: psycopg.AsyncConnection[Any], name: str, pod_id: str) -> None:
-        mark = sql.Literal(from_podbay(pod_id=pod_id))
-        await conn.execute(sql.SQL("COMMENT ON ROLE {} IS {}").format(sql.Identifier(name), mark))
+    async def _fill_owned(
+        self, conn: psycopg.AsyncConnection[Any], name: str, fill: Callable[[], Awaitable[None]]
+    ) -> None:
+        """Make database `name` by `fill` (owned by the role `name`), close it to PUBLIC and give its role
+        everything copied in."""
+        await fill()
+        await conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(sql.Identifier(name)))
+        await self._reown(name)
 
     async def _create_db(self, conn: psycopg.AsyncConnection[Any], name: str, source: str) -> None:
         try:
@@ -461,47 +479,43 @@ class PostgresProvider:
 
     # ---- what the server holds ------------------------------------------------------------------------------
 
-    async def _records(self, conn: psycopg.AsyncConnection[Any]) -> list[_Record]:
+    async def _records(
+        self, conn: psycopg.AsyncConnection[Any], *, name: str | None = None, sizes: bool = False
+    ) -> list[_Record]:
+        """The pod databases podbay marked (only `name`, if given); their sizes only if `sizes` (pg_database_size
+        walks each database's files)."""
+        size = sql.SQL("pg_database_size(oid)" if sizes else "0")
+        where = sql.SQL(" AND datname = {}").format(sql.Literal(name)) if name is not None else sql.SQL("")
         cur = await conn.execute(
-            "SELECT datname, shobj_description(oid, 'pg_database'), pg_database_size(oid) FROM pg_database"
-            " WHERE NOT datistemplate ORDER BY datname"
+            sql.SQL(
+                "SELECT datname, shobj_description(oid, 'pg_database'), {} FROM pg_database"
+                " WHERE NOT datistemplate{} ORDER BY datname"
+            ).format(size, where)
         )
         records = []
-        for name, comment, size in await cur.fetchall():
+        for datname, comment, size_bytes in await cur.fetchall():
             mark = from_podbay_comment(comment)
             if mark is not None and isinstance(mark.get("pod_id"), str):
                 records.append(
                     _Record(
-                        name=name,
+                        name=datname,
                         pod_id=mark["pod_id"],
                         template=mark.get("template"),
                         retain=bool(mark.get("retain")),
                         retained=bool(mark.get("retained")),
-                        size_bytes=int(size),
+                        size_bytes=int(size_bytes),
                     )
                 )
         return records
 
     async def _record_named(self, conn: psycopg.AsyncConnection[Any], name: str) -> _Record | None:
-        return next((r for r in await self._records(conn) if r.name == name), None)
+        return next(iter(await self._records(conn, name=name)), None)
 
     async def _require_record(self, conn: psycopg.AsyncConnection[Any], pod_id: str) -> _Record:
-        record = next((r for r in await self._records(conn) if r.pod_id == pod_id), None)
-        if record is None:
+        record = await self._record_named(conn, database_name(pod_id))
+        if record is None or record.pod_id != pod_id:
             raise NotFound(f"pod {pod_id} has no postgres database", pod_id=pod_id)
         return record
-
-    async def _orphan_roles(self, conn: psycopg.AsyncConnection[Any]) -> list[tuple[str, str]]:
-        cur = await conn.execute(
-            "SELECT r.rolname, shobj_description(r.oid, 'pg_authid') FROM pg_roles r"
-            " WHERE NOT EXISTS (SELECT 1 FROM pg_database d WHERE d.datname = r.rolname)"
-        )
-        orphans = []
-        for role, comment in await cur.fetchall():
-            mark = from_podbay_comment(comment)
-            if mark is not None and isinstance(mark.get("pod_id"), str) and role == database_name(mark["pod_id"]):
-                orphans.append((role, mark["pod_id"]))
-        return orphans
 
     async def _has_sessions(self, conn: psycopg.AsyncConnection[Any], name: str) -> bool:
         cur = await conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (name,))
